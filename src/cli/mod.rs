@@ -1,0 +1,67 @@
+//! The `stickwarden` subcommands: arguments (clap), dispatch, and the mapping of failures to exit
+//! codes (0 ok, 1 runtime failure, 2 bad usage or bad input, 64 bad configuration). Input is
+//! validated before any socket is opened, so a malformed address or filter changes nothing.
+
+mod demo;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::ClientError;
+
+/// Exit code of a runtime failure (HAProxy unreachable, an error answered by HAProxy).
+pub const EXIT_RUNTIME: i32 = 1;
+/// Exit code of bad usage or bad input, detected before anything is sent.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code of a bad configuration file.
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "stickwarden", version, about = "Adaptive security controller for HAProxy stick tables")]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Read a live stick table (list the tables when NAME is omitted).
+    Table(table::TableArgs),
+    /// Start a sandbox HAProxy on loopback, send it abusive and normal traffic, and block and
+    /// release the abuser through the Runtime API, showing each step.
+    Demo(demo::DemoArgs),
+}
+
+/// A failed subcommand: what went wrong and the exit code that says which kind of failure it was.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
+        Failure { code: EXIT_USAGE, error: error.into() }
+    }
+
+    pub fn runtime(error: impl Into<anyhow::Error>) -> Failure {
+        Failure { code: EXIT_RUNTIME, error: error.into() }
+    }
+}
+
+impl From<ClientError> for Failure {
+    /// Refusals of our own validation are bad input; everything else happened at run time.
+    fn from(e: ClientError) -> Failure {
+        match e {
+            ClientError::Command(_) | ClientError::Key(_) => Failure::usage(e),
+            _ => Failure::runtime(e),
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), Failure> {
+    match args.command {
+        Cmd::Table(a) => table::run(a).await,
+        Cmd::Demo(a) => demo::run(a).await,
+    }
+}

@@ -1,0 +1,279 @@
+//! The task that owns one target's connection and pipelines every command sent to it.
+//!
+//! Requests arrive over a bounded channel; the actor writes them in batches without waiting for
+//! answers, remembers who asked in a queue, and matches answers to askers in order as they are
+//! framed. A streamed answer (a table dump) is handed on in chunks of whole lines through a bounded
+//! channel, so a slow reader slows the socket, not memory. The number of commands in flight is
+//! capped, which also bounds what is written while HAProxy is busy answering, so the two sides can
+//! never block each other. On any failure every pending asker gets an error, the connection is
+//! dropped, and the next request reconnects after an exponential backoff.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, warn};
+
+use super::connection::Connection;
+use super::{ClientError, ClientOptions};
+use crate::proto::frame::{self, Step};
+use crate::target::Target;
+
+/// Most bytes of commands written in one go.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub(crate) enum Reply {
+    Whole(oneshot::Sender<Result<Bytes, ClientError>>),
+    Stream(mpsc::Sender<Result<Bytes, ClientError>>),
+}
+
+/// One command line (with its `\n`), or an empty line meaning "just make sure you are connected".
+pub(crate) struct Request {
+    pub line: Vec<u8>,
+    pub reply: Reply,
+}
+
+struct Pending {
+    reply: Reply,
+    /// Whether part of the answer was consumed (a prompt can only precede an answer).
+    started: bool,
+    body: BytesMut,
+    /// The asker of a stream went away: read the rest of its answer and drop it.
+    discard: bool,
+}
+
+pub(crate) struct Actor {
+    target: Arc<Target>,
+    opts: Arc<ClientOptions>,
+    rx: mpsc::Receiver<Request>,
+    conn: Option<Connection>,
+    pending: VecDeque<Pending>,
+    backoff: Duration,
+    next_attempt: Option<Instant>,
+    last_error: String,
+}
+
+impl Actor {
+    pub fn new(target: Arc<Target>, opts: Arc<ClientOptions>, rx: mpsc::Receiver<Request>) -> Self {
+        let backoff = opts.backoff_min;
+        Actor {
+            target,
+            opts,
+            rx,
+            conn: None,
+            pending: VecDeque::new(),
+            backoff,
+            next_attempt: None,
+            last_error: String::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            if self.conn.is_none() {
+                let Some(req) = self.rx.recv().await else { return };
+                if !self.ensure_connected(req).await {
+                    continue;
+                }
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            let deadline = Instant::now() + self.opts.read_timeout;
+            conn.buf.reserve(READ_CHUNK);
+            tokio::select! {
+                read = conn.reader.read_buf(&mut conn.buf) => match read {
+                    Ok(0) => self.fail("connection closed by HAProxy".into()),
+                    Ok(_) => {
+                        if let Err(e) = self.deliver().await {
+                            self.fail(e);
+                        }
+                    }
+                    Err(e) => self.fail(format!("read failed: {e}")),
+                },
+                req = self.rx.recv(), if self.pending.len() < self.opts.max_in_flight => match req {
+                    Some(req) => self.write(req).await,
+                    None if self.pending.is_empty() => return,
+                    // Every handle is gone: answer what is in flight, then stop.
+                    None => self.drain().await,
+                },
+                _ = sleep_until(deadline), if !self.pending.is_empty() => {
+                    self.fail(format!("no answer within {:?}", self.opts.read_timeout));
+                }
+            }
+        }
+    }
+
+    /// Connects for `req` unless in a backoff period; answers `req` itself if it cannot.
+    async fn ensure_connected(&mut self, req: Request) -> bool {
+        if let Some(at) = self.next_attempt {
+            let now = Instant::now();
+            if now < at {
+                let err = ClientError::Unavailable { retry_in: at - now, last_error: self.last_error.clone() };
+                answer_err(req.reply, err).await;
+                return false;
+            }
+        }
+        match Connection::open(&self.target, self.opts.connect_timeout, self.opts.cli_timeout).await {
+            Ok(conn) => {
+                debug!(target = %self.target, "connected");
+                self.conn = Some(conn);
+                self.backoff = self.opts.backoff_min;
+                self.next_attempt = None;
+                self.write(req).await;
+                true
+            }
+            Err(e) => {
+                self.last_error = e.to_string();
+                self.next_attempt = Some(Instant::now() + self.backoff);
+                warn!(target = %self.target, error = %e, retry_in = ?self.backoff, "cannot connect");
+                self.backoff = (self.backoff * 2).min(self.opts.backoff_max);
+                answer_err(req.reply, e).await;
+                false
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, up to the batch and in-flight limits.
+    async fn write(&mut self, first: Request) {
+        let mut out = Vec::with_capacity(first.line.len());
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            if req.line.is_empty() {
+                // A connection probe: being here means we are connected.
+                if let Reply::Whole(tx) = req.reply {
+                    let _ = tx.send(Ok(Bytes::new()));
+                }
+            } else {
+                out.extend_from_slice(&req.line);
+                self.pending.push_back(Pending {
+                    reply: req.reply,
+                    started: false,
+                    body: BytesMut::new(),
+                    discard: false,
+                });
+            }
+            if out.len() < WRITE_BATCH && self.pending.len() < self.opts.max_in_flight {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        if out.is_empty() {
+            return;
+        }
+        let conn = self.conn.as_mut().expect("write only when connected");
+        match timeout(self.opts.read_timeout, conn.writer.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail(format!("write failed: {e}")),
+            Err(_) => self.fail(format!("write blocked for {:?}", self.opts.read_timeout)),
+        }
+    }
+
+    /// Hands every complete answer (and every complete line of a streamed one) to its asker.
+    async fn deliver(&mut self) -> Result<(), String> {
+        let conn = self.conn.as_mut().expect("deliver only when connected");
+        while let Some(front) = self.pending.front_mut() {
+            match frame::step(&conn.buf, !front.started) {
+                Step::NeedMore => break,
+                Step::Prompt(n) => conn.buf.advance(n),
+                Step::Lines(n) => {
+                    front.started = true;
+                    let chunk = conn.buf.split_to(n).freeze();
+                    match &front.reply {
+                        Reply::Whole(_) => front.body.extend_from_slice(&chunk),
+                        Reply::Stream(tx) if !front.discard => {
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                front.discard = true;
+                            }
+                        }
+                        Reply::Stream(_) => {}
+                    }
+                }
+                Step::End { body, consumed } => {
+                    let chunk = conn.buf.split_to(body).freeze();
+                    conn.buf.advance(consumed - body);
+                    let done = self.pending.pop_front().expect("front exists");
+                    match done.reply {
+                        Reply::Whole(tx) => {
+                            let whole = if done.body.is_empty() {
+                                chunk
+                            } else {
+                                let mut b = done.body;
+                                b.extend_from_slice(&chunk);
+                                b.freeze()
+                            };
+                            let _ = tx.send(Ok(whole));
+                        }
+                        Reply::Stream(tx) if !done.discard => {
+                            // Chunks are never empty, so an empty one marks the end: a channel
+                            // that closes without it was cut short.
+                            if !chunk.is_empty() {
+                                let _ = tx.send(Ok(chunk)).await;
+                            }
+                            let _ = tx.send(Ok(Bytes::new())).await;
+                        }
+                        Reply::Stream(_) => {}
+                    }
+                }
+            }
+        }
+        if self.pending.is_empty() && !conn.buf.is_empty() && conn.buf[..] != b"> "[..conn.buf.len().min(2)] {
+            return Err(format!(
+                "unsolicited data: {:?}",
+                String::from_utf8_lossy(&conn.buf[..conn.buf.len().min(80)])
+            ));
+        }
+        Ok(())
+    }
+
+    /// Answers everything in flight after the last handle was dropped.
+    async fn drain(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(conn) = self.conn.as_mut() else { return };
+            conn.buf.reserve(READ_CHUNK);
+            match timeout(self.opts.read_timeout, conn.reader.read_buf(&mut conn.buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    if let Err(e) = self.deliver().await {
+                        return self.fail(e);
+                    }
+                }
+                _ => return self.fail("connection lost while draining".into()),
+            }
+        }
+    }
+
+    /// Drops the connection and tells every pending asker.
+    fn fail(&mut self, why: String) {
+        if !self.pending.is_empty() {
+            warn!(target = %self.target, in_flight = self.pending.len(), error = %why, "connection failed");
+        } else {
+            debug!(target = %self.target, reason = %why, "idle connection dropped");
+        }
+        self.conn = None;
+        for p in self.pending.drain(..) {
+            let err = ClientError::Disconnected(why.clone());
+            match p.reply {
+                Reply::Whole(tx) => {
+                    let _ = tx.send(Err(err));
+                }
+                Reply::Stream(tx) => {
+                    let _ = tx.try_send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+async fn answer_err(reply: Reply, err: ClientError) {
+    match reply {
+        Reply::Whole(tx) => {
+            let _ = tx.send(Err(err));
+        }
+        Reply::Stream(tx) => {
+            let _ = tx.send(Err(err)).await;
+        }
+    }
+}

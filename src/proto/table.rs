@@ -1,0 +1,494 @@
+//! Streaming parser of `show table` answers: table headers and entries, line by line.
+//!
+//! Lines are parsed in place: an [`Entry`] borrows the line it came from, and its data columns
+//! are kept as offsets in a buffer the [`EntryParser`] reuses, so a dump of a million entries is
+//! parsed without one allocation per entry and never held whole. Columns are read generically
+//! (`name[(period)]=value`), so a column this code has never heard of is kept, not refused; the
+//! fixed prefix is `0x<ptr>: key=<key> use=<n> exp=<ms>` with `shard=<n>` from 2.7.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use super::escape::unescape_key;
+use super::key::KeyType;
+
+/// `# table: ft_web, type: ip, size:1048576, used:2`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableHeader<'a> {
+    pub name: &'a str,
+    /// The type word as printed; [`KeyType::from_header`] reads it.
+    pub key_type: &'a str,
+    pub size: u64,
+    pub used: u64,
+}
+
+impl TableHeader<'_> {
+    pub fn key_type(&self) -> Option<KeyType> {
+        KeyType::from_header(self.key_type)
+    }
+
+    pub fn to_owned(&self) -> TableInfo {
+        TableInfo { name: self.name.to_owned(), key_type: self.key_type.to_owned(), size: self.size, used: self.used }
+    }
+}
+
+/// An owned [`TableHeader`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: String,
+    pub key_type: String,
+    pub size: u64,
+    pub used: u64,
+}
+
+/// A column value: counters and rates are numbers, `server_key`/dictionary columns are text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Uint(u64),
+    /// Only negative numbers (signed columns such as `server_id`) land here.
+    Int(i64),
+    Text(&'a str),
+}
+
+impl Value<'_> {
+    /// The value as a number, if it is one.
+    pub fn as_i128(&self) -> Option<i128> {
+        match *self {
+            Value::Uint(u) => Some(u as i128),
+            Value::Int(i) => Some(i as i128),
+            Value::Text(_) => None,
+        }
+    }
+}
+
+/// One data column of an entry: `gpt0=1`, `http_req_rate(10000)=50`, `gpc1_rate(10000)=0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column<'a> {
+    pub name: &'a str,
+    pub period_ms: Option<u32>,
+    pub value: Value<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RawValue {
+    Uint(u64),
+    Int(i64),
+    Text(u32, u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawColumn {
+    name: (u32, u32),
+    period_ms: Option<u32>,
+    value: RawValue,
+}
+
+/// One stick-table entry, borrowing its line.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub ptr: u64,
+    /// `use=`: sessions tracking the entry right now.
+    pub use_count: u32,
+    /// `exp=`: milliseconds left; 0 for tables without `expire`.
+    pub exp_ms: u64,
+    /// `shard=`, HAProxy 2.7 and later.
+    pub shard: Option<u32>,
+    key: &'a [u8],
+    line: &'a [u8],
+    columns: &'a [RawColumn],
+}
+
+impl<'a> Entry<'a> {
+    /// The key exactly as dumped (string keys still escaped).
+    pub fn raw_key(&self) -> &'a [u8] {
+        self.key
+    }
+
+    /// The key's real bytes: string-key escapes undone.
+    pub fn key_bytes(&self) -> Cow<'a, [u8]> {
+        unescape_key(self.key)
+    }
+
+    /// The key as an address, for `ip` and `ipv6` tables; IPv4-mapped IPv6 folded to IPv4.
+    pub fn key_addr(&self) -> Option<IpAddr> {
+        std::str::from_utf8(self.key).ok()?.parse::<IpAddr>().ok().map(|a| a.to_canonical())
+    }
+
+    pub fn columns(&self) -> impl ExactSizeIterator<Item = Column<'a>> + 'a {
+        let line = self.line;
+        self.columns.iter().map(move |c| column(line, c))
+    }
+
+    /// The column called `name` (`gpt0`, `http_req_rate`, `gpc1_rate`), if stored.
+    pub fn get(&self, name: &str) -> Option<Column<'a>> {
+        let line = self.line;
+        self.columns
+            .iter()
+            .find(|c| &line[c.name.0 as usize..c.name.1 as usize] == name.as_bytes())
+            .map(|c| column(line, c))
+    }
+}
+
+fn column<'a>(line: &'a [u8], c: &RawColumn) -> Column<'a> {
+    Column {
+        name: ascii(&line[c.name.0 as usize..c.name.1 as usize]),
+        period_ms: c.period_ms,
+        value: match c.value {
+            RawValue::Uint(u) => Value::Uint(u),
+            RawValue::Int(i) => Value::Int(i),
+            RawValue::Text(s, e) => Value::Text(ascii(&line[s as usize..e as usize])),
+        },
+    }
+}
+
+/// Text the parser checked to be printable ASCII; anything else reads as `?` rather than panic.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("?")
+}
+
+/// What one line of a `show table` answer is.
+#[derive(Debug, Clone, Copy)]
+pub enum Line<'a> {
+    Header(TableHeader<'a>),
+    Entry(Entry<'a>),
+    /// `# contents not dumped due to insufficient privileges` (socket at `level user`).
+    Denied,
+    /// A line this parser does not understand, with the reason.
+    Invalid(&'a [u8], &'static str),
+}
+
+/// Parses lines, reusing its column buffer from one entry to the next.
+#[derive(Debug, Default)]
+pub struct EntryParser {
+    columns: Vec<RawColumn>,
+}
+
+impl EntryParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses one line, with or without its trailing `\n`.
+    pub fn parse_line<'a>(&'a mut self, line: &'a [u8]) -> Line<'a> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        if line.first() == Some(&b'#') {
+            if let Some(h) = parse_header(line) {
+                return Line::Header(h);
+            }
+            if line.ends_with(b"insufficient privileges") {
+                return Line::Denied;
+            }
+            return Line::Invalid(line, "unknown comment line");
+        }
+        match self.parse_entry(line) {
+            Ok(e) => Line::Entry(e),
+            Err(why) => Line::Invalid(line, why),
+        }
+    }
+
+    fn parse_entry<'a>(&'a mut self, line: &'a [u8]) -> Result<Entry<'a>, &'static str> {
+        let colon = memchr::memchr(b':', line).ok_or("no pointer")?;
+        let ptr = parse_hex_ptr(&line[..colon]).ok_or("bad pointer")?;
+        let rest = line.get(colon + 1..).ok_or("truncated")?;
+        let rest_at = colon + 1;
+        let key_at = rest_at + rest.strip_prefix(b" key=").map(|_| 5).ok_or("no key")?;
+        let key_end = key_at + find_unescaped_space(&line[key_at..]);
+        let key = &line[key_at..key_end];
+
+        self.columns.clear();
+        let mut entry = Entry { ptr, use_count: 0, exp_ms: 0, shard: None, key, line, columns: &[] };
+        let (mut seen_use, mut seen_exp) = (false, false);
+        let mut pos = key_end;
+        while pos < line.len() {
+            pos += 1; // the space
+            let end = memchr::memchr(b' ', &line[pos..]).map_or(line.len(), |i| pos + i);
+            let tok = &line[pos..end];
+            let eq = memchr::memchr(b'=', tok).ok_or("column without '='")?;
+            let (name, val) = (&tok[..eq], &tok[eq + 1..]);
+            let val_at = (pos + eq + 1) as u32;
+            pos = end;
+            match name {
+                b"use" if !seen_use => {
+                    entry.use_count = parse_u64(val).and_then(|v| u32::try_from(v).ok()).ok_or("bad use=")?;
+                    seen_use = true;
+                    continue;
+                }
+                b"exp" if !seen_exp => {
+                    entry.exp_ms = parse_u64(val).ok_or("bad exp=")?;
+                    seen_exp = true;
+                    continue;
+                }
+                b"shard" if entry.shard.is_none() && self.columns.is_empty() => {
+                    entry.shard = Some(parse_u64(val).and_then(|v| u32::try_from(v).ok()).ok_or("bad shard=")?);
+                    continue;
+                }
+                _ => {}
+            }
+            let name_at = (end - tok.len()) as u32;
+            let (name_len, period_ms) = match memchr::memchr(b'(', name) {
+                Some(p) if name.last() == Some(&b')') => {
+                    let period = parse_u64(&name[p + 1..name.len() - 1]).and_then(|v| u32::try_from(v).ok());
+                    (p, Some(period.ok_or("bad period")?))
+                }
+                _ => (name.len(), None),
+            };
+            if name_len == 0 || !name[..name_len].iter().all(|b| b.is_ascii_graphic()) {
+                return Err("bad column name");
+            }
+            let value = match val {
+                [b'-', digits @ ..] => match parse_u64(digits) {
+                    Some(d) if d <= i64::MAX as u64 + 1 => RawValue::Int((d as i64).wrapping_neg()),
+                    _ => text_value(val, val_at)?,
+                },
+                _ => match parse_u64(val) {
+                    Some(u) => RawValue::Uint(u),
+                    None => text_value(val, val_at)?,
+                },
+            };
+            self.columns.push(RawColumn { name: (name_at, name_at + name_len as u32), period_ms, value });
+        }
+        if !(seen_use && seen_exp) {
+            return Err("no use= or exp=");
+        }
+        entry.columns = &self.columns;
+        Ok(entry)
+    }
+}
+
+fn text_value(val: &[u8], at: u32) -> Result<RawValue, &'static str> {
+    if val.iter().all(|b| b.is_ascii_graphic()) {
+        Ok(RawValue::Text(at, at + val.len() as u32))
+    } else {
+        Err("non-printable column value")
+    }
+}
+
+/// Parses `# table: NAME, type: TYPE, size:N, used:N` (spaces after `:` optional, extra
+/// `, word:value` parts ignored).
+pub fn parse_header(line: &[u8]) -> Option<TableHeader<'_>> {
+    let line = std::str::from_utf8(line.strip_suffix(b"\n").unwrap_or(line)).ok()?;
+    let rest = line.strip_prefix("# table: ")?;
+    let mut parts = rest.split(", ");
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    let (mut key_type, mut size, mut used) = (None, None, None);
+    for part in parts {
+        let (k, v) = part.split_once(':')?;
+        let v = v.trim_start();
+        match k {
+            "type" => key_type = Some(v),
+            "size" => size = v.parse().ok(),
+            "used" => used = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(TableHeader { name, key_type: key_type?, size: size?, used: used? })
+}
+
+fn find_unescaped_space(s: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(off) = memchr::memchr2(b' ', b'\\', &s[i..]) {
+        let at = i + off;
+        if s[at] == b' ' {
+            return at;
+        }
+        i = (at + 2).min(s.len());
+    }
+    s.len()
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(d as u64)?;
+    }
+    Some(v)
+}
+
+fn parse_hex_ptr(s: &[u8]) -> Option<u64> {
+    let digits = s.strip_prefix(b"0x")?;
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in digits {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | d as u64;
+    }
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::test_fixtures::{fixture, VERSIONS};
+    use proptest::prelude::*;
+
+    /// Every line of a fixture, parsed; panics on an invalid line.
+    fn parse_all(raw: &[u8]) -> (Vec<TableInfo>, Vec<String>) {
+        let mut p = EntryParser::new();
+        let (mut headers, mut entries) = (Vec::new(), Vec::new());
+        for line in raw.split_inclusive(|&b| b == b'\n').filter(|l| *l != b"\n") {
+            match p.parse_line(line) {
+                Line::Header(h) => headers.push(h.to_owned()),
+                Line::Entry(e) => entries.push(render(&e)),
+                Line::Denied => entries.push("DENIED".into()),
+                Line::Invalid(l, why) => panic!("{why}: {}", String::from_utf8_lossy(l)),
+            }
+        }
+        (headers, entries)
+    }
+
+    fn render(e: &Entry<'_>) -> String {
+        let mut s = format!("{}|use={}|", String::from_utf8_lossy(&e.key_bytes()), e.use_count);
+        for c in e.columns() {
+            let v = match c.value {
+                Value::Uint(u) => u.to_string(),
+                Value::Int(i) => i.to_string(),
+                Value::Text(t) => format!("'{t}'"),
+            };
+            match c.period_ms {
+                Some(p) => s.push_str(&format!("{}@{}={} ", c.name, p, v)),
+                None => s.push_str(&format!("{}={} ", c.name, v)),
+            }
+        }
+        s.trim_end().to_owned()
+    }
+
+    #[test]
+    fn ip_table_both_versions() {
+        for v in VERSIONS {
+            let (h, e) = parse_all(&fixture(v, "show-table-ft_web"));
+            assert_eq!(h, vec![TableInfo { name: "ft_web".into(), key_type: "ip".into(), size: 1048576, used: 3 }]);
+            assert_eq!(e.len(), 3);
+            assert!(e.contains(&"10.1.2.3|use=0|gpt0=1 conn_cur=0 http_req_rate@10000=50".to_owned()), "{v}: {e:?}");
+        }
+        let raw = fixture("haproxy-3.4.0", "show-table-key-hit");
+        let mut p = EntryParser::new();
+        let line = raw.split(|&b| b == b'\n').nth(1).unwrap();
+        let Line::Entry(e) = p.parse_line(line) else { panic!() };
+        assert_eq!(e.ptr, 0x561b2c778eb8);
+        assert_eq!(e.exp_ms, 899697);
+        assert_eq!(e.shard, Some(0));
+        assert_eq!(e.key_addr(), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(e.get("gpt0").unwrap().value, Value::Uint(1));
+        assert_eq!(e.get("http_req_rate").unwrap().period_ms, Some(10000));
+        assert!(e.get("gpc0").is_none());
+    }
+
+    #[test]
+    fn every_key_type() {
+        for v in VERSIONS {
+            let (_, e) = parse_all(&fixture(v, "show-table-t_v6"));
+            assert_eq!(e[0], "::ffff:10.0.0.1|use=0|gpt0=1 gpc0=0 http_err_rate@10000=0");
+            assert_eq!(e[1], "2001:db8::1|use=0|gpt0=0 gpc0=5 http_err_rate@10000=3");
+            let (_, e) = parse_all(&fixture(v, "show-table-t_str"));
+            assert_eq!(e, vec!["a b=c\\d;e|use=0|gpc0=7 conn_cnt=0", "tab\there|use=0|gpc0=1 conn_cnt=0"]);
+            let (_, e) = parse_all(&fixture(v, "show-table-t_int"));
+            assert_eq!(e, vec!["42|use=0|gpc0=3", "4294967295|use=0|gpc0=1"]);
+            let (h, e) = parse_all(&fixture(v, "show-table-t_bin"));
+            assert_eq!(h[0].key_type, "binary");
+            assert!(e.is_empty());
+            let (_, e) = parse_all(&fixture(v, "show-table-t_noexp"));
+            assert_eq!(e, vec!["10.0.0.10|use=0|gpt0=2"]);
+        }
+        let mut p = EntryParser::new();
+        let Line::Entry(e) = p.parse_line(b"0x1: key=::ffff:10.0.0.1 use=0 exp=0 gpt0=1") else { panic!() };
+        assert_eq!(e.key_addr(), Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn arrays_and_odd_columns() {
+        for v in VERSIONS {
+            let (_, e) = parse_all(&fixture(v, "show-table-t_arr"));
+            assert_eq!(
+                e[0],
+                "10.0.0.9|use=0|http_req_cnt=0 bytes_in_rate@60000=0 gpt0=1 gpt1=0 gpc0=4 gpc1=0 gpc2=0 \
+                 gpc0_rate@10000=0 gpc1_rate@10000=0 gpc2_rate@10000=0"
+            );
+        }
+        let mut p = EntryParser::new();
+        let line = b"0x55b70ce151b8: key=5 use=0 exp=3600000 shard=1 server_id=-3 server_key=s1 gpc0=18446744073709551615 new_thing=-";
+        let Line::Entry(e) = p.parse_line(line) else { panic!() };
+        assert_eq!(e.shard, Some(1));
+        assert_eq!(render(&e), "5|use=0|server_id=-3 server_key='s1' gpc0=18446744073709551615 new_thing='-'");
+    }
+
+    #[test]
+    fn lists_denials_and_filters() {
+        for v in VERSIONS {
+            let (h, e) = parse_all(&fixture(v, "show-table-list"));
+            assert_eq!(h.len(), 7);
+            assert!(e.is_empty());
+            assert_eq!(h[6].name, "ft_web");
+            assert_eq!(KeyType::from_header(&h[6].key_type), Some(KeyType::Ip));
+            let (_, e) = parse_all(&fixture(v, "show-table-user-level"));
+            assert_eq!(e, vec!["DENIED"]);
+            let (_, e) = parse_all(&fixture(v, "show-table-filter-2"));
+            assert_eq!(e.len(), 2);
+        }
+        let (h, _) = parse_all(b"# table: peers/t1, type: string, size: 10, used: 0, extra:1\n");
+        assert_eq!(h[0].name, "peers/t1");
+        assert_eq!(h[0].size, 10);
+    }
+
+    #[test]
+    fn invalid_lines_are_reported_not_panicked() {
+        let mut p = EntryParser::new();
+        for bad in [
+            &b"0x12 key=1"[..],
+            b"0xZZ: key=1 use=0 exp=0",
+            b"0x1: key=1 use=x exp=0",
+            b"0x1: key=1 exp=0",
+            b"0x1: key=1 use=0 exp=0 gpt0",
+            b"0x1: key=1 use=0 exp=0 a(b)=1",
+            b"# something else",
+            b"No such table",
+        ] {
+            assert!(matches!(p.parse_line(bad), Line::Invalid(..)), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(line in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut p = EntryParser::new();
+            if let Line::Entry(e) = p.parse_line(&line) {
+                for c in e.columns() { let _ = c.value.as_i128(); }
+                let _ = e.key_bytes();
+                let _ = e.key_addr();
+            }
+        }
+
+        #[test]
+        fn never_panics_on_entry_shapes(
+            key in "[ -~]{0,12}", cols in proptest::collection::vec("[a-z_(0-9)=-]{0,12}", 0..6)
+        ) {
+            let line = format!("0x1f: key={key} use=0 exp=5 {}", cols.join(" "));
+            let mut p = EntryParser::new();
+            let _ = p.parse_line(line.as_bytes());
+        }
+
+        #[test]
+        fn string_keys_round_trip(key in proptest::collection::vec(1u8..=255, 1..40), gpc in any::<u32>()) {
+            let mut line = b"0x7f: key=".to_vec();
+            crate::proto::escape::dump_escape(&key, &mut line);
+            line.extend_from_slice(format!(" use=0 exp=10 gpc0={gpc}").as_bytes());
+            let mut p = EntryParser::new();
+            let Line::Entry(e) = p.parse_line(&line) else { panic!("not an entry") };
+            prop_assert_eq!(&*e.key_bytes(), &key[..]);
+            prop_assert_eq!(e.get("gpc0").unwrap().value, Value::Uint(gpc as u64));
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! A throw-away HAProxy for the demo and the tests, and a tiny HTTP client to drive it.
+//!
+//! [`Sandbox::start`] writes a configuration into a fresh temp dir (Unix sockets at levels admin,
+//! operator and user, listeners on free loopback ports), runs `haproxy -db` in the foreground as a
+//! child, waits until its admin socket answers, and kills it when dropped. [`http_get`] sends one
+//! request from a chosen loopback source address (127.0.0.2, 127.0.0.3, ...), so that one
+//! machine can play many clients. Nothing here ever talks to a non-loopback address.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// What the standard sandbox configuration contains beyond its fixed tables.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    /// Let HAProxy itself tag (`gpt0 = 1`) a client whose `http_req_rate(10s)` exceeds this.
+    pub self_tag_over: Option<u32>,
+    /// Size of the `ft_web` table (default 1m entries).
+    pub web_table_size: Option<u64>,
+}
+
+/// A running HAProxy on loopback; killed on drop.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// Listening port of the `ft_web` HTTP frontend.
+    pub web_port: u16,
+    /// Listening port of the `ft_tcp` frontend, which holds TCP connections open (live streams).
+    pub tcp_port: u16,
+    pub version: String,
+}
+
+impl Sandbox {
+    /// Starts HAProxy on the standard configuration ([`standard_config`]).
+    pub fn start(opts: &SandboxOptions) -> io::Result<Sandbox> {
+        let dir = tempfile::Builder::new().prefix("stickwarden-haproxy-").tempdir()?;
+        let (web_port, tcp_port) = (free_port()?, free_port()?);
+        std::fs::write(dir.path().join("block.lst"), "")?;
+        let cfg = standard_config(dir.path(), web_port, tcp_port, opts);
+        Self::start_with(dir, &cfg, web_port, tcp_port)
+    }
+
+    /// Starts HAProxy on `cfg` in `dir`; `cfg` must declare `DIR/admin.sock` at level admin.
+    pub fn start_with(dir: tempfile::TempDir, cfg: &str, web_port: u16, tcp_port: u16) -> io::Result<Sandbox> {
+        let bin = haproxy_binary().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing_haproxy_message()))?;
+        let cfg_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg_path, cfg)?;
+        let version = haproxy_version(&bin)?;
+        let mut child = Command::new(&bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let socket = dir.path().join("admin.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(io::Error::other(format!("haproxy exited ({status}): {}", err.trim())));
+            }
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "haproxy did not open its socket within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Drain HAProxy's stderr in the background so that its warnings never block it.
+        if let Some(e) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(e).lines().map_while(Result::ok) {
+                    tracing::debug!(target: "haproxy", "{line}");
+                }
+            });
+        }
+        Ok(Sandbox { dir, child, web_port, tcp_port, version })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The socket at `level admin`, as a target address.
+    pub fn admin(&self) -> String {
+        format!("unix:{}", self.dir.path().join("admin.sock").display())
+    }
+
+    /// The socket at `level operator`.
+    pub fn operator(&self) -> String {
+        format!("unix:{}", self.dir.path().join("oper.sock").display())
+    }
+
+    /// The socket at `level user`.
+    pub fn user(&self) -> String {
+        format!("unix:{}", self.dir.path().join("user.sock").display())
+    }
+
+    /// The ACL file the standard configuration denies on.
+    pub fn block_acl(&self) -> PathBuf {
+        self.dir.path().join("block.lst")
+    }
+
+    /// HAProxy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The standard sandbox configuration: `ft_web` (HTTP, an `ip` table, deny on `gpt0 > 0` and on the
+/// `block.lst` ACL), `ft_tcp` (TCP connections proxied to `ft_web`, to have live streams), and one
+/// table of every key type, as in the captured fixtures.
+pub fn standard_config(dir: &Path, web_port: u16, tcp_port: u16, opts: &SandboxOptions) -> String {
+    let d = dir.display();
+    let size = opts.web_table_size.unwrap_or(1 << 20);
+    let self_tag = match opts.self_tag_over {
+        Some(n) => format!("    http-request sc-set-gpt0(0) 1 if {{ sc_http_req_rate(0) gt {n} }}\n"),
+        None => String::new(),
+    };
+    format!(
+        "global
+    stats socket {d}/admin.sock mode 600 level admin
+    stats socket {d}/oper.sock mode 600 level operator
+    stats socket {d}/user.sock mode 600 level user
+    stats timeout 2m
+    stats maxconn 50
+defaults
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend ft_web
+    mode http
+    bind 127.0.0.1:{web_port}
+    stick-table type ip size {size} expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur
+    http-request track-sc0 src
+{self_tag}    http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
+    http-request deny deny_status 403 if {{ src -f {d}/block.lst }}
+    http-request return status 200 content-type text/plain string ok
+frontend ft_tcp
+    mode tcp
+    bind 127.0.0.1:{tcp_port}
+    default_backend be_hold
+backend be_hold
+    mode tcp
+    server s1 127.0.0.1:{web_port}
+backend t_v6
+    stick-table type ipv6 size 1k expire 1h store gpt0,gpc0,http_err_rate(10s)
+backend t_str
+    stick-table type string len 32 size 1k expire 1h store gpc0,conn_cnt
+backend t_int
+    stick-table type integer size 1k expire 1h store gpc0
+backend t_bin
+    stick-table type binary len 8 size 1k expire 1h store gpc0
+backend t_arr
+    stick-table type ip size 1k expire 1h store gpc(3),gpt(2),gpc_rate(3,10s),http_req_cnt,bytes_in_rate(1m)
+backend t_noexp
+    stick-table type ip size 1k store gpt0
+backend t_small
+    stick-table type ip size 2 expire 1h store gpt0
+"
+    )
+}
+
+/// `$HAPROXY`, else `haproxy` on `PATH` or in the sbin directories Debian installs it to.
+pub fn haproxy_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HAPROXY") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+/// What to tell a user who has no `haproxy`.
+pub fn missing_haproxy_message() -> String {
+    "haproxy is not installed; install it with: sudo apt-get update && sudo apt-get install -y haproxy \
+     (or set HAPROXY=/path/to/haproxy)"
+        .to_owned()
+}
+
+fn haproxy_version(bin: &Path) -> io::Result<String> {
+    let out = Command::new(bin).arg("-v").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown").to_owned())
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The loopback address playing client number `n` (1 -> 127.0.0.2, 2 -> 127.0.0.3, ...).
+pub fn client_addr(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n.saturating_add(1)))
+}
+
+/// Opens a TCP connection to `127.0.0.1:port` from the loopback source address `src`.
+pub async fn connect_from(src: IpAddr, port: u16) -> io::Result<TcpStream> {
+    if !src.is_loopback() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "sandbox traffic only comes from loopback"));
+    }
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))?;
+    tokio::time::timeout(Duration::from_secs(5), sock.connect(SocketAddr::from(([127, 0, 0, 1], port))))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// One `GET /` from `src` to the sandbox's HTTP port; returns the status code.
+pub async fn http_get(src: IpAddr, port: u16) -> io::Result<u16> {
+    let mut s = connect_from(src, port).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n").await?;
+    let mut buf = Vec::with_capacity(256);
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no HTTP answer within 5 s"))??;
+    parse_status(&buf)
+}
+
+/// `HTTP/1.1 403 Forbidden` -> 403.
+fn parse_status(resp: &[u8]) -> io::Result<u16> {
+    let line = resp.split(|&b| b == b'\n').next().unwrap_or_default();
+    std::str::from_utf8(line).ok().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).ok_or_else(
+        || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not an HTTP answer: {:?}", String::from_utf8_lossy(line)),
+            )
+        },
+    )
+}
+
+/// Sends `count` requests from `src`, `concurrency` at a time; returns how many got each status.
+pub async fn http_burst(src: IpAddr, port: u16, count: usize, concurrency: usize) -> io::Result<Vec<(u16, usize)>> {
+    let mut statuses: Vec<(u16, usize)> = Vec::new();
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(concurrency.max(1));
+        left -= n;
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            set.spawn(http_get(src, port));
+        }
+        while let Some(res) = set.join_next().await {
+            let status = res.map_err(io::Error::other)??;
+            match statuses.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, c)) => *c += 1,
+                None => statuses.push((status, 1)),
+            }
+        }
+    }
+    statuses.sort_unstable();
+    Ok(statuses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 403 Forbidden\r\n\r\n").unwrap(), 403);
+        assert!(parse_status(b"garbage").is_err());
+        assert_eq!(client_addr(1), "127.0.0.2".parse::<IpAddr>().unwrap());
+    }
+}
