@@ -48,45 +48,26 @@ impl Sandbox {
     /// Starts HAProxy on `cfg` in `dir`; `cfg` must declare `DIR/admin.sock` at level admin.
     pub fn start_with(dir: tempfile::TempDir, cfg: &str, web_port: u16, tcp_port: u16) -> io::Result<Sandbox> {
         let bin = haproxy_binary().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing_haproxy_message()))?;
-        let cfg_path = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg_path, cfg)?;
+        std::fs::write(dir.path().join("haproxy.cfg"), cfg)?;
         let version = haproxy_version(&bin)?;
-        let mut child = Command::new(&bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let socket = dir.path().join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Err(io::Error::other(format!("haproxy exited ({status}): {}", err.trim())));
-            }
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "haproxy did not open its socket within 10 s"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Drain HAProxy's stderr in the background so that its warnings never block it.
-        if let Some(e) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(e).lines().map_while(Result::ok) {
-                    tracing::debug!(target: "haproxy", "{line}");
-                }
-            });
-        }
+        let child = spawn(&bin, dir.path())?;
         Ok(Sandbox { dir, child, web_port, tcp_port, version })
+    }
+
+    /// Stops HAProxy (SIGKILL) and starts it again on the same configuration and socket paths:
+    /// what a restart does to runtime state, every table entry and ACL entry gone.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        let bin = haproxy_binary().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing_haproxy_message()))?;
+        let _ = std::fs::remove_file(self.dir.path().join("admin.sock"));
+        self.child = spawn(&bin, self.dir.path())?;
+        Ok(())
+    }
+
+    /// Kills HAProxy now (a crash or an outage, seen from the Runtime API).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn dir(&self) -> &Path {
@@ -121,9 +102,49 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Runs `haproxy -db -f DIR/haproxy.cfg` and waits until `DIR/admin.sock` accepts connections.
+fn spawn(bin: &Path, dir: &Path) -> io::Result<Child> {
+    let mut child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let socket = dir.join("admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(io::Error::other(format!("haproxy exited ({status}): {}", err.trim())));
+        }
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "haproxy did not open its socket within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Drain HAProxy's stderr in the background so that its warnings never block it.
+    if let Some(e) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(e).lines().map_while(Result::ok) {
+                tracing::debug!(target: "haproxy", "{line}");
+            }
+        });
+    }
+    Ok(child)
 }
 
 /// The standard sandbox configuration: `ft_web` (HTTP, an `ip` table, deny on `gpt0 > 0` and on the

@@ -1,0 +1,205 @@
+//! `stickwarden table` as a user runs it, against a real HAProxy: output formats, streaming of
+//! a large table, and exit codes (1 for HAProxy's errors, 2 for bad input caught before sending).
+
+mod common;
+
+use std::process::{Command, Output};
+
+use stickwarden::proto::{DataField, KeyType, TableKey};
+
+fn stickwarden(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(args)
+        .env_remove("STICKWARDEN_HAPROXY")
+        .output()
+        .expect("run stickwarden")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+async fn seed(sb: &stickwarden::sandbox::Sandbox) {
+    let c = common::admin(sb).await;
+    let gpt0: DataField = "gpt0".parse().unwrap();
+    let rate: DataField = "http_req_rate".parse().unwrap();
+    for (ip, tag, r) in [("10.1.2.3", 1, 50), ("10.1.2.4", 0, 3), ("127.0.0.9", 1, 7)] {
+        let key = TableKey::parse(KeyType::Ip, ip).unwrap();
+        c.set_table("ft_web", key, &[(gpt0.clone(), tag), (rate.clone(), r)]).await.unwrap();
+    }
+    let key = TableKey::parse(KeyType::String { len: Some(32) }, "a b=c\\d;e").unwrap();
+    c.set_table("t_str", key, &["gpc0".parse().unwrap()].map(|f: DataField| (f, 7))).await.unwrap();
+}
+
+#[tokio::test]
+async fn lists_tables_in_both_formats() {
+    let sb = common::haproxy();
+    let out = stickwarden(&["table", "--haproxy", &sb.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("TABLE "), "{text}");
+    assert!(
+        text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["ft_web", "ip", "1048576", "0"]),
+        "{text}"
+    );
+
+    let out = stickwarden(&["table", "--haproxy", &sb.admin(), "--json"]);
+    let tables = json_lines(&out);
+    let ft = tables.iter().find(|t| t["table"] == "ft_web").unwrap();
+    assert_eq!(ft, &serde_json::json!({"table": "ft_web", "type": "ip", "size": 1048576, "used": 0}));
+    assert!(tables.iter().any(|t| t["table"] == "t_str" && t["type"] == "string"));
+}
+
+#[tokio::test]
+async fn dumps_filters_and_keys() {
+    let sb = common::haproxy();
+    seed(&sb).await;
+    let addr = sb.admin();
+
+    let out = stickwarden(&["table", "--haproxy", &addr, "ft_web", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entries = json_lines(&out);
+    assert_eq!(entries.len(), 3);
+    let e = entries.iter().find(|e| e["key"] == "10.1.2.3").unwrap();
+    assert_eq!(e["table"], "ft_web");
+    assert_eq!(e["data"]["gpt0"], 1);
+    assert_eq!(e["data"]["http_req_rate"], serde_json::json!({"value": 50, "period_ms": 10000}));
+    assert!(e["ptr"].as_str().unwrap().starts_with("0x"));
+    assert!(e["exp_ms"].as_u64().unwrap() > 0);
+
+    let out = stickwarden(&[
+        "table",
+        "--haproxy",
+        &addr,
+        "ft_web",
+        "--where",
+        "data.gpt0 gt 0",
+        "--where",
+        "data.http_req_rate ge 10",
+        "--json",
+    ]);
+    let keys: Vec<_> = json_lines(&out).iter().map(|e| e["key"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(keys, ["10.1.2.3"]);
+
+    let out = stickwarden(&["table", "--haproxy", &addr, "ft_web", "--key", "::ffff:127.0.0.9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("KEY") && lines[0].contains("http_req_rate(10s)"), "{text}");
+    assert!(lines[1].starts_with("127.0.0.9 "), "{text}");
+
+    // String keys: escaped in the human view (one column), real value in JSON.
+    let out = stickwarden(&["table", "--haproxy", &addr, "t_str", "--json"]);
+    assert_eq!(json_lines(&out)[0]["key"], "a b=c\\d;e");
+    let out = stickwarden(&["table", "--haproxy", &addr, "t_str"]);
+    assert!(stdout(&out).contains("a\\ b\\=c\\\\d;e "), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn haproxy_errors_exit_1_with_what_was_asked() {
+    let sb = common::haproxy();
+    let addr = sb.admin();
+    let out = stickwarden(&["table", "--haproxy", &addr, "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("show table nosuch") && err.contains("No such table"), "{err}");
+
+    let out = stickwarden(&["table", "--haproxy", &addr, "ft_web", "--where", "data.gpc0 gt 0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Data type not stored in this table"), "{}", stderr(&out));
+
+    let out = stickwarden(&["table", "--haproxy", &sb.user(), "ft_web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("insufficient privileges"), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let gone = format!("unix:{}", dir.path().join("gone.sock").display());
+    let out = stickwarden(&["table", "--haproxy", &gone]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach HAProxy"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_input_exits_2_before_connecting() {
+    // The socket does not exist: exit code 2 (not 1) proves nothing was attempted.
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("unix:{}", dir.path().join("none.sock").display());
+    let cases: [(&[&str], &str); 6] = [
+        (&["table", "--haproxy", "tcp:localhost", "t"], "expected tcp:host:port"),
+        (&["table", "--haproxy", "ipv4@127.0.0.1:9", "t"], "unknown scheme"),
+        (&["table", "--haproxy", &addr, "t", "--where", "data.gpt0 zz 1"], "unknown operator 'zz'"),
+        (&["table", "--haproxy", &addr, "t", "--where", "data.gpt0 gt x"], "'x' is not an integer"),
+        (&["table", "--haproxy", &addr, "--where", "data.gpt0 gt 1"], "NAME"),
+        (
+            &[
+                "table",
+                "--haproxy",
+                &addr,
+                "t",
+                "--where",
+                "gpt0 gt 1",
+                "--where",
+                "gpt0 gt 1",
+                "--where",
+                "gpt0 gt 1",
+                "--where",
+                "gpt0 gt 1",
+                "--where",
+                "gpt0 gt 1",
+            ],
+            "at most 4",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = stickwarden(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[tokio::test]
+async fn invalid_key_exits_2_and_changes_nothing() {
+    let sb = common::haproxy();
+    let out = stickwarden(&["table", "--haproxy", &sb.admin(), "ft_web", "--key", "999.1.1.1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("'999.1.1.1' is not a valid IPv4 address"), "{}", stderr(&out));
+    let out = stickwarden(&["table", "--haproxy", &sb.admin(), "t_int", "--key", "abc"]);
+    assert_eq!(out.status.code(), Some(2));
+    let c = common::admin(&sb).await;
+    assert!(c.list_tables().await.unwrap().iter().all(|t| t.used == 0));
+}
+
+#[tokio::test]
+async fn streams_a_large_table() {
+    let sb = common::haproxy();
+    let c = common::admin(&sb).await;
+    let n = 50_000u32;
+    let gpt0: DataField = "gpt0".parse().unwrap();
+    let cmds: Vec<_> = (0..n)
+        .map(|i| stickwarden::proto::Command::SetTable {
+            table: "ft_web".into(),
+            key: TableKey::Ip(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+            fields: vec![(gpt0.clone(), (i % 10 == 0) as u64)],
+        })
+        .collect();
+    assert!(c.pipeline(&cmds).await.iter().all(Result::is_ok));
+    let out = stickwarden(&["table", "--haproxy", &sb.admin(), "ft_web", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), n as usize);
+    let tagged = text.lines().filter(|l| l.contains("\"gpt0\":1")).count();
+    assert_eq!(tagged, n as usize / 10);
+    // Human output: one heading, then one aligned row per entry.
+    let out = stickwarden(&["table", "--haproxy", &sb.admin(), "ft_web", "--where", "data.gpt0 eq 1"]);
+    assert_eq!(stdout(&out).lines().count(), n as usize / 10 + 1);
+    assert!(stderr(&out).contains(&format!("{} entries of ft_web", n / 10)));
+}
