@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use stickwarden::output::json;
-use stickwarden::proto::table::{EntryParser, Line};
+use stickwarden::proto::table::{lines, EntryParser, Line};
 
 /// A dump of `n` entries as HAProxy 2.6 prints it.
 fn dump(n: u32) -> Vec<u8> {
@@ -31,7 +31,7 @@ fn dump(n: u32) -> Vec<u8> {
 
 fn parse_all(buf: &[u8], p: &mut EntryParser) -> u64 {
     let mut sum = 0u64;
-    for line in buf.split_inclusive(|&b| b == b'\n') {
+    for line in lines(buf) {
         if let Line::Entry(e) = p.parse_line(line) {
             sum += e.exp_ms;
             for c in e.columns() {
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         let mut out = Vec::with_capacity(256 * 1024);
         b.iter(|| {
             let mut written = 0usize;
-            for line in buf.split_inclusive(|&b| b == b'\n') {
+            for line in lines(&buf) {
                 if let Line::Entry(e) = p.parse_line(line) {
                     json::entry_line(&mut out, "ft_web", &e);
                     if out.len() > 192 * 1024 {

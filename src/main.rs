@@ -12,7 +12,9 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: the CLI's work is one pipeline (socket, parser, output) and HAProxy needs a core
+    // of its own to produce the dump; see docs/BENCHMARKS.md for the measurements.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stickwarden: cannot start the runtime: {e}");

@@ -61,7 +61,7 @@ impl TableDump {
                 }
             }
             stats.bytes += chunk.len() as u64;
-            for line in chunk.split_inclusive(|&b| b == b'\n') {
+            for line in crate::proto::table::lines(&chunk) {
                 match parser.parse_line(line) {
                     Line::Header(h) => {
                         stats.tables += 1;

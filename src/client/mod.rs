@@ -197,7 +197,7 @@ impl Client {
         let body = self.execute(&cmd).await?;
         let mut parser = EntryParser::new();
         let mut out = Vec::new();
-        for line in body.split_inclusive(|&b| b == b'\n') {
+        for line in crate::proto::table::lines(&body) {
             match parser.parse_line(line) {
                 Line::Header(h) => out.push(h.to_owned()),
                 _ => return Err(unexpected(&cmd, line)),

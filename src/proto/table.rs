@@ -201,12 +201,26 @@ impl EntryParser {
         let mut pos = key_end;
         while pos < line.len() {
             pos += 1; // the space
-            let end = memchr::memchr(b' ', &line[pos..]).map_or(line.len(), |i| pos + i);
-            let tok = &line[pos..end];
-            let eq = memchr::memchr(b'=', tok).ok_or("column without '='")?;
-            let (name, val) = (&tok[..eq], &tok[eq + 1..]);
-            let val_at = (pos + eq + 1) as u32;
-            pos = end;
+                      // One pass finds both the token's end and its first '=' (tokens are short: a call
+                      // to memchr per token costs more than this loop).
+            let start = pos;
+            let mut eq = usize::MAX;
+            while pos < line.len() {
+                let b = line[pos];
+                if b == b' ' {
+                    break;
+                }
+                if b == b'=' && eq == usize::MAX {
+                    eq = pos;
+                }
+                pos += 1;
+            }
+            let end = pos;
+            if eq == usize::MAX {
+                return Err("column without '='");
+            }
+            let (name, val) = (&line[start..eq], &line[eq + 1..end]);
+            let val_at = (eq + 1) as u32;
             match name {
                 b"use" if !seen_use => {
                     entry.use_count = parse_u64(val).and_then(|v| u32::try_from(v).ok()).ok_or("bad use=")?;
@@ -224,7 +238,7 @@ impl EntryParser {
                 }
                 _ => {}
             }
-            let name_at = (end - tok.len()) as u32;
+            let name_at = start as u32;
             let (name_len, period_ms) = match memchr::memchr(b'(', name) {
                 Some(p) if name.last() == Some(&b')') => {
                     let period = parse_u64(&name[p + 1..name.len() - 1]).and_then(|v| u32::try_from(v).ok());
@@ -261,6 +275,20 @@ fn text_value(val: &[u8], at: u32) -> Result<RawValue, &'static str> {
     } else {
         Err("non-printable column value")
     }
+}
+
+/// Iterates over the lines of `buf`, each with its `\n` (the last one may lack it).
+pub fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let (line, tail) = rest.split_at(end);
+        rest = tail;
+        Some(line)
+    })
 }
 
 /// Parses `# table: NAME, type: TYPE, size:N, used:N` (spaces after `:` optional, extra
