@@ -78,10 +78,24 @@ enum RawValue {
 
 #[derive(Debug, Clone, Copy)]
 struct RawColumn {
-    name: (u32, u32),
-    period_ms: Option<u32>,
+    /// Index in the parser's [`SchemaColumn`]s.
+    slot: u32,
     value: RawValue,
 }
+
+/// A column name met before. The columns of a table are the same on every line, so each line's
+/// tokens are matched against the names already seen (`gpt0=`, `http_req_rate(10000)=`): no
+/// search for `=`, no parsing of the period and no UTF-8 check after the first line.
+#[derive(Debug, Clone)]
+struct SchemaColumn {
+    /// The token's text up to and including `=`.
+    prefix: Vec<u8>,
+    name: String,
+    period_ms: Option<u32>,
+}
+
+/// More distinct column names than any table has: past this the cache is reset (odd input).
+const MAX_SCHEMA: usize = 1024;
 
 /// One stick-table entry, borrowing its line.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +110,7 @@ pub struct Entry<'a> {
     key: &'a [u8],
     line: &'a [u8],
     columns: &'a [RawColumn],
+    schema: &'a [SchemaColumn],
 }
 
 impl<'a> Entry<'a> {
@@ -115,24 +130,21 @@ impl<'a> Entry<'a> {
     }
 
     pub fn columns(&self) -> impl ExactSizeIterator<Item = Column<'a>> + 'a {
-        let line = self.line;
-        self.columns.iter().map(move |c| column(line, c))
+        let (line, schema) = (self.line, self.schema);
+        self.columns.iter().map(move |c| column(line, schema, c))
     }
 
     /// The column called `name` (`gpt0`, `http_req_rate`, `gpc1_rate`), if stored.
     pub fn get(&self, name: &str) -> Option<Column<'a>> {
-        let line = self.line;
-        self.columns
-            .iter()
-            .find(|c| &line[c.name.0 as usize..c.name.1 as usize] == name.as_bytes())
-            .map(|c| column(line, c))
+        self.columns().find(|c| c.name == name)
     }
 }
 
-fn column<'a>(line: &'a [u8], c: &RawColumn) -> Column<'a> {
+fn column<'a>(line: &'a [u8], schema: &'a [SchemaColumn], c: &RawColumn) -> Column<'a> {
+    let s = &schema[c.slot as usize];
     Column {
-        name: ascii(&line[c.name.0 as usize..c.name.1 as usize]),
-        period_ms: c.period_ms,
+        name: &s.name,
+        period_ms: s.period_ms,
         value: match c.value {
             RawValue::Uint(u) => Value::Uint(u),
             RawValue::Int(i) => Value::Int(i),
@@ -161,6 +173,7 @@ pub enum Line<'a> {
 #[derive(Debug, Default)]
 pub struct EntryParser {
     columns: Vec<RawColumn>,
+    schema: Vec<SchemaColumn>,
 }
 
 impl EntryParser {
@@ -187,8 +200,7 @@ impl EntryParser {
     }
 
     fn parse_entry<'a>(&'a mut self, line: &'a [u8]) -> Result<Entry<'a>, &'static str> {
-        let colon = memchr::memchr(b':', line).ok_or("no pointer")?;
-        let ptr = parse_hex_ptr(&line[..colon]).ok_or("bad pointer")?;
+        let (ptr, colon) = parse_hex_ptr(line).ok_or("bad pointer")?;
         let rest = line.get(colon + 1..).ok_or("truncated")?;
         let rest_at = colon + 1;
         let key_at = rest_at + rest.strip_prefix(b" key=").map(|_| 5).ok_or("no key")?;
@@ -196,76 +208,76 @@ impl EntryParser {
         let key = &line[key_at..key_end];
 
         self.columns.clear();
-        let mut entry = Entry { ptr, use_count: 0, exp_ms: 0, shard: None, key, line, columns: &[] };
-        let (mut seen_use, mut seen_exp) = (false, false);
-        let mut pos = key_end;
-        while pos < line.len() {
-            pos += 1; // the space
-                      // One pass finds both the token's end and its first '=' (tokens are short: a call
-                      // to memchr per token costs more than this loop).
-            let start = pos;
-            let mut eq = usize::MAX;
-            while pos < line.len() {
-                let b = line[pos];
-                if b == b' ' {
-                    break;
-                }
-                if b == b'=' && eq == usize::MAX {
-                    eq = pos;
-                }
-                pos += 1;
-            }
-            let end = pos;
-            if eq == usize::MAX {
-                return Err("column without '='");
-            }
-            let (name, val) = (&line[start..eq], &line[eq + 1..end]);
-            let val_at = (eq + 1) as u32;
-            match name {
-                b"use" if !seen_use => {
-                    entry.use_count = parse_u64(val).and_then(|v| u32::try_from(v).ok()).ok_or("bad use=")?;
-                    seen_use = true;
+        if self.schema.len() > MAX_SCHEMA {
+            self.schema.clear();
+        }
+        let (mut use_count, mut exp_ms, mut shard) = (None, None, None);
+        // Each token starts after a space; memchr_iter finds them all in one vectorised scan.
+        let mut starts = memchr::memchr_iter(b' ', &line[key_end..]).map(|i| key_end + i + 1).peekable();
+        while let Some(start) = starts.next() {
+            let end = starts.peek().map_or(line.len(), |next| next - 1);
+            let tok = &line[start..end];
+            if self.columns.is_empty() {
+                if let Some(v) = tok.strip_prefix(b"use=").filter(|_| use_count.is_none()) {
+                    use_count = Some(parse_u64(v).and_then(|v| u32::try_from(v).ok()).ok_or("bad use=")?);
                     continue;
                 }
-                b"exp" if !seen_exp => {
-                    entry.exp_ms = parse_u64(val).ok_or("bad exp=")?;
-                    seen_exp = true;
+                if let Some(v) = tok.strip_prefix(b"exp=").filter(|_| exp_ms.is_none()) {
+                    exp_ms = Some(parse_u64(v).ok_or("bad exp=")?);
                     continue;
                 }
-                b"shard" if entry.shard.is_none() && self.columns.is_empty() => {
-                    entry.shard = Some(parse_u64(val).and_then(|v| u32::try_from(v).ok()).ok_or("bad shard=")?);
+                if let Some(v) = tok.strip_prefix(b"shard=").filter(|_| shard.is_none()) {
+                    shard = Some(parse_u64(v).and_then(|v| u32::try_from(v).ok()).ok_or("bad shard=")?);
                     continue;
                 }
-                _ => {}
             }
-            let name_at = start as u32;
-            let (name_len, period_ms) = match memchr::memchr(b'(', name) {
-                Some(p) if name.last() == Some(&b')') => {
-                    let period = parse_u64(&name[p + 1..name.len() - 1]).and_then(|v| u32::try_from(v).ok());
-                    (p, Some(period.ok_or("bad period")?))
-                }
-                _ => (name.len(), None),
-            };
-            if name_len == 0 || !name[..name_len].iter().all(|b| b.is_ascii_graphic()) {
-                return Err("bad column name");
-            }
+            let slot = self.slot_of(tok)?;
+            let val_at = start + self.schema[slot].prefix.len();
+            let val = &line[val_at..end];
             let value = match val {
                 [b'-', digits @ ..] => match parse_u64(digits) {
                     Some(d) if d <= i64::MAX as u64 + 1 => RawValue::Int((d as i64).wrapping_neg()),
-                    _ => text_value(val, val_at)?,
+                    _ => text_value(val, val_at as u32)?,
                 },
                 _ => match parse_u64(val) {
                     Some(u) => RawValue::Uint(u),
-                    None => text_value(val, val_at)?,
+                    None => text_value(val, val_at as u32)?,
                 },
             };
-            self.columns.push(RawColumn { name: (name_at, name_at + name_len as u32), period_ms, value });
+            self.columns.push(RawColumn { slot: slot as u32, value });
         }
-        if !(seen_use && seen_exp) {
+        let (Some(use_count), Some(exp_ms)) = (use_count, exp_ms) else {
             return Err("no use= or exp=");
+        };
+        Ok(Entry { ptr, use_count, exp_ms, shard, key, line, columns: &self.columns, schema: &self.schema })
+    }
+
+    /// The schema slot of a `name[(period)]=value` token, learning the name if it is new.
+    fn slot_of(&mut self, tok: &[u8]) -> Result<usize, &'static str> {
+        // The common case: the same column as at this position on the previous line.
+        let guess = self.columns.len();
+        if self.schema.get(guess).is_some_and(|s| has_prefix(tok, &s.prefix)) {
+            return Ok(guess);
         }
-        entry.columns = &self.columns;
-        Ok(entry)
+        if let Some(i) = self.schema.iter().position(|s| has_prefix(tok, &s.prefix)) {
+            return Ok(i);
+        }
+        let eq = memchr::memchr(b'=', tok).ok_or("column without '='")?;
+        let name = &tok[..eq];
+        let (name_len, period_ms) = match memchr::memchr(b'(', name) {
+            Some(p) if name.last() == Some(&b')') => {
+                let period = parse_u64(&name[p + 1..name.len() - 1]).and_then(|v| u32::try_from(v).ok());
+                (p, Some(period.ok_or("bad period")?))
+            }
+            _ => (name.len(), None),
+        };
+        let base = &name[..name_len];
+        if base.is_empty() || !base.iter().all(|b| b.is_ascii_graphic() && *b != b'(') {
+            return Err("bad column name");
+        }
+        let name = std::str::from_utf8(base).map_err(|_| "bad column name")?.to_owned();
+        self.schema.push(SchemaColumn { prefix: tok[..=eq].to_vec(), name, period_ms });
+        Ok(self.schema.len() - 1)
     }
 }
 
@@ -339,22 +351,30 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-fn parse_hex_ptr(s: &[u8]) -> Option<u64> {
+/// Reads `0x<hex>:` at the start of a line; returns the pointer and the index of the colon.
+fn parse_hex_ptr(s: &[u8]) -> Option<(u64, usize)> {
     let digits = s.strip_prefix(b"0x")?;
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
     let mut v: u64 = 0;
-    for &b in digits {
+    for (i, &b) in digits.iter().enumerate().take(17) {
         let d = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
             b'A'..=b'F' => b - b'A' + 10,
+            b':' if i > 0 => return Some((v, i + 2)),
             _ => return None,
         };
+        if i == 16 {
+            return None;
+        }
         v = (v << 4) | d as u64;
     }
-    Some(v)
+    None
+}
+
+/// `tok.starts_with(prefix)` for the short prefixes of column names, without a call to memcmp.
+#[inline]
+fn has_prefix(tok: &[u8], prefix: &[u8]) -> bool {
+    tok.len() >= prefix.len() && tok.iter().zip(prefix).all(|(a, b)| a == b)
 }
 
 #[cfg(test)]
