@@ -79,7 +79,7 @@ pub fn unescape_key(raw: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// Escapes bytes the way `dump_text()` does: used by tests and by the dump generator of the benches.
+/// Escapes bytes the way `dump_text()` does (for tests, and tools that write dumps).
 pub fn dump_escape(key: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &c in key {
