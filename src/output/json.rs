@@ -13,6 +13,12 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Column names and address keys never need escaping: one scan, one copy.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -56,9 +62,19 @@ pub fn table_line(out: &mut Vec<u8>, h: &TableHeader<'_>) {
 
 /// One line describing an entry of `table`, newline included.
 pub fn entry_line(out: &mut Vec<u8>, table: &str, e: &Entry<'_>) {
+    entry_head(out, table);
+    entry_rest(out, e);
+}
+
+/// The start of every entry line of `table`; printers write it once per table and reuse it.
+pub fn entry_head(out: &mut Vec<u8>, table: &str) {
     out.extend_from_slice(b"{\"table\":");
     string(out, table);
     out.extend_from_slice(b",\"key\":");
+}
+
+/// The rest of an entry line, after [`entry_head`].
+pub fn entry_rest(out: &mut Vec<u8>, e: &Entry<'_>) {
     let key = e.key_bytes();
     match std::str::from_utf8(&key) {
         Ok(k) => string(out, k),

@@ -25,7 +25,8 @@ pub enum Format {
 pub struct DumpPrinter<W: Write> {
     out: W,
     format: Format,
-    table: String,
+    /// `{"table":"<name>","key":`, encoded once per table.
+    entry_head: Vec<u8>,
     buf: Vec<u8>,
     rows: Aligned,
     error: Option<io::Error>,
@@ -36,7 +37,7 @@ impl<W: Write> DumpPrinter<W> {
         DumpPrinter {
             out,
             format,
-            table: String::new(),
+            entry_head: Vec::new(),
             buf: Vec::with_capacity(64 * 1024),
             rows: Aligned::default(),
             error: None,
@@ -57,10 +58,13 @@ impl<W: Write> DumpPrinter<W> {
                 self.rows.push(table_row(&h));
             }
             (TableItem::Header(h), _) => {
-                self.table.clear();
-                self.table.push_str(h.name);
+                self.entry_head.clear();
+                json::entry_head(&mut self.entry_head, h.name);
             }
-            (TableItem::Entry(e), Format::Json) => json::entry_line(&mut self.buf, &self.table, &e),
+            (TableItem::Entry(e), Format::Json) => {
+                self.buf.extend_from_slice(&self.entry_head);
+                json::entry_rest(&mut self.buf, &e);
+            }
             (TableItem::Entry(e), Format::Human) => {
                 if self.rows.is_empty() && !self.rows.started {
                     self.rows.push(entry_heading(&e));
