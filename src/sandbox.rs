@@ -18,16 +18,15 @@ use tokio::net::{TcpSocket, TcpStream};
 /// What the standard sandbox configuration contains beyond its fixed tables.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxOptions {
-    /// Let HAProxy itself tag (`gpt0 = 1`) a client whose `http_req_rate(10s)` exceeds this.
-    pub self_tag_over: Option<u32>,
-    /// Size of the `ft_web` table (default 1m entries).
-    pub web_table_size: Option<u64>,
+    /// HAProxy's idle timeout of Runtime API connections, `stats timeout` (default 2 minutes).
+    pub stats_timeout_secs: Option<u32>,
 }
 
 /// A running HAProxy on loopback; killed on drop.
 pub struct Sandbox {
     dir: tempfile::TempDir,
     child: Child,
+    bin: PathBuf,
     /// Listening port of the `ft_web` HTTP frontend.
     pub web_port: u16,
     /// Listening port of the `ft_tcp` frontend, which holds TCP connections open (live streams).
@@ -51,16 +50,15 @@ impl Sandbox {
         std::fs::write(dir.path().join("haproxy.cfg"), cfg)?;
         let version = haproxy_version(&bin)?;
         let child = spawn(&bin, dir.path())?;
-        Ok(Sandbox { dir, child, web_port, tcp_port, version })
+        Ok(Sandbox { dir, child, bin, web_port, tcp_port, version })
     }
 
     /// Stops HAProxy (SIGKILL) and starts it again on the same configuration and socket paths:
     /// what a restart does to runtime state, every table entry and ACL entry gone.
     pub fn restart(&mut self) -> io::Result<()> {
         self.stop();
-        let bin = haproxy_binary().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing_haproxy_message()))?;
         let _ = std::fs::remove_file(self.dir.path().join("admin.sock"));
-        self.child = spawn(&bin, self.dir.path())?;
+        self.child = spawn(&self.bin, self.dir.path())?;
         Ok(())
     }
 
@@ -152,17 +150,13 @@ fn spawn(bin: &Path, dir: &Path) -> io::Result<Child> {
 /// table of every key type, as in the captured fixtures.
 pub fn standard_config(dir: &Path, web_port: u16, tcp_port: u16, opts: &SandboxOptions) -> String {
     let d = dir.display();
-    let size = opts.web_table_size.unwrap_or(1 << 20);
-    let self_tag = match opts.self_tag_over {
-        Some(n) => format!("    http-request sc-set-gpt0(0) 1 if {{ sc_http_req_rate(0) gt {n} }}\n"),
-        None => String::new(),
-    };
+    let stats_timeout = opts.stats_timeout_secs.unwrap_or(120);
     format!(
         "global
     stats socket {d}/admin.sock mode 600 level admin
     stats socket {d}/oper.sock mode 600 level operator
     stats socket {d}/user.sock mode 600 level user
-    stats timeout 2m
+    stats timeout {stats_timeout}s
     stats maxconn 50
 defaults
     timeout connect 5s
@@ -171,9 +165,9 @@ defaults
 frontend ft_web
     mode http
     bind 127.0.0.1:{web_port}
-    stick-table type ip size {size} expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur
+    stick-table type ip size 1m expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur
     http-request track-sc0 src
-{self_tag}    http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
+    http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
     http-request deny deny_status 403 if {{ src -f {d}/block.lst }}
     http-request return status 200 content-type text/plain string ok
 frontend ft_tcp

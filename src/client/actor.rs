@@ -220,7 +220,8 @@ impl Actor {
                 }
             }
         }
-        if self.pending.is_empty() && !conn.buf.is_empty() && conn.buf[..] != b"> "[..conn.buf.len().min(2)] {
+        // With nothing asked, only (part of) a prompt may be left over.
+        if self.pending.is_empty() && !b"> ".starts_with(&conn.buf) {
             return Err(format!(
                 "unsolicited data: {:?}",
                 String::from_utf8_lossy(&conn.buf[..conn.buf.len().min(80)])

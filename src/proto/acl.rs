@@ -46,10 +46,7 @@ pub fn parse_acl_entries(body: &[u8]) -> Result<Vec<AclEntry>, String> {
         .filter(|l| !l.is_empty())
         .map(|line| {
             let (ptr, pattern) = line.split_once(' ').ok_or_else(|| format!("unexpected ACL entry: {line}"))?;
-            let ptr = ptr
-                .strip_prefix("0x")
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("unexpected ACL entry pointer: {line}"))?;
+            let ptr = super::parse_ptr(ptr).ok_or_else(|| format!("unexpected ACL entry pointer: {line}"))?;
             Ok(AclEntry { ptr, pattern: pattern.to_owned() })
         })
         .collect()

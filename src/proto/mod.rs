@@ -13,6 +13,15 @@ pub mod key;
 pub mod sess;
 pub mod table;
 
+/// Parses an object address as HAProxy prints it (`%p`: `0x` and up to 16 hex digits).
+pub(crate) fn parse_ptr(text: &str) -> Option<u64> {
+    let hex = text.strip_prefix("0x")?;
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
 pub use command::{AclPattern, AclRef, Command, CommandError, DataField, Filter, FilterOp, TableSelect};
 pub use error::{ErrorKind, HaproxyError};
 pub use key::{KeyError, KeyType, TableKey};

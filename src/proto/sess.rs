@@ -43,10 +43,7 @@ pub fn parse_sessions(body: &[u8]) -> Result<Vec<Session>, String> {
 
 fn parse_session(line: &str) -> Result<Session, String> {
     let (ptr, rest) = line.split_once(": ").ok_or_else(|| format!("unexpected 'show sess' line: {line}"))?;
-    let ptr = ptr
-        .strip_prefix("0x")
-        .and_then(|h| u64::from_str_radix(h, 16).ok())
-        .ok_or_else(|| format!("unexpected 'show sess' pointer: {line}"))?;
+    let ptr = super::parse_ptr(ptr).ok_or_else(|| format!("unexpected 'show sess' pointer: {line}"))?;
     let mut s = Session { ptr, proto: None, src: None, frontend: None };
     for word in rest.split(' ') {
         if let Some(p) = word.strip_prefix("proto=") {
