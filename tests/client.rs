@@ -340,3 +340,64 @@ async fn unreachable_target_is_an_error_not_a_hang() {
     let e = Client::connect(target.parse().unwrap(), ClientOptions::default()).await.err().unwrap();
     assert!(matches!(e, ClientError::Connect(_)), "{e}");
 }
+
+/// `set timeout cli` keeps an idle connection open past HAProxy's `stats timeout`: the stream
+/// that answers after the idle period is the one opened before it (its age says so). Without
+/// it HAProxy would close the connection after 1 s and the client would quietly open a new one.
+#[tokio::test]
+async fn idle_connection_outlives_stats_timeout() {
+    let sb = common::haproxy_with(&sandbox::SandboxOptions { stats_timeout_secs: Some(1) });
+    let c = common::admin(&sb).await;
+    c.show_info().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let body = c.execute(&stickwarden::proto::Command::ShowSess).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    let cli = text.lines().find(|l| l.contains("proto=unix_stream")).unwrap_or_else(|| panic!("{text}"));
+    let age: u64 = cli
+        .split(' ')
+        .find_map(|w| w.strip_prefix("age=")?.strip_suffix('s')?.parse().ok())
+        .unwrap_or_else(|| panic!("no age in {cli}"));
+    assert!(age >= 2, "the connection was reopened: {cli}");
+}
+
+/// A HAProxy that stops answering (frozen with SIGSTOP) fails pending requests after the read
+/// timeout instead of hanging them, and the client recovers once it answers again. A write is
+/// used because writes are never retried (a read-only command would be retried once, and that
+/// retry would meet the connect timeout instead).
+#[tokio::test]
+async fn frozen_haproxy_hits_the_read_timeout() {
+    let sb = common::haproxy();
+    let opts = ClientOptions {
+        read_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..ClientOptions::default()
+    };
+    let c = Client::connect(sb.admin().parse().unwrap(), opts).await.unwrap();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &sb.pid().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    };
+    let key = TableKey::parse(KeyType::Ip, "10.9.9.9").unwrap();
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let res = c.set_table("ft_web", key, &[(field("gpt0"), 1)]).await;
+    let elapsed = started.elapsed();
+    signal("-CONT");
+    let e = res.unwrap_err();
+    assert!(matches!(&e, ClientError::Disconnected(why) if why.contains("no answer")), "{e}");
+    assert!(elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert!(c.show_info().await.is_ok());
+}
+
+/// A peer that accepts connections but never answers is a connect timeout, not a hang.
+#[tokio::test]
+async fn silent_peer_is_a_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap(); // never accepts, never answers
+    let opts = ClientOptions { connect_timeout: Duration::from_millis(300), ..ClientOptions::default() };
+    let started = std::time::Instant::now();
+    let e = Client::connect(format!("unix:{}", path.display()).parse().unwrap(), opts).await.err().unwrap();
+    assert!(matches!(e, ClientError::ConnectTimeout(_)), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
