@@ -11,14 +11,35 @@
 //!   (JSON Lines), written as they stream.
 //! - [`sandbox`]: a throw-away HAProxy on loopback with a temp-dir socket, and a tiny HTTP client
 //!   bound to chosen loopback source addresses; used by `stickwarden demo` and by the tests.
+//! - [`time`], [`net`]: instants as the store keeps them (ms since the epoch, RFC 3339 for people);
+//!   addresses and networks in the one canonical form blocks are keyed by.
+//! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
+//! - [`rules`]: rule files, conditions, the scoring and escalation policy, and the server-side
+//!   filters derived from them ([`rules::filters`]).
+//! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
+//! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
+//! - [`store`]: offenders, active blocks, allowlist and audit log in sled, behind a small API.
+//! - [`actuator`]: one actor per target turning block and release jobs into Runtime API commands.
+//! - [`daemon`]: `stickwarden run`: pollers, the controller that owns decisions, release on time.
+//! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
 //! - [`cli`]: the `stickwarden` subcommands, their arguments and exit codes.
 
+pub mod actuator;
+pub mod allowlist;
+pub mod check;
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod net;
 pub mod output;
 pub mod proto;
+pub mod rules;
 pub mod sandbox;
+pub mod store;
 pub mod target;
+pub mod time;
 
 pub use client::{Client, ClientError, ClientOptions};
 pub use target::Target;

@@ -8,7 +8,8 @@ fn main() -> std::process::ExitCode {
     let args = stickwarden::cli::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STICKWARDEN_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("STICKWARDEN_LOG")
+                .unwrap_or_else(|_| args.default_log_level().into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -165,7 +165,7 @@ defaults
 frontend ft_web
     mode http
     bind 127.0.0.1:{web_port}
-    stick-table type ip size 1m expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur
+    stick-table type ip size 1m expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur,conn_rate(10s)
     http-request track-sc0 src
     http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
     http-request deny deny_status 403 if {{ src -f {d}/block.lst }}

@@ -3,6 +3,7 @@
 //! validated before any socket is opened, so a malformed address or filter changes nothing.
 
 mod demo;
+mod run;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -27,9 +28,24 @@ pub struct Args {
 pub enum Cmd {
     /// Read a live stick table (list the tables when NAME is omitted).
     Table(table::TableArgs),
-    /// Start a sandbox HAProxy on loopback, send it abusive and normal traffic, and block and
-    /// release the abuser through the Runtime API, showing each step.
+    /// Start a sandbox HAProxy on loopback and the controller with the shipped rules, send it
+    /// abusive, normal and allowlisted traffic, and watch blocks escalate and end.
     Demo(demo::DemoArgs),
+    /// Run the daemon: poll the tables, decide, block and release (until SIGTERM or SIGINT).
+    Run(run::ConfigArgs),
+    /// Validate the configuration and rules, then verify each HAProxy target: tables, stored
+    /// data types, the block ACL and the socket's level.
+    Check(run::ConfigArgs),
+}
+
+impl Args {
+    /// The log level when STICKWARDEN_LOG is not set: the daemon says what it decides.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Cmd::Run(_) | Cmd::Demo(_) => "stickwarden=info",
+            _ => "warn",
+        }
+    }
 }
 
 /// A failed subcommand: what went wrong and the exit code that says which kind of failure it was.
@@ -63,5 +79,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     match args.command {
         Cmd::Table(a) => table::run(a).await,
         Cmd::Demo(a) => demo::run(a).await,
+        Cmd::Run(a) => run::run(a).await,
+        Cmd::Check(a) => run::check(a).await,
     }
 }

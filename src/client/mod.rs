@@ -90,6 +90,17 @@ impl ClientError {
         }
     }
 
+    /// A failure of the connection rather than an answer: worth trying again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect(_)
+                | ClientError::ConnectTimeout(_)
+                | ClientError::Disconnected(_)
+                | ClientError::Unavailable { .. }
+        )
+    }
+
     fn retriable(&self) -> bool {
         matches!(self, ClientError::Disconnected(_))
     }

@@ -25,3 +25,134 @@ pub fn version(sb: &Sandbox) -> (u32, u32) {
     let mut it = sb.version.split(['.', '-']).map(|p| p.parse().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
+
+/// How often the controller polls in the tests.
+pub const INTERVAL_MS: u64 = 250;
+
+/// A controller set up in a temp dir: `stickwarden.toml`, a rules directory holding the shipped
+/// rule files (`rules/*.toml` of the repository, not their production policy) and the test's
+/// policy, and the store directory.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+}
+
+impl Setup {
+    pub fn store_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+}
+
+/// A policy with threshold 100 (one match of a shipped rule of weight 100) and the given ladder
+/// steps, e.g. `{ action = ["tag"], duration = "2s" }`.
+pub fn policy(steps: &str) -> String {
+    format!("[score]\nthreshold = 100\nhalf_life = \"10m\"\n[ladder]\nforgiveness = \"1h\"\nsteps = [{steps}]\n")
+}
+
+/// Writes the configuration for the sandbox: its admin socket, ft_web as the watched and block
+/// table, its block ACL; `extra` is appended (e.g. `dry_run = true` must come before any table,
+/// so it goes through `top`).
+pub fn setup(sb: &Sandbox, top: &str, policy: &str, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    for f in ["http-flood.toml", "scanner.toml", "conn-flood.toml"] {
+        std::fs::copy(shipped.join(f), rules.join(f)).unwrap();
+    }
+    std::fs::write(rules.join("policy.toml"), policy).unwrap();
+    let config = dir.path().join("stickwarden.toml");
+    let text = format!(
+        "{top}\nrules = \"rules\"\npoll_interval = \"{INTERVAL_MS}ms\"\n\n[store]\npath = \"store\"\ncache_mb = 8\n\n\
+         [[haproxy]]\nname = \"sandbox\"\nsocket = \"{}\"\n\n[block]\ntable = \"ft_web\"\ntag = \"gpt0\"\nacl = \"{}\"\n\n{extra}\n",
+        sb.admin(),
+        sb.block_acl().display()
+    );
+    std::fs::write(&config, text).unwrap();
+    Setup { dir, config }
+}
+
+/// The controller running in this process on `setup`, with its store open for inspection.
+pub struct Daemon {
+    pub store: stickwarden::store::Store,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), stickwarden::store::StoreError>>,
+}
+
+impl Daemon {
+    pub fn start(setup: &Setup) -> Daemon {
+        // STICKWARDEN_LOG=debug shows the controller's log in a failing test's output.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STICKWARDEN_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
+        let cfg = stickwarden::config::Config::load(&setup.config).unwrap_or_else(|e| panic!("{e}"));
+        let store = stickwarden::store::Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(stickwarden::daemon::run(cfg, store.clone(), async move {
+            let _ = rx.await;
+        }));
+        Daemon { store, stop: Some(tx), task }
+    }
+
+    /// Stops it as SIGTERM would and checks it ended cleanly.
+    pub async fn stop(mut self) -> stickwarden::store::Store {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap().unwrap();
+        self.store.clone()
+    }
+}
+
+/// The `gpt0` of `addr` in ft_web; `None` when the entry does not exist.
+pub async fn gpt0(c: &Client, addr: &str) -> Option<u64> {
+    use stickwarden::client::TableItem;
+    use stickwarden::proto::{table::Value, KeyType, TableKey, TableSelect};
+    let key = TableKey::parse(KeyType::Ip, addr).unwrap();
+    let dump = c.show_table("ft_web", TableSelect::Key(key)).await.unwrap();
+    let mut out = None;
+    dump.for_each(|item| {
+        if let TableItem::Entry(e) = item {
+            if let Some(Value::Uint(v)) = e.get("gpt0").map(|c| c.value) {
+                out = Some(v);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    out
+}
+
+/// The patterns of the sandbox's block ACL.
+pub async fn acl(c: &Client, sb: &Sandbox) -> Vec<String> {
+    let r = sb.block_acl().display().to_string().parse().unwrap();
+    let mut v: Vec<String> = c.show_acl(&r).await.unwrap().into_iter().map(|e| e.pattern).collect();
+    v.sort();
+    v
+}
+
+/// Polls `f` every 50 ms until it is true or `timeout` passes; returns whether it became true.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Status of one GET from loopback client `n` (1 -> 127.0.0.2, ...).
+pub async fn get(sb: &Sandbox, n: u8) -> u16 {
+    stickwarden::sandbox::http_get(stickwarden::sandbox::client_addr(n), sb.web_port).await.unwrap()
+}
+
+/// `count` requests from client `n`, 10 at a time.
+pub async fn flood(sb: &Sandbox, n: u8, count: usize) -> Vec<(u16, usize)> {
+    stickwarden::sandbox::http_burst(stickwarden::sandbox::client_addr(n), sb.web_port, count, 10).await.unwrap()
+}

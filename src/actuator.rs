@@ -1,0 +1,296 @@
+//! The actuator: one actor per HAProxy target that owns its client and turns block and release
+//! jobs into Runtime API commands, rate limited (governor) and confirmed.
+//!
+//! Apply: `set table` the tag, `add acl` the address or CIDR (once: the ACL's contents are read
+//! first, because HAProxy does not refuse duplicates), and for a kill step `show sess` then
+//! `shutdown session` of each live session from the blocked address. Release undoes exactly that:
+//! the tag set back to 0 and the entry cleared (an entry in use is cleared later), `del acl`.
+//! Every answer is checked; connection failures are retried with backoff until they succeed or the
+//! daemon stops, and HAProxy's refusals are returned to the caller, who audits them.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::client::{Client, ClientError};
+use crate::config::{BlockConfig, TargetConfig};
+use crate::proto::{AclPattern, DataField, ErrorKind, KeyType, TableKey};
+use crate::rules::{Action, Actions};
+
+/// What to do, to which key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    /// `kill` is false when a block is re-applied (after a restart): sessions are killed once.
+    Apply {
+        key: IpNet,
+        actions: Actions,
+        kill: bool,
+    },
+    Release {
+        key: IpNet,
+        actions: Actions,
+    },
+}
+
+type Reply = oneshot::Sender<Result<(), ClientError>>;
+
+/// A handle on one target's actuator. Clones share it.
+#[derive(Clone)]
+pub struct Actuator {
+    pub name: String,
+    tx: mpsc::Sender<(Job, Reply)>,
+}
+
+impl Actuator {
+    /// Starts the actor; it stops when every handle is dropped or `shutdown` turns true.
+    pub fn spawn(
+        target: &TargetConfig,
+        client: Client,
+        block: &BlockConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Actuator {
+        let (tx, rx) = mpsc::channel(1024);
+        let quota = Quota::per_second(NonZeroU32::new(target.commands_per_second).unwrap_or(NonZeroU32::MIN));
+        let actor = Actor {
+            name: target.name.clone(),
+            client,
+            limiter: RateLimiter::direct(quota),
+            block: block.clone(),
+            key_type: None,
+            acl_known: None,
+            pending_clears: Vec::new(),
+            shutdown,
+        };
+        tokio::spawn(actor.run(rx));
+        Actuator { name: target.name.clone(), tx }
+    }
+
+    /// Queues `job` (jobs run in the order they are submitted); the receiver gets its outcome once
+    /// HAProxy confirmed or refused it.
+    pub async fn submit(&self, job: Job) -> Result<oneshot::Receiver<Result<(), ClientError>>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((job, tx)).await.map_err(|_| ClientError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Runs `job` and waits for its outcome.
+    pub async fn run(&self, job: Job) -> Result<(), ClientError> {
+        self.submit(job).await?.await.map_err(|_| ClientError::Stopped)?
+    }
+}
+
+struct Actor {
+    name: String,
+    client: Client,
+    limiter: DefaultDirectRateLimiter,
+    block: BlockConfig,
+    /// The block table's key type, read once per connection.
+    key_type: Option<KeyType>,
+    /// The ACL's patterns as last read, kept up to date by our own adds and deletes.
+    acl_known: Option<HashSet<AclPattern>>,
+    /// Entries whose tag is already 0 but that were in use when cleared: (key, first try).
+    pending_clears: Vec<(TableKey, Instant)>,
+    shutdown: watch::Receiver<bool>,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long an in-use entry's clear is retried before it is left to HAProxy's expiry (its tag is 0).
+const CLEAR_PATIENCE: Duration = Duration::from_secs(600);
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<(Job, Reply)>) {
+        let mut clear_tick = tokio::time::interval(Duration::from_secs(1));
+        clear_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some((job, reply)) = msg else { break };
+                    let result = self.run_with_retry(&job).await;
+                    let _ = reply.send(result);
+                }
+                _ = clear_tick.tick(), if !self.pending_clears.is_empty() => self.retry_clears().await,
+                _ = self.shutdown.changed() => if *self.shutdown.borrow() { break },
+            }
+        }
+        debug!(target = %self.name, "actuator stopped");
+    }
+
+    async fn run_with_retry(&mut self, job: &Job) -> Result<(), ClientError> {
+        let mut delay = RETRY_MIN;
+        loop {
+            match self.perform(job).await {
+                Err(e) if e.is_transient() && !*self.shutdown.borrow() => {
+                    warn!(target = %self.name, ?job, error = %e, retry_in = ?delay, "HAProxy unreachable, retrying");
+                    // HAProxy may come back as a new process: read its state afresh.
+                    self.key_type = None;
+                    self.acl_known = None;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn perform(&mut self, job: &Job) -> Result<(), ClientError> {
+        match job {
+            Job::Apply { key, actions, kill } => {
+                if actions.has(Action::Tag) {
+                    self.set_tag(key, self.block.tag_value).await?;
+                }
+                if actions.has(Action::Acl) {
+                    self.add_acl(key).await?;
+                }
+                if *kill && actions.has(Action::Kill) {
+                    self.kill(key).await?;
+                }
+            }
+            Job::Release { key, actions } => {
+                if actions.has(Action::Acl) {
+                    self.del_acl(key).await?;
+                }
+                if actions.has(Action::Tag) {
+                    if let Some(k) = self.set_tag(key, 0).await? {
+                        self.clear(k).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn command(&self) {
+        self.limiter.until_ready().await;
+    }
+
+    /// The table key of a host block in the block table, if it can be tagged there.
+    async fn table_key(&mut self, key: &IpNet) -> Result<Option<TableKey>, ClientError> {
+        let Some(table) = &self.block.table else { return Ok(None) };
+        if !crate::net::is_host(key) {
+            return Ok(None); // networks are blocked through the ACL only
+        }
+        let ty = match self.key_type {
+            Some(t) => t,
+            None => {
+                self.command().await;
+                let t = self.client.table_key_type(table).await?;
+                self.key_type = Some(t);
+                t
+            }
+        };
+        match TableKey::from_addr(ty, key.addr()) {
+            Ok(k) => Ok(Some(k)),
+            Err(e) => {
+                warn!(target = %self.name, %key, table, error = %e, "cannot tag this address in the block table");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sets the tag; returns the key it used.
+    async fn set_tag(&mut self, key: &IpNet, value: u32) -> Result<Option<TableKey>, ClientError> {
+        let Some(k) = self.table_key(key).await? else { return Ok(None) };
+        let table = self.block.table.clone().expect("checked by table_key");
+        let field: DataField = self.block.tag.clone();
+        self.command().await;
+        self.client.set_table(&table, k.clone(), &[(field, u64::from(value))]).await?;
+        Ok(Some(k))
+    }
+
+    async fn clear(&mut self, k: TableKey) -> Result<(), ClientError> {
+        let table = self.block.table.clone().expect("a tagged key has a table");
+        self.command().await;
+        match self.client.clear_table_key(&table, k.clone()).await {
+            Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::EntryInUse) => {
+                debug!(target = %self.name, key = %k, "entry in use; clearing it later");
+                self.pending_clears.push((k, Instant::now()));
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn retry_clears(&mut self) {
+        let table = self.block.table.clone().expect("a tagged key has a table");
+        let pending = std::mem::take(&mut self.pending_clears);
+        for (k, first) in pending {
+            self.command().await;
+            match self.client.clear_table_key(&table, k.clone()).await {
+                Ok(()) => debug!(target = %self.name, key = %k, "cleared"),
+                Err(e) if first.elapsed() > CLEAR_PATIENCE => {
+                    warn!(target = %self.name, key = %k, error = %e, "giving up clearing an untagged entry; HAProxy's expiry will")
+                }
+                Err(_) => self.pending_clears.push((k, first)),
+            }
+        }
+    }
+
+    fn pattern(key: &IpNet) -> AclPattern {
+        if crate::net::is_host(key) {
+            AclPattern::addr(key.addr())
+        } else {
+            AclPattern::Net(*key)
+        }
+    }
+
+    async fn known_acl(&mut self) -> Result<&mut HashSet<AclPattern>, ClientError> {
+        if self.acl_known.is_none() {
+            let acl = self.block.acl.clone().expect("checked at config load");
+            self.command().await;
+            let entries = self.client.show_acl(&acl).await?;
+            let set = entries.iter().filter_map(|e| e.pattern.parse::<AclPattern>().ok()).collect();
+            self.acl_known = Some(set);
+        }
+        Ok(self.acl_known.as_mut().expect("just filled"))
+    }
+
+    async fn add_acl(&mut self, key: &IpNet) -> Result<(), ClientError> {
+        let p = Self::pattern(key);
+        if self.known_acl().await?.contains(&p) {
+            return Ok(());
+        }
+        let acl = self.block.acl.clone().expect("checked at config load");
+        self.command().await;
+        self.client.add_acl(&acl, p).await?;
+        self.known_acl().await?.insert(p);
+        Ok(())
+    }
+
+    async fn del_acl(&mut self, key: &IpNet) -> Result<(), ClientError> {
+        let p = Self::pattern(key);
+        let acl = self.block.acl.clone().expect("checked at config load");
+        self.command().await;
+        match self.client.del_acl(&acl, p).await {
+            Err(e) if !e.haproxy().is_some_and(|h| h.kind == ErrorKind::KeyNotFound) => return Err(e),
+            _ => {}
+        }
+        if let Some(known) = &mut self.acl_known {
+            known.remove(&p);
+        }
+        Ok(())
+    }
+
+    /// Shuts down every live session whose client address is inside `key`.
+    async fn kill(&mut self, key: &IpNet) -> Result<(), ClientError> {
+        self.command().await;
+        let sessions = self.client.show_sess().await?;
+        let mut killed = 0;
+        for s in sessions.iter().filter(|s| s.client_ip().is_some_and(|ip: IpAddr| key.contains(&ip.to_canonical()))) {
+            self.command().await;
+            match self.client.shutdown_session(s.ptr).await {
+                Ok(()) => killed += 1,
+                Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::NoSuchSession) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        info!(target = %self.name, %key, killed, "live sessions shut down");
+        Ok(())
+    }
+}

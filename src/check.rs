@@ -1,0 +1,210 @@
+//! What `stickwarden check` verifies on each HAProxy target before the daemon relies on it: the
+//! connection, the watched and block tables (present, keyed by address, storing every column the
+//! rules read and the tag), the block ACL (loaded from its file), and the socket's level (operator
+//! for tables, admin for `shutdown session` and for ACL changes on HAProxy 3.4+). Every probe is
+//! read-only: filtered `show table` with a filter no entry matches, `show acl`, and a `shutdown
+//! session` of a pointer that cannot be a session, which only tells the level.
+
+use std::collections::BTreeSet;
+
+use crate::client::{Client, ClientError, ClientOptions, TableItem};
+use crate::config::{Config, TargetConfig};
+use crate::proto::{DataField, ErrorKind, Filter, FilterOp, KeyType, TableSelect};
+use crate::rules::Action;
+use crate::target::Target;
+
+/// One verified fact, or one problem with what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub ok: bool,
+    pub what: String,
+}
+
+impl Finding {
+    fn ok(what: impl Into<String>) -> Finding {
+        Finding { ok: true, what: what.into() }
+    }
+
+    fn fail(what: impl Into<String>) -> Finding {
+        Finding { ok: false, what: what.into() }
+    }
+}
+
+/// Runs every probe against one target.
+pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let client = match Client::connect(t.target.clone(), ClientOptions::default()).await {
+        Ok(c) => c,
+        Err(e) => return vec![Finding::fail(format!("cannot connect to {}: {e}", t.target))],
+    };
+    match client.show_info().await {
+        Ok(info) => out.push(Finding::ok(format!(
+            "connected to {}: HAProxy {} (pid {})",
+            t.target,
+            info.get("Version").unwrap_or("?"),
+            info.pid().map_or("?".into(), |p| p.to_string())
+        ))),
+        Err(e) => return vec![Finding::fail(format!("{}: show info failed: {e}", t.target))],
+    }
+    let version = client.show_info().await.ok().and_then(|i| i.get("Version").map(str::to_owned)).unwrap_or_default();
+    let tables = match client.list_tables().await {
+        Ok(t) => t,
+        Err(e) => return [out, vec![Finding::fail(format!("cannot list tables: {e}"))]].concat(),
+    };
+
+    // Columns each table must store: what its rules read, plus the tag in the block table.
+    let mut needs: Vec<(String, BTreeSet<String>)> = cfg
+        .tables
+        .iter()
+        .map(|tc| {
+            let cols =
+                cfg.rules.for_table(&tc.name).flat_map(|(_, r)| r.conditions()).map(|c| c.column.to_string()).collect();
+            (tc.name.clone(), cols)
+        })
+        .collect();
+    if let Some(bt) = cfg.block.table.as_ref().filter(|_| cfg.rules.policy.uses(Action::Tag)) {
+        match needs.iter_mut().find(|(n, _)| n == bt) {
+            Some((_, cols)) => {
+                cols.insert(cfg.block.tag.to_string());
+            }
+            None => needs.push((bt.clone(), [cfg.block.tag.to_string()].into())),
+        }
+    }
+    for (name, cols) in &needs {
+        let Some(info) = tables.iter().find(|i| i.name == *name) else {
+            let known: Vec<&str> = tables.iter().map(|i| i.name.as_str()).collect();
+            out.push(Finding::fail(format!("table '{name}' does not exist (tables: {})", known.join(", "))));
+            continue;
+        };
+        if !matches!(KeyType::from_header(&info.key_type), Some(KeyType::Ip | KeyType::Ipv6)) {
+            out.push(Finding::fail(format!(
+                "table '{name}' is keyed by {}; stickwarden needs type ip or ipv6",
+                info.key_type
+            )));
+            continue;
+        }
+        let mut missing = Vec::new();
+        for col in cols {
+            match probe_column(&client, name, col).await {
+                Ok(()) => {}
+                Err(e)
+                    if e.haproxy().is_some_and(|h| {
+                        matches!(h.kind, ErrorKind::DataTypeNotStored | ErrorKind::UnknownDataType)
+                    }) =>
+                {
+                    missing.push(col.as_str())
+                }
+                Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::PermissionDenied) => {
+                    out.push(Finding::fail(format!(
+                        "the socket is at level user: table contents need level operator at least ({})",
+                        socket_line(&t.target, "admin")
+                    )));
+                    return out;
+                }
+                Err(e) => {
+                    out.push(Finding::fail(format!("table '{name}': probing {col} failed: {e}")));
+                    return out;
+                }
+            }
+        }
+        if missing.is_empty() {
+            let list: Vec<&str> = cols.iter().map(String::as_str).collect();
+            out.push(Finding::ok(format!("table '{name}' ({}) stores {}", info.key_type, list.join(", "))));
+        } else {
+            out.push(Finding::fail(format!(
+                "table '{name}' does not store {}: add them to its 'store' list in the HAProxy config",
+                missing.join(", ")
+            )));
+        }
+    }
+
+    let uses_acl = cfg.rules.policy.uses(Action::Acl) || cfg.aggregate.is_some();
+    if let Some(acl) = cfg.block.acl.as_ref().filter(|_| uses_acl) {
+        match client.list_acls().await {
+            Ok(list) if list.iter().any(|a| a.file.as_deref() == Some(&acl.to_string())) => {
+                out.push(Finding::ok(format!("ACL {acl} is loaded")))
+            }
+            Ok(_) => out.push(Finding::fail(format!(
+                "ACL file {acl} is not loaded by HAProxy: reference it with `acl blocked src -f {acl}` and \
+                 `http-request deny if blocked` (see docs/haproxy.md); the file must exist, even empty"
+            ))),
+            Err(e) => out.push(Finding::fail(format!("cannot list ACLs: {e}"))),
+        }
+    }
+
+    // admin is needed to kill sessions, and for ACL changes from HAProxy 3.4 on.
+    let acl_needs_admin = uses_acl && version_at_least(&version, 3, 4);
+    let needs_admin = cfg.rules.policy.uses(Action::Kill) || acl_needs_admin;
+    match client.shutdown_session(1).await {
+        Ok(()) => {}
+        Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::NoSuchSession) => {
+            out.push(Finding::ok("socket level admin"))
+        }
+        Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::PermissionDenied) => {
+            let why = if cfg.rules.policy.uses(Action::Kill) {
+                "the ladder's \"kill\" step"
+            } else {
+                "ACL changes on HAProxy 3.4+"
+            };
+            if needs_admin {
+                out.push(Finding::fail(format!(
+                    "the socket is below level admin, which {why} needs: change its line to `{}`",
+                    socket_line(&t.target, "admin")
+                )));
+            } else {
+                out.push(Finding::ok("socket level operator (enough: no kill step)"));
+            }
+        }
+        Err(e) => out.push(Finding::fail(format!("level probe failed: {e}"))),
+    }
+    out
+}
+
+/// A filtered dump no entry can match: fails only when the column is not stored or not readable.
+async fn probe_column(client: &Client, table: &str, col: &str) -> Result<(), ClientError> {
+    let field: DataField = col.parse()?;
+    let dump = client
+        .show_table(table, TableSelect::Filters(vec![Filter { field, op: FilterOp::Lt, value: i64::MIN }]))
+        .await?;
+    dump.for_each(|_: TableItem<'_>| {}).await.map(|_| ())
+}
+
+/// The `stats socket` line that gives `level`.
+fn socket_line(target: &Target, level: &str) -> String {
+    match target {
+        Target::Unix(p) => format!("stats socket {} mode 600 level {level}", p.display()),
+        Target::Tcp { host, port } => format!("stats socket ipv4@{host}:{port} level {level}"),
+    }
+}
+
+/// `3.4.0-1` >= 3.4
+fn version_at_least(v: &str, major: u32, minor: u32) -> bool {
+    let mut it = v.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Runs [`check_target`] on every target; returns every finding with its target's name.
+pub async fn check_all(cfg: &Config) -> Vec<(String, Finding)> {
+    let mut out = Vec::new();
+    for t in &cfg.targets {
+        out.extend(check_target(cfg, t).await.into_iter().map(|f| (t.name.clone(), f)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_socket_lines() {
+        assert!(version_at_least("3.4.0-1", 3, 4));
+        assert!(version_at_least("10.0", 3, 4));
+        assert!(!version_at_least("2.6.12-1+deb12u4", 3, 4));
+        assert_eq!(
+            socket_line(&"unix:/run/h.sock".parse().unwrap(), "admin"),
+            "stats socket /run/h.sock mode 600 level admin"
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! `stickwarden run` and `stickwarden check`: load and check the configuration (exit 64 with
+//! file:line:column when it is wrong), then run the daemon until SIGTERM or SIGINT, or verify each
+//! HAProxy target (exit 1 when a check fails).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{Failure, EXIT_CONFIG};
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The configuration file.
+    #[arg(long, short, env = "STICKWARDEN_CONFIG", default_value = "/etc/stickwarden/stickwarden.toml")]
+    pub config: PathBuf,
+}
+
+pub fn load(a: &ConfigArgs) -> Result<Config, Failure> {
+    Config::load(&a.config).map_err(|e| Failure { code: EXIT_CONFIG, error: e.into() })
+}
+
+pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
+    let cfg = load(&a)?;
+    std::fs::create_dir_all(&cfg.store.path)
+        .with_context(|| format!("cannot create the store directory {}", cfg.store.path.display()))
+        .map_err(Failure::runtime)?;
+    let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
+    crate::daemon::run(cfg, store, shutdown_signal()).await.map_err(Failure::runtime)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+pub async fn check(a: ConfigArgs) -> Result<(), Failure> {
+    let cfg = load(&a)?;
+    println!("ok   config {} ({} rules from {})", cfg.path.display(), cfg.rules.rules.len(), cfg.rules_dir.display());
+    let findings = crate::check::check_all(&cfg).await;
+    let mut failed = 0;
+    for (target, f) in &findings {
+        failed += usize::from(!f.ok);
+        println!("{} {target}: {}", if f.ok { "ok  " } else { "FAIL" }, f.what);
+    }
+    if failed > 0 {
+        return Err(Failure::runtime(anyhow::anyhow!("{failed} check(s) failed")));
+    }
+    Ok(())
+}

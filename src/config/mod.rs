@@ -1,0 +1,414 @@
+//! `stickwarden.toml`: HAProxy targets, watched tables, how to block, the store, safety limits and
+//! the static allowlist, plus the rule set of the `rules` directory it points to.
+//!
+//! [`Config::load`] parses a raw serde struct (`deny_unknown_fields`, documented defaults), then
+//! checks it into [`Config`]: every problem is reported with file, line and column before any
+//! socket is opened or any store touched (exit code 64). `docs/configuration.md` documents every key.
+
+pub(crate) mod error;
+pub(crate) mod values;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use error::{read, Source};
+pub use error::{ConfigError, Location};
+use values::{Dur, Net, Time};
+
+use crate::proto::{AclRef, DataField};
+use crate::rules::{Action, RuleSet};
+use crate::target::Target;
+use crate::time::Millis;
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub rules_dir: PathBuf,
+    pub rules: RuleSet,
+    /// Decide, record and audit, but change nothing in HAProxy.
+    pub dry_run: bool,
+    pub store: StoreConfig,
+    pub targets: Vec<TargetConfig>,
+    /// Every table a rule reads, with its poll interval.
+    pub tables: Vec<TableConfig>,
+    pub block: BlockConfig,
+    pub safety: Safety,
+    pub aggregate: Option<Aggregate>,
+    pub allow: Vec<StaticAllow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// How long an offender's history is kept after its last offence.
+    pub retention: Duration,
+    /// At most this many offences are kept per offender (the newest).
+    pub max_offences: usize,
+    /// How long audit records are kept.
+    pub audit_retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub target: Target,
+    /// Actuator rate limit (governor), commands per second on this target.
+    pub commands_per_second: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    pub name: String,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    /// The table whose tag counter the `tag` action sets (and `clear table key` removes).
+    pub table: Option<String>,
+    pub tag: DataField,
+    pub tag_value: u32,
+    /// The ACL file (as HAProxy loaded it) the `acl` action adds to.
+    pub acl: Option<AclRef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Safety {
+    /// Circuit breaker: no new automatic block once this many happened in the last minute.
+    pub max_blocks_per_minute: u32,
+    /// Never blocked, whatever the rules say (HAProxy hosts, monitoring); tcp targets' hosts added.
+    pub never_block: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Distinct blocked offenders of one prefix within `window` that block the prefix.
+    pub offenders: usize,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticAllow {
+    pub net: IpNet,
+    pub reason: String,
+    pub until: Option<Millis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    rules: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    poll_interval: Option<Spanned<Dur>>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    haproxy: Vec<Spanned<RawTarget>>,
+    #[serde(default)]
+    table: Vec<Spanned<RawTable>>,
+    #[serde(default)]
+    block: RawBlock,
+    #[serde(default)]
+    safety: RawSafety,
+    aggregate: Option<Spanned<RawAggregate>>,
+    #[serde(default)]
+    allow: Vec<Spanned<RawAllow>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<String>,
+    cache_mb: Option<Spanned<u64>>,
+    retention: Option<Dur>,
+    max_offences: Option<Spanned<usize>>,
+    audit_retention: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: Spanned<String>,
+    socket: Spanned<String>,
+    commands_per_second: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: Spanned<String>,
+    interval: Spanned<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlock {
+    table: Option<Spanned<String>>,
+    tag: Option<Spanned<String>>,
+    tag_value: Option<Spanned<u32>>,
+    acl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSafety {
+    max_blocks_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    never_block: Vec<Net>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAggregate {
+    #[serde(default = "v4")]
+    ipv4_prefix: Spanned<u8>,
+    #[serde(default = "v6")]
+    ipv6_prefix: Spanned<u8>,
+    offenders: Spanned<usize>,
+    window: Dur,
+    duration: Dur,
+}
+
+fn v4() -> Spanned<u8> {
+    Spanned::new(0..0, 24)
+}
+
+fn v6() -> Spanned<u8> {
+    Spanned::new(0..0, 64)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    cidr: Net,
+    reason: Spanned<String>,
+    until: Option<Time>,
+}
+
+/// Default poll interval of a table without a `[[table]]` entry.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Config {
+    /// Reads and checks `path` and the rules directory it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read(path)?;
+        let src = Source { path, text: &text };
+        let raw: RawConfig = src.parse()?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rules_dir = base.join(raw.rules.as_deref().unwrap_or("rules"));
+        let rules = crate::rules::load_dir(&rules_dir)?;
+        check(&src, raw, rules_dir, rules)
+    }
+}
+
+fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -> Result<Config, ConfigError> {
+    let file_error = |message: String| ConfigError::File { path: src.path.to_owned(), message };
+
+    if raw.haproxy.is_empty() {
+        return Err(file_error(
+            "no [[haproxy]] target: add one with name = \"...\" and socket = \"unix:/path\"".into(),
+        ));
+    }
+    let mut targets: Vec<TargetConfig> = Vec::new();
+    for t in &raw.haproxy {
+        let t = t.get_ref();
+        let name = t.name.get_ref().trim();
+        if name.is_empty() {
+            return Err(src.error(&t.name.span(), "a target needs a name"));
+        }
+        if targets.iter().any(|o| o.name == name) {
+            return Err(src.error(&t.name.span(), format!("target '{name}' is defined twice")));
+        }
+        let target: Target = t.socket.get_ref().parse().map_err(|e| src.error(&t.socket.span(), format!("{e}")))?;
+        let cps = t.commands_per_second.as_ref().map_or(5000, |c| *c.get_ref());
+        if cps == 0 {
+            return Err(
+                src.error(&t.commands_per_second.as_ref().unwrap().span(), "commands_per_second must be at least 1")
+            );
+        }
+        targets.push(TargetConfig { name: name.to_owned(), target, commands_per_second: cps });
+    }
+
+    let default_interval = raw.poll_interval.as_ref().map_or(DEFAULT_POLL_INTERVAL, |d| d.get_ref().0);
+    if let Some(d) = &raw.poll_interval {
+        if d.get_ref().0 < MIN_POLL_INTERVAL {
+            return Err(src.error(&d.span(), "poll_interval must be at least 100ms"));
+        }
+    }
+    let read_tables = rules.tables();
+    let mut tables: Vec<TableConfig> =
+        read_tables.iter().map(|t| TableConfig { name: (*t).to_owned(), interval: default_interval }).collect();
+    for (i, t) in raw.table.iter().enumerate() {
+        let t = t.get_ref();
+        let name = t.name.get_ref();
+        if raw.table[..i].iter().any(|o| o.get_ref().name.get_ref() == name) {
+            return Err(src.error(&t.name.span(), format!("table '{name}' is listed twice")));
+        }
+        let Some(slot) = tables.iter_mut().find(|c| c.name == *name) else {
+            return Err(src.error(
+                &t.name.span(),
+                format!("no rule reads table '{name}' (rules read: {})", read_tables.join(", ")),
+            ));
+        };
+        if t.interval.get_ref().0 < MIN_POLL_INTERVAL {
+            return Err(src.error(&t.interval.span(), "interval must be at least 100ms"));
+        }
+        slot.interval = t.interval.get_ref().0;
+    }
+
+    let block = check_block(src, &raw.block, &tables)?;
+    if rules.policy.uses(Action::Acl) && block.acl.is_none() {
+        return Err(file_error("the ladder uses \"acl\" but [block] has no acl = \"/path/of/the/acl/file\"".into()));
+    }
+    if rules.policy.uses(Action::Tag) && block.table.is_none() {
+        return Err(file_error(
+            "the ladder uses \"tag\" but [block] has no table = \"...\" (needed with several watched tables)".into(),
+        ));
+    }
+
+    let mut never_block: Vec<IpNet> = raw.safety.never_block.iter().map(|n| n.0).collect();
+    for t in &targets {
+        if let Target::Tcp { host, port } = &t.target {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host, *port)) {
+                never_block.extend(addrs.map(|a| crate::net::host_net(a.ip())));
+            }
+        }
+    }
+    let max_blocks_per_minute = raw.safety.max_blocks_per_minute.as_ref().map_or(100, |m| *m.get_ref());
+    if let Some(m) = raw.safety.max_blocks_per_minute.as_ref().filter(|m| *m.get_ref() == 0) {
+        return Err(src.error(&m.span(), "max_blocks_per_minute must be at least 1"));
+    }
+
+    let aggregate = match &raw.aggregate {
+        None => None,
+        Some(a) => {
+            let a = a.get_ref();
+            if !(1..=32).contains(a.ipv4_prefix.get_ref()) {
+                return Err(src.error(&a.ipv4_prefix.span(), "ipv4_prefix must be between 1 and 32"));
+            }
+            if !(1..=128).contains(a.ipv6_prefix.get_ref()) {
+                return Err(src.error(&a.ipv6_prefix.span(), "ipv6_prefix must be between 1 and 128"));
+            }
+            if *a.offenders.get_ref() < 2 {
+                return Err(src.error(&a.offenders.span(), "offenders must be at least 2"));
+            }
+            if block.acl.is_none() {
+                return Err(file_error("[aggregate] blocks prefixes through the ACL: set [block] acl".into()));
+            }
+            Some(Aggregate {
+                ipv4_prefix: *a.ipv4_prefix.get_ref(),
+                ipv6_prefix: *a.ipv6_prefix.get_ref(),
+                offenders: *a.offenders.get_ref(),
+                window: a.window.0,
+                duration: a.duration.0,
+            })
+        }
+    };
+
+    let mut allow = Vec::new();
+    for a in &raw.allow {
+        let a = a.get_ref();
+        let reason = a.reason.get_ref().trim();
+        if reason.is_empty() {
+            return Err(src.error(&a.reason.span(), "an allowlist entry needs a reason"));
+        }
+        allow.push(StaticAllow { net: a.cidr.0, reason: reason.to_owned(), until: a.until.map(|t| t.0) });
+    }
+
+    let store = &raw.store;
+    let cache_mb = store.cache_mb.as_ref().map_or(64, |c| *c.get_ref());
+    if let Some(c) = store.cache_mb.as_ref().filter(|c| !(1..=65_536).contains(c.get_ref())) {
+        return Err(src.error(&c.span(), "cache_mb must be between 1 and 65536"));
+    }
+    let max_offences = store.max_offences.as_ref().map_or(100, |m| *m.get_ref());
+    if let Some(m) = store.max_offences.as_ref().filter(|m| !(1..=10_000).contains(m.get_ref())) {
+        return Err(src.error(&m.span(), "max_offences must be between 1 and 10000"));
+    }
+    let base = src.path.parent().unwrap_or(Path::new("."));
+    let store = StoreConfig {
+        path: store.path.as_ref().map_or_else(default_store_path, |p| base.join(p)),
+        cache_bytes: cache_mb * 1024 * 1024,
+        retention: store.retention.map_or(Duration::from_secs(30 * 86_400), |d| d.0),
+        max_offences,
+        audit_retention: store.audit_retention.map_or(Duration::from_secs(90 * 86_400), |d| d.0),
+    };
+    if store.retention < rules.policy.forgiveness {
+        return Err(file_error(format!(
+            "[store] retention ({}) is shorter than the ladder's forgiveness ({}): repeat offenders would be forgotten early",
+            crate::time::human(store.retention),
+            crate::time::human(rules.policy.forgiveness)
+        )));
+    }
+
+    Ok(Config {
+        path: src.path.to_owned(),
+        rules_dir,
+        rules,
+        dry_run: raw.dry_run,
+        store,
+        targets,
+        tables,
+        block,
+        safety: Safety { max_blocks_per_minute, never_block },
+        aggregate,
+        allow,
+    })
+}
+
+fn check_block(src: &Source<'_>, b: &RawBlock, tables: &[TableConfig]) -> Result<BlockConfig, ConfigError> {
+    let table = match &b.table {
+        Some(t) if t.get_ref().trim().is_empty() => return Err(src.error(&t.span(), "expected a stick table name")),
+        Some(t) => Some(t.get_ref().trim().to_owned()),
+        // With one watched table, that is where tags go.
+        None if tables.len() == 1 => Some(tables[0].name.clone()),
+        None => None,
+    };
+    let tag = match &b.tag {
+        None => "gpt0".parse().expect("valid"),
+        Some(t) => t
+            .get_ref()
+            .parse()
+            .map_err(|_| src.error(&t.span(), format!("'{}' is not a data column name", t.get_ref())))?,
+    };
+    let tag_value = b.tag_value.as_ref().map_or(1, |v| *v.get_ref());
+    if let Some(v) = b.tag_value.as_ref().filter(|v| *v.get_ref() == 0) {
+        return Err(src.error(&v.span(), "tag_value must not be 0 (0 is the released state)"));
+    }
+    let acl = match &b.acl {
+        None => None,
+        Some(a) => Some(match a.get_ref().parse::<AclRef>() {
+            Ok(AclRef::File(f)) => AclRef::File(f),
+            _ => return Err(src.error(&a.span(), "expected the ACL file path exactly as HAProxy loads it (not #id)")),
+        }),
+    };
+    Ok(BlockConfig { table, tag, tag_value, acl })
+}
+
+/// `$STATE_DIRECTORY` (systemd), else `/var/lib/stickwarden` for root, else
+/// `$XDG_STATE_HOME/stickwarden` or `~/.local/state/stickwarden`.
+pub fn default_store_path() -> PathBuf {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(d);
+    }
+    if std::env::var("USER").is_ok_and(|u| u == "root") || std::env::var_os("HOME").is_some_and(|h| h == "/root") {
+        return PathBuf::from("/var/lib/stickwarden");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("stickwarden")
+}

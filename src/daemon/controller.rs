@@ -1,0 +1,365 @@
+//! The controller: the one task that owns decisions. It takes the pollers' observations, scores
+//! them ([`crate::engine`]), checks the allowlist and the circuit breaker, writes each decision to
+//! the store and flushes it before any actuator acts on it, aggregates offenders of one prefix,
+//! and releases blocks at their `until`. Being the only writer of blocks, it needs no locks.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use super::poller::Observation;
+use super::Msg;
+use crate::actuator::{Actuator, Job};
+use crate::allowlist::Allowlist;
+use crate::client::ClientError;
+use crate::config::Config;
+use crate::engine;
+use crate::net;
+use crate::rules::{Action, Actions, Rule};
+use crate::store::{AuditRecord, Block, Event, Origin, Store, StoreError};
+use crate::time::{ms, now_ms, Millis};
+
+/// The actor name written in the audit log for automatic decisions.
+pub const AUTO_ACTOR: &str = "stickwarden";
+
+pub(super) struct Controller {
+    cfg: Arc<Config>,
+    store: Store,
+    allow: Allowlist,
+    actuators: Vec<Actuator>,
+    tx: mpsc::Sender<Msg>,
+    /// Every block in the store, by key (the store stays the truth; this is its index).
+    active: HashMap<IpNet, Block>,
+    /// Keys of active network blocks, to test addresses against.
+    nets: Vec<IpNet>,
+    /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
+    releasing: HashMap<IpNet, Option<Millis>>,
+    /// Times of the automatic blocks of the last minute.
+    breaker: VecDeque<Millis>,
+    breaker_open: bool,
+    /// Recently blocked addresses by aggregation prefix.
+    recent: HashMap<IpNet, Vec<(IpAddr, Millis)>>,
+    /// When each key was last released: a poll that started earlier saw the counters from before
+    /// the release (which cleared them) and must not count against it again.
+    released: HashMap<IpNet, Millis>,
+}
+
+const BREAKER_WINDOW: Millis = 60_000;
+const RELEASE_RETRY: Millis = 10_000;
+
+impl Controller {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        actuators: Vec<Actuator>,
+        tx: mpsc::Sender<Msg>,
+    ) -> Result<Controller, StoreError> {
+        let allow = Allowlist::new(&cfg, &store.allows()?);
+        let mut c = Controller {
+            cfg,
+            store,
+            allow,
+            actuators,
+            tx,
+            active: HashMap::new(),
+            nets: Vec::new(),
+            releasing: HashMap::new(),
+            breaker: VecDeque::new(),
+            breaker_open: false,
+            recent: HashMap::new(),
+            released: HashMap::new(),
+        };
+        for b in c.store.blocks()? {
+            c.index(b);
+        }
+        Ok(c)
+    }
+
+    /// Re-applies every block still in force: after a restart of the controller (or of HAProxy),
+    /// HAProxy must hold what the store says. Sessions are not killed again.
+    pub async fn reapply_all(&mut self) {
+        let now = now_ms();
+        let blocks: Vec<Block> = self.active.values().filter(|b| !b.dry_run && b.until > now).cloned().collect();
+        if !blocks.is_empty() {
+            info!(blocks = blocks.len(), "re-applying active blocks");
+        }
+        for b in blocks {
+            self.dispatch(&b, Job::Apply { key: b.key, actions: b.actions.clone(), kill: false }).await;
+        }
+    }
+
+    fn index(&mut self, b: Block) {
+        if !net::is_host(&b.key) && !self.nets.contains(&b.key) {
+            self.nets.push(b.key);
+        }
+        self.active.insert(b.key, b);
+    }
+
+    fn unindex(&mut self, key: &IpNet) {
+        self.active.remove(key);
+        self.nets.retain(|n| n != key);
+    }
+
+    fn blocked(&self, addr: IpAddr) -> bool {
+        self.active.contains_key(&net::host_net(addr)) || self.nets.iter().any(|n| n.contains(&addr))
+    }
+
+    /// Scores the observations of a poll that started at `polled_at` and acts on the decisions.
+    pub async fn observe(&mut self, polled_at: Millis, batch: Vec<Observation>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut decided: Vec<Block> = Vec::new();
+        for obs in batch {
+            if self.released.get(&net::host_net(obs.addr)).is_some_and(|&t| t >= polled_at) {
+                continue;
+            }
+            if let Some(reason) = self.allow.allows(obs.addr, now) {
+                tracing::debug!(addr = %obs.addr, reason, "allowlisted, not scored");
+                continue;
+            }
+            if self.blocked(obs.addr) {
+                continue;
+            }
+            let rules: Vec<&Rule> = obs.rules.iter().map(|&i| &self.cfg.rules.rules[i]).collect();
+            let mut offender = self.store.offender(obs.addr)?.unwrap_or_default();
+            let verdict = engine::assess(
+                &self.cfg.rules.policy,
+                &mut offender,
+                &rules,
+                now,
+                self.cfg.dry_run,
+                self.cfg.store.max_offences,
+            );
+            let Some(v) = verdict else {
+                self.store.put_offender(obs.addr, &offender)?;
+                continue;
+            };
+            if !v.dry_run && !self.breaker_check(now)? {
+                warn!(addr = %obs.addr, rule = %v.rule, "circuit breaker open: not blocking");
+                offender.offences.pop(); // not acted on, so not counted for the ladder
+                self.store.put_offender(obs.addr, &offender)?;
+                continue;
+            }
+            let block = Block {
+                key: net::host_net(obs.addr),
+                level: v.level,
+                actions: v.actions.clone(),
+                rule: v.rule.clone(),
+                reason: format!("score crossed {} ({})", self.cfg.rules.policy.threshold, describe(&obs.counters)),
+                source: Origin::Auto,
+                actor: AUTO_ACTOR.into(),
+                since: now,
+                until: now + ms(v.duration),
+                counters: obs.counters,
+                dry_run: v.dry_run,
+            };
+            if !v.dry_run {
+                self.breaker.push_back(now);
+            }
+            let event = if v.dry_run { Event::WouldBlock } else { Event::Block };
+            self.store.decide(&block, Some((obs.addr, &offender)), AuditRecord::of(event, &block, now))?;
+            info!(addr = %obs.addr, rule = %block.rule, level = block.level, actions = %block.actions,
+                  duration = %crate::time::human(v.duration), dry_run = block.dry_run, "block decided");
+            if !v.dry_run {
+                if let Some(prefix_block) = self.aggregate(obs.addr, now)? {
+                    decided.push(prefix_block);
+                }
+            }
+            decided.push(block);
+        }
+        if decided.is_empty() {
+            return Ok(());
+        }
+        // Durable before acted on: a crash from here on finds every decision in the store.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush()).await.expect("flush task")?;
+        for b in decided {
+            self.index(b.clone());
+            if !b.dry_run {
+                self.dispatch(&b, Job::Apply { key: b.key, actions: b.actions.clone(), kill: true }).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an automatic block may happen now (false: the breaker is open). Opening and closing
+    /// are logged and audited; the caller counts the block it then makes in `self.breaker`.
+    fn breaker_check(&mut self, now: Millis) -> Result<bool, StoreError> {
+        while self.breaker.front().is_some_and(|&t| t + BREAKER_WINDOW <= now) {
+            self.breaker.pop_front();
+        }
+        let max = self.cfg.safety.max_blocks_per_minute as usize;
+        let open = self.breaker.len() >= max;
+        if open != self.breaker_open {
+            self.breaker_open = open;
+            if open {
+                error!(
+                    max_per_minute = max,
+                    "circuit breaker open: automatic blocks suspended; manual actions still work"
+                );
+            } else {
+                info!("circuit breaker closed: automatic blocks resume");
+            }
+            self.store.audit(AuditRecord {
+                id: 0,
+                at: now,
+                event: if open { Event::BreakerOpen } else { Event::BreakerClosed },
+                key: None,
+                rule: String::new(),
+                counters: Vec::new(),
+                actions: Actions::default(),
+                level: 0,
+                duration_ms: 0,
+                source: Origin::Auto,
+                actor: AUTO_ACTOR.into(),
+                reason: format!(
+                    "{} automatic blocks within a minute (max_blocks_per_minute = {max})",
+                    self.breaker.len()
+                ),
+            })?;
+        }
+        Ok(!open)
+    }
+
+    /// Subnet aggregation: the prefix block decided when `addr` is the N-th recent offender of its
+    /// prefix, already written to the store.
+    fn aggregate(&mut self, addr: IpAddr, now: Millis) -> Result<Option<Block>, StoreError> {
+        let Some(agg) = self.cfg.aggregate.clone() else { return Ok(None) };
+        let prefix = net::prefix_of(addr, agg.ipv4_prefix, agg.ipv6_prefix);
+        let recent = self.recent.entry(prefix).or_default();
+        recent.retain(|(a, t)| *t + ms(agg.window) > now && *a != addr);
+        recent.push((addr, now));
+        let n = recent.len();
+        if n < agg.offenders || self.active.contains_key(&prefix) || net::is_host(&prefix) {
+            return Ok(None);
+        }
+        if let Some(reason) = self.allow.overlaps(&prefix, now) {
+            warn!(%prefix, allowlisted = reason, "not blocking the prefix: it overlaps the allowlist");
+            return Ok(None);
+        }
+        if !self.breaker_check(now)? {
+            return Ok(None);
+        }
+        self.breaker.push_back(now);
+        self.recent.remove(&prefix);
+        let block = Block {
+            key: prefix,
+            level: 0,
+            actions: Actions::new(vec![Action::Acl]),
+            rule: "subnet-aggregate".into(),
+            reason: format!("{n} offenders of {prefix} blocked within {}", crate::time::human(agg.window)),
+            source: Origin::Auto,
+            actor: AUTO_ACTOR.into(),
+            since: now,
+            until: now + ms(agg.duration),
+            counters: vec![("offenders".into(), n as i64)],
+            dry_run: false,
+        };
+        self.store.decide(&block, None, AuditRecord::of(Event::Block, &block, now))?;
+        info!(%prefix, offenders = n, "prefix block decided");
+        Ok(Some(block))
+    }
+
+    /// Sends `job` to every target in order, and reports its outcome back to the controller.
+    async fn dispatch(&self, b: &Block, job: Job) {
+        let mut replies: Vec<(String, oneshot::Receiver<Result<(), ClientError>>)> = Vec::new();
+        for a in &self.actuators {
+            match a.submit(job.clone()).await {
+                Ok(rx) => replies.push((a.name.clone(), rx)),
+                Err(e) => warn!(target = %a.name, error = %e, "actuator gone"),
+            }
+        }
+        let (tx, block, release) = (self.tx.clone(), b.clone(), matches!(job, Job::Release { .. }));
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for (target, rx) in replies {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failures.push(format!("{target}: {e}")),
+                    Err(_) => failures.push(format!("{target}: actuator stopped")),
+                }
+            }
+            let _ = tx.send(Msg::Done { block, release, failures }).await;
+        });
+    }
+
+    /// An actuator finished a job on every target.
+    pub fn done(&mut self, block: Block, release: bool, failures: Vec<String>) -> Result<(), StoreError> {
+        let now = now_ms();
+        if failures.is_empty() {
+            if release {
+                self.releasing.remove(&block.key);
+                self.finish_release(&block, Event::Release, now)?;
+            }
+            return Ok(());
+        }
+        let what = if release { "release" } else { "block" };
+        error!(key = %net::display(&block.key), failures = ?failures, "{what} failed");
+        let mut rec = AuditRecord::of(Event::ActionFailed, &block, now);
+        rec.reason = format!("{what}: {}", failures.join("; "));
+        self.store.audit(rec)?;
+        if release {
+            self.releasing.insert(block.key, Some(now + RELEASE_RETRY));
+        }
+        Ok(())
+    }
+
+    fn finish_release(&mut self, block: &Block, event: Event, now: Millis) -> Result<(), StoreError> {
+        if self.store.release(&block.key, block.since, AuditRecord::of(event, block, now))? {
+            info!(key = %net::display(&block.key), rule = %block.rule, "released");
+        }
+        if self.active.get(&block.key).is_some_and(|b| b.since == block.since) {
+            self.unindex(&block.key);
+            self.released.insert(block.key, now);
+        }
+        Ok(())
+    }
+
+    /// Releases the blocks whose `until` has come; retries failed releases.
+    pub async fn tick(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let due: Vec<Block> = self
+            .active
+            .values()
+            .filter(|b| b.until <= now)
+            .filter(|b| match self.releasing.get(&b.key) {
+                None => true,
+                Some(retry_at) => retry_at.is_some_and(|t| t <= now),
+            })
+            .cloned()
+            .collect();
+        for b in due {
+            if b.dry_run {
+                self.finish_release(&b, Event::WouldRelease, now)?;
+                continue;
+            }
+            self.releasing.insert(b.key, None);
+            self.dispatch(&b, Job::Release { key: b.key, actions: b.actions.clone() }).await;
+        }
+        if self.breaker_open {
+            self.breaker_check(now)?; // closes it once the last minute is quiet
+        }
+        self.released.retain(|_, t| *t + 60_000 > now);
+        Ok(())
+    }
+
+    /// Drops old history and audit records, as configured.
+    pub fn prune(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let s = &self.cfg.store;
+        let (o, a) =
+            self.store.prune(now.saturating_sub(ms(s.retention)), now.saturating_sub(ms(s.audit_retention)))?;
+        if o + a > 0 {
+            info!(offenders = o, audit_records = a, "pruned history");
+        }
+        Ok(())
+    }
+}
+
+/// `http_req_rate=312, conn_cur=4`
+fn describe(counters: &[(String, i64)]) -> String {
+    counters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+}

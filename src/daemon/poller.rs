@@ -1,0 +1,110 @@
+//! The poller: one task per (target, table) that runs the table's server-side filtered
+//! `show table` queries every interval and evaluates every rule on each entry as it streams in.
+//!
+//! Polls of one table never overlap (the task awaits each poll before the next tick, and a late
+//! tick is delayed, not doubled); tables and targets poll concurrently. Only entries that match a
+//! rule leave the task, as [`Observation`]s for the controller.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use super::Msg;
+use crate::client::{Client, ClientError, TableItem};
+use crate::config::TableConfig;
+use crate::proto::{Filter, TableSelect};
+use crate::rules::{filters, RuleSet};
+
+/// An entry that matched at least one rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub addr: IpAddr,
+    /// Indices into the rule set of the rules it matched.
+    pub rules: Vec<usize>,
+    /// The values of the columns those rules read.
+    pub counters: Vec<(String, i64)>,
+}
+
+pub(super) async fn run(
+    target: String,
+    client: Client,
+    table: TableConfig,
+    rules: Arc<RuleSet>,
+    tx: mpsc::Sender<Msg>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let queries = filters::queries(rules.for_table(&table.name).map(|(_, r)| r));
+    let mut tick = tokio::time::interval(table.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => if *shutdown.borrow() { return },
+        }
+        let (started, polled_at) = (Instant::now(), crate::time::now_ms());
+        match poll(&client, &table.name, &queries, &rules).await {
+            Ok((observations, scanned)) => {
+                if last_error.take().is_some() {
+                    tracing::info!(%target, table = %table.name, "polling again");
+                }
+                debug!(%target, table = %table.name, scanned, candidates = observations.len(), took = ?started.elapsed(), "polled");
+                if !observations.is_empty() && tx.send(Msg::Observed { polled_at, observations }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                // Say it once per kind of failure, not once per interval.
+                if last_error.as_ref() != Some(&text) {
+                    warn!(%target, table = %table.name, error = %text, "poll failed");
+                    last_error = Some(text);
+                }
+            }
+        }
+    }
+}
+
+/// One poll: every query of the table, each entry evaluated once.
+pub async fn poll(
+    client: &Client,
+    table: &str,
+    queries: &[Vec<Filter>],
+    rules: &RuleSet,
+) -> Result<(Vec<Observation>, u64), ClientError> {
+    let mut out = Vec::new();
+    let mut seen: HashSet<IpAddr> = HashSet::new();
+    let mut scanned = 0;
+    for q in queries {
+        let select = if q.is_empty() { TableSelect::All } else { TableSelect::Filters(q.clone()) };
+        let dump = client.show_table(table, select).await?;
+        let stats = dump
+            .for_each(|item| {
+                if let TableItem::Entry(e) = item {
+                    let Some(addr) = e.key_addr() else { return };
+                    let matched: Vec<usize> =
+                        rules.for_table(table).filter(|(_, r)| r.matches(&e)).map(|(i, _)| i).collect();
+                    if matched.is_empty() || (queries.len() > 1 && !seen.insert(addr)) {
+                        return;
+                    }
+                    let mut counters: Vec<(String, i64)> = Vec::new();
+                    for c in matched.iter().flat_map(|&i| rules.rules[i].conditions()) {
+                        if counters.iter().any(|(n, _)| n == c.column.as_str()) {
+                            continue;
+                        }
+                        if let Some(v) = c.read(&e) {
+                            counters.push((c.column.to_string(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
+                        }
+                    }
+                    out.push(Observation { addr, rules: matched, counters });
+                }
+            })
+            .await?;
+        scanned += stats.entries;
+    }
+    Ok((out, scanned))
+}

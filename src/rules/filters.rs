@@ -1,0 +1,81 @@
+//! Server-side filters derived from the rules, so that only candidates travel.
+//!
+//! HAProxy ANDs up to four `data.` filters per `show table`. A rule's `all` conditions become one
+//! query (the first four; the rest are checked on our side); a rule made only of `any` conditions
+//! needs one query per condition (OR). Queries that another query already covers are dropped, and
+//! the entries of every query are evaluated against every rule, so the union is exact.
+
+use super::Rule;
+use crate::proto::command::MAX_FILTERS;
+use crate::proto::Filter;
+
+/// The queries that together return every entry that any of `rules` can match. An empty query
+/// means the whole table.
+pub fn queries<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<Vec<Filter>> {
+    let mut out: Vec<Vec<Filter>> = Vec::new();
+    for rule in rules {
+        if rule.all.is_empty() {
+            out.extend(rule.any.iter().map(|c| vec![c.filter()]));
+        } else {
+            out.push(rule.all.iter().take(MAX_FILTERS).map(|c| c.filter()).collect());
+        }
+    }
+    // A query whose filters include all of another's returns a subset of it: keep the wider one.
+    let covers = |wide: &Vec<Filter>, narrow: &Vec<Filter>| wide.iter().all(|f| narrow.contains(f));
+    let mut kept: Vec<Vec<Filter>> = Vec::new();
+    for q in out {
+        if kept.iter().any(|k| covers(k, &q)) {
+            continue;
+        }
+        kept.retain(|k| !covers(&q, k));
+        kept.push(q);
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Location;
+
+    fn rule(all: &[&str], any: &[&str]) -> Rule {
+        Rule {
+            name: "r".into(),
+            table: "t".into(),
+            description: String::new(),
+            all: all.iter().map(|c| c.parse().unwrap()).collect(),
+            any: any.iter().map(|c| c.parse().unwrap()).collect(),
+            weight: 1.0,
+            dry_run: false,
+            at: Location { path: "r.toml".into(), line: 1, column: 1 },
+        }
+    }
+
+    fn text(q: &[Vec<Filter>]) -> Vec<String> {
+        q.iter().map(|f| f.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" ")).collect()
+    }
+
+    #[test]
+    fn all_is_one_query_any_is_several() {
+        let r =
+            [rule(&["http_req_rate gt 100", "conn_cur gt 2"], &[]), rule(&[], &["gpt0 gt 0", "http_err_rate gt 20"])];
+        assert_eq!(
+            text(&queries(&r)),
+            ["data.http_req_rate gt 100 data.conn_cur gt 2", "data.gpt0 gt 0", "data.http_err_rate gt 20"]
+        );
+    }
+
+    #[test]
+    fn at_most_four_filters_and_covered_queries_dropped() {
+        let five = ["gpc0 gt 1", "gpc1 gt 1", "conn_cur gt 1", "conn_rate gt 1", "sess_rate gt 1"];
+        assert_eq!(queries(&[rule(&five, &[])])[0].len(), 4);
+        // `gpt0 gt 0` covers `gpt0 gt 0 AND conn_cur gt 5`, in either order.
+        let r = [rule(&["gpt0 gt 0", "conn_cur gt 5"], &[]), rule(&["gpt0 gt 0"], &[])];
+        assert_eq!(text(&queries(&r)), ["data.gpt0 gt 0"]);
+        let r = [rule(&["gpt0 gt 0"], &[]), rule(&["gpt0 gt 0", "conn_cur gt 5"], &[]), rule(&["gpt0 gt 0"], &[])];
+        assert_eq!(text(&queries(&r)), ["data.gpt0 gt 0"]);
+        // A rule with `any` only and the same condition as another's `all`: one query.
+        let r = [rule(&["gpt0 gt 0"], &[]), rule(&[], &["gpt0 gt 0"])];
+        assert_eq!(queries(&r).len(), 1);
+    }
+}

@@ -1,0 +1,291 @@
+//! Rules and the escalation policy, loaded from a directory of TOML files (`rules/*.toml`).
+//!
+//! A [`Rule`] reads columns of one stick table's entries (`http_req_rate gt 100`) and adds its
+//! weight to an offender's score when it matches. The [`Policy`] says when a score is an offence
+//! (threshold, half-life) and what the n-th offence within the forgiveness window gets (the ladder,
+//! with growth and ceiling). Files are parsed into raw serde structs, then checked into these types;
+//! every error names the file, line and column. Rule evaluation and the filters sent to HAProxy
+//! ([`filters`]) both come from the same [`Condition`]s, so they cannot disagree.
+
+pub mod filters;
+mod load;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Location;
+use crate::proto::table::Entry;
+use crate::proto::{DataField, Filter, FilterOp};
+
+pub use load::load_dir;
+
+/// `column op value`, e.g. `http_req_rate gt 100` or `gpt0 >= 1`. The column is named as
+/// `show table` prints it (`gpt0`, `gpc1_rate`, `conn_cur`); a rate compares its value over its
+/// period. An entry without the column does not match.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Condition {
+    pub column: DataField,
+    pub op: FilterOp,
+    pub value: i64,
+}
+
+impl Condition {
+    pub fn holds(&self, e: &Entry<'_>) -> bool {
+        self.read(e).is_some_and(|v| self.op.holds(v, i128::from(self.value)))
+    }
+
+    /// The entry's value of this condition's column, if stored and numeric.
+    pub fn read(&self, e: &Entry<'_>) -> Option<i128> {
+        e.get(self.column.as_str())?.value.as_i128()
+    }
+
+    /// The same test evaluated by HAProxy.
+    pub fn filter(&self) -> Filter {
+        Filter { field: self.column.clone(), op: self.op, value: self.value }
+    }
+}
+
+impl FromStr for Condition {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        let [column, op, value] = words[..] else {
+            return Err(format!("condition '{s}': expected 'column op value', e.g. 'http_req_rate gt 100'"));
+        };
+        let column = column.strip_prefix("data.").unwrap_or(column);
+        let op = match op {
+            ">" => FilterOp::Gt,
+            ">=" => FilterOp::Ge,
+            "<" => FilterOp::Lt,
+            "<=" => FilterOp::Le,
+            "==" | "=" => FilterOp::Eq,
+            "!=" => FilterOp::Ne,
+            other => other.parse().map_err(|_| {
+                format!("condition '{s}': unknown operator '{other}' (expected gt ge lt le eq ne or > >= < <= == !=)")
+            })?,
+        };
+        Ok(Condition {
+            column: column.parse().map_err(|_| format!("condition '{s}': '{column}' is not a column name"))?,
+            op,
+            value: value.parse().map_err(|_| format!("condition '{s}': '{value}' is not an integer"))?,
+        })
+    }
+}
+
+impl TryFrom<String> for Condition {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.column, self.op.as_str(), self.value)
+    }
+}
+
+/// One checked rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub table: String,
+    pub description: String,
+    /// Every one of these must hold...
+    pub all: Vec<Condition>,
+    /// ...and, when not empty, at least one of these.
+    pub any: Vec<Condition>,
+    pub weight: f64,
+    /// Matches are scored and audited as "would block", never enforced.
+    pub dry_run: bool,
+    pub at: Location,
+}
+
+impl Rule {
+    pub fn matches(&self, e: &Entry<'_>) -> bool {
+        self.all.iter().all(|c| c.holds(e)) && (self.any.is_empty() || self.any.iter().any(|c| c.holds(e)))
+    }
+
+    pub fn conditions(&self) -> impl Iterator<Item = &Condition> {
+        self.all.iter().chain(&self.any)
+    }
+}
+
+/// A way to block, chosen per ladder step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Set the tag counter in the block table; the HAProxy config denies tagged clients.
+    Tag,
+    /// Add the address or CIDR to the block ACL's runtime patterns.
+    Acl,
+    /// Also shut down the client's live sessions (HAProxy socket level admin).
+    Kill,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Tag => "tag",
+            Action::Acl => "acl",
+            Action::Kill => "kill",
+        }
+    }
+}
+
+/// A set of actions, always sorted and without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Actions(Vec<Action>);
+
+impl Actions {
+    pub fn new(mut list: Vec<Action>) -> Actions {
+        list.sort_unstable();
+        list.dedup();
+        Actions(list)
+    }
+
+    pub fn has(&self, a: Action) -> bool {
+        self.0.contains(&a)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Actions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|a| a.as_str()).collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+/// One rung of the escalation ladder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub actions: Actions,
+    pub duration: Duration,
+}
+
+/// Scoring and escalation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// A score at or above this is an offence (and the score starts again from zero).
+    pub threshold: f64,
+    /// A score halves every `half_life` without new matches.
+    pub half_life: Duration,
+    /// Offences older than this no longer count for the ladder.
+    pub forgiveness: Duration,
+    pub steps: Vec<Step>,
+    /// Past the last step, each further offence multiplies its duration by this (1 = no growth).
+    pub growth: f64,
+    /// No block lasts longer than this.
+    pub max_duration: Duration,
+}
+
+impl Default for Policy {
+    /// The documented defaults of `docs/rules.md`.
+    fn default() -> Policy {
+        let step = |actions: Vec<Action>, secs: u64| Step {
+            actions: Actions::new(actions),
+            duration: Duration::from_secs(secs),
+        };
+        Policy {
+            threshold: 100.0,
+            half_life: Duration::from_secs(600),
+            forgiveness: Duration::from_secs(86_400),
+            steps: vec![
+                step(vec![Action::Tag], 600),
+                step(vec![Action::Tag, Action::Acl], 3600),
+                step(vec![Action::Tag, Action::Acl, Action::Kill], 6 * 3600),
+            ],
+            growth: 2.0,
+            max_duration: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl Policy {
+    /// What the `n`-th offence within the forgiveness window gets (n >= 1): its ladder level
+    /// (1-based, the last step repeating), actions and duration.
+    pub fn step_for(&self, n: u32) -> (u32, &Actions, Duration) {
+        let n = n.max(1);
+        let last = self.steps.len() as u32;
+        let level = n.min(last);
+        let step = &self.steps[level as usize - 1];
+        let extra = n - level;
+        let factor = self.growth.powi(extra.min(64) as i32);
+        let secs = (step.duration.as_secs_f64() * factor).min(self.max_duration.as_secs_f64());
+        (level, &step.actions, Duration::from_secs_f64(secs))
+    }
+
+    /// Whether any step uses `a`.
+    pub fn uses(&self, a: Action) -> bool {
+        self.steps.iter().any(|s| s.actions.has(a))
+    }
+}
+
+/// Every rule and the policy, as loaded from one directory.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub policy: Policy,
+}
+
+impl RuleSet {
+    pub fn for_table<'a>(&'a self, table: &'a str) -> impl Iterator<Item = (usize, &'a Rule)> + 'a {
+        self.rules.iter().enumerate().filter(move |(_, r)| r.table == table)
+    }
+
+    /// The tables the rules read, each once, in first-use order.
+    pub fn tables(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for r in &self.rules {
+            if !out.contains(&r.table.as_str()) {
+                out.push(&r.table);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_parse_both_spellings() {
+        let c: Condition = "http_req_rate > 100".parse().unwrap();
+        assert_eq!(c.to_string(), "http_req_rate gt 100");
+        assert_eq!("data.gpt0 ge 1".parse::<Condition>().unwrap().to_string(), "gpt0 ge 1");
+        assert!("http_req_rate >".parse::<Condition>().unwrap_err().contains("expected 'column op value'"));
+        assert!("http_req_rate ~ 1".parse::<Condition>().unwrap_err().contains("unknown operator '~'"));
+        assert!("http_req_rate gt x".parse::<Condition>().unwrap_err().contains("'x' is not an integer"));
+        assert!("Bad-Name gt 1".parse::<Condition>().unwrap_err().contains("not a column name"));
+    }
+
+    #[test]
+    fn ladder_steps_growth_and_ceiling() {
+        let p = Policy::default();
+        assert_eq!(p.step_for(1), (1, &Actions::new(vec![Action::Tag]), Duration::from_secs(600)));
+        assert_eq!(p.step_for(2).0, 2);
+        assert_eq!(p.step_for(3).2, Duration::from_secs(6 * 3600));
+        // Past the last step: 6h * 2, 6h * 4, ... up to the 7-day ceiling.
+        assert_eq!(p.step_for(4), (3, &p.steps[2].actions, Duration::from_secs(12 * 3600)));
+        assert_eq!(p.step_for(5).2, Duration::from_secs(24 * 3600));
+        assert_eq!(p.step_for(9).2, Duration::from_secs(7 * 86_400));
+        assert_eq!(p.step_for(u32::MAX).2, Duration::from_secs(7 * 86_400));
+        assert_eq!(p.step_for(0).0, 1);
+    }
+}

@@ -1,0 +1,201 @@
+//! What the store keeps, as plain serde types: offenders with their scores and offences, active
+//! blocks with their `until`, allowlist entries, and audit records. Encoded as JSON in sled, so a
+//! store can be inspected with any JSON tool and survives field additions (`#[serde(default)]`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Actions;
+use crate::time::Millis;
+
+/// A score that halves every `half_life`: stored as a value and the instant it was computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub value: f64,
+    pub at: Millis,
+}
+
+impl Score {
+    /// The decayed value at `now`.
+    pub fn at(&self, now: Millis, half_life: Duration) -> f64 {
+        let hl = half_life.as_millis().max(1) as f64;
+        let elapsed = now.saturating_sub(self.at) as f64;
+        self.value * (0.5f64).powf(elapsed / hl)
+    }
+
+    /// Adds `weight` at `now`, decaying what was there first.
+    pub fn add(&mut self, now: Millis, half_life: Duration, weight: f64) {
+        self.value = self.at(now, half_life) + weight;
+        self.at = self.at.max(now);
+    }
+}
+
+/// One offence: a score that crossed the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offence {
+    pub at: Millis,
+    pub rule: String,
+    /// The ladder level it got.
+    pub level: u32,
+    /// A dry-run offence: decided and audited, never enforced.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// An address's history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Offender {
+    /// Score from enforcing rules.
+    pub score: Score,
+    /// Score from every rule, dry-run ones included: what would happen if all were enforced.
+    #[serde(default)]
+    pub shadow: Score,
+    pub offences: Vec<Offence>,
+    pub last_seen: Millis,
+}
+
+/// Who decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Auto,
+    Manual,
+}
+
+/// An active block: what was done to whom, why, and until when. The controller releases it at
+/// `until`; HAProxy's own table expiry is never trusted to end it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    pub key: IpNet,
+    /// Ladder level (0 for manual and subnet blocks).
+    pub level: u32,
+    pub actions: Actions,
+    pub rule: String,
+    pub reason: String,
+    pub source: Origin,
+    pub actor: String,
+    pub since: Millis,
+    pub until: Millis,
+    /// Counters that triggered it, as read from the table.
+    #[serde(default)]
+    pub counters: Vec<(String, i64)>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl Block {
+    pub fn scope(&self) -> &'static str {
+        if crate::net::is_host(&self.key) {
+            "ip"
+        } else {
+            "cidr"
+        }
+    }
+
+    pub fn covers(&self, addr: IpAddr) -> bool {
+        self.key.contains(&addr.to_canonical())
+    }
+}
+
+/// An allowlist entry kept in the store (manual `allow`); the config's own entries are not stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllowEntry {
+    pub net: IpNet,
+    pub reason: String,
+    pub actor: String,
+    pub since: Millis,
+    pub until: Option<Millis>,
+}
+
+/// What an audit record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Block,
+    Release,
+    /// A block decided in dry-run: nothing sent to HAProxy.
+    WouldBlock,
+    WouldRelease,
+    /// The circuit breaker opened: automatic blocks suspended.
+    BreakerOpen,
+    BreakerClosed,
+    /// HAProxy refused or failed an action that was decided.
+    ActionFailed,
+}
+
+/// One line of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    #[serde(default)]
+    pub id: u64,
+    pub at: Millis,
+    pub event: Event,
+    pub key: Option<IpNet>,
+    #[serde(default)]
+    pub rule: String,
+    #[serde(default)]
+    pub counters: Vec<(String, i64)>,
+    #[serde(default)]
+    pub actions: Actions,
+    #[serde(default)]
+    pub level: u32,
+    #[serde(default)]
+    pub duration_ms: u64,
+    pub source: Origin,
+    pub actor: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl AuditRecord {
+    /// The record of a block or release decision.
+    pub fn of(event: Event, b: &Block, at: Millis) -> AuditRecord {
+        AuditRecord {
+            id: 0,
+            at,
+            event,
+            key: Some(b.key),
+            rule: b.rule.clone(),
+            counters: b.counters.clone(),
+            actions: b.actions.clone(),
+            level: b.level,
+            duration_ms: b.until.saturating_sub(b.since),
+            source: b.source,
+            actor: b.actor.clone(),
+            reason: b.reason.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn score_halves_every_half_life() {
+        let mut s = Score::default();
+        s.add(1_000, HL, 80.0);
+        assert_eq!(s.at(1_000, HL), 80.0);
+        assert_eq!(s.at(61_000, HL), 40.0);
+        assert_eq!(s.at(121_000, HL), 20.0);
+        s.add(61_000, HL, 10.0);
+        assert_eq!(s.at(61_000, HL), 50.0);
+        // Time going backwards (clock step) never grows a score.
+        assert_eq!(s.at(0, HL), 50.0);
+    }
+
+    proptest! {
+        #[test]
+        fn decay_is_monotonic_and_bounded(v in 0.0f64..1e9, t1 in 0u64..1u64 << 40, dt in 0u64..1u64 << 40) {
+            let s = Score { value: v, at: t1 };
+            let (a, b) = (s.at(t1, HL), s.at(t1 + dt, HL));
+            prop_assert!(b <= a && b >= 0.0 && a <= v);
+        }
+    }
+}

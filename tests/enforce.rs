@@ -1,0 +1,194 @@
+//! The enforcement loop end to end: the controller (in this process, or the real binary) against
+//! a real HAProxy, with real HTTP from loopback source addresses playing different clients.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use stickwarden::store::{Event, Store};
+
+const INTERVAL: Duration = Duration::from_millis(INTERVAL_MS);
+
+fn events(store: &Store, key: &str) -> Vec<(Event, String, u32)> {
+    store
+        .audit_since(0)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.key.is_some_and(|k| stickwarden::net::display(&k) == key))
+        .map(|r| (r.event, r.rule, r.level))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooder_gets_403_within_two_intervals_normal_and_allowlisted_clients_do_not() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let allow = "[[allow]]\ncidr = \"127.0.0.4\"\nreason = \"load tester\"\n";
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), allow);
+    let d = Daemon::start(&s);
+
+    // The normal client makes one request every 200 ms throughout.
+    let normal_sb_port = sb.web_port;
+    let normal = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            statuses.push(
+                stickwarden::sandbox::http_get(stickwarden::sandbox::client_addr(2), normal_sb_port).await.unwrap(),
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        statuses
+    });
+    // 150 requests within a second or so: well past the shipped http-flood rule's 100 per 10 s.
+    let (flooded, allowed) = tokio::join!(flood(&sb, 1, 150), flood(&sb, 3, 150));
+    let crossed = Instant::now();
+    assert_eq!(allowed, [(200, 150)], "the allowlisted client is never denied");
+    assert!(flooded.iter().any(|&(s, _)| s == 200), "{flooded:?}");
+
+    assert!(eventually(Duration::from_secs(3), || async { get(&sb, 1).await == 403 }).await, "flooder never blocked");
+    let took = crossed.elapsed();
+    // Two poll intervals, plus the time of the HTTP round trips that observe it.
+    assert!(took <= 2 * INTERVAL + Duration::from_millis(300), "403 only after {took:?}");
+
+    // The allowlisted client floods on and is still served; the normal one never saw a 403.
+    assert_eq!(flood(&sb, 3, 50).await, [(200, 50)]);
+    assert!(normal.await.unwrap().iter().all(|&s| s == 200));
+    assert_eq!(gpt0(&c, "127.0.0.2").await, Some(1));
+    assert_eq!(gpt0(&c, "127.0.0.3").await, Some(0));
+    assert_eq!(gpt0(&c, "127.0.0.4").await, Some(0));
+
+    let store = d.stop().await;
+    let blocks = store.blocks().unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(stickwarden::net::display(&blocks[0].key), "127.0.0.2");
+    assert_eq!(blocks[0].rule, "http-flood");
+    assert!(blocks[0].counters.iter().any(|(k, v)| k == "http_req_rate" && *v > 100), "{:?}", blocks[0].counters);
+    assert_eq!(events(&store, "127.0.0.2"), [(Event::Block, "http-flood".to_owned(), 1)]);
+    assert!(events(&store, "127.0.0.4").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeat_offence_climbs_the_ladder_and_release_brings_service_back_on_time() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let steps = "{ action = [\"tag\"], duration = \"2s\" }, { action = [\"tag\", \"acl\"], duration = \"3s\" }";
+    let s = setup(&sb, "", &policy(steps), "");
+    let d = Daemon::start(&s);
+
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    assert_eq!(get(&sb, 1).await, 403);
+    assert!(acl(&c, &sb).await.is_empty(), "level 1 is a tag only");
+    let first = d.store.blocks().unwrap().remove(0);
+    assert_eq!(first.level, 1);
+
+    // Released after 2 s: tag back to 0 and the entry cleared (its counters with it), served again.
+    assert!(eventually(Duration::from_secs(4), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await);
+    assert!(d.store.blocks().unwrap().is_empty());
+    assert_eq!(get(&sb, 1).await, 200);
+
+    // A second offence within the forgiveness window: level 2, tag and ACL.
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.2"] }).await);
+    let second = d.store.blocks().unwrap().remove(0);
+    assert_eq!((second.level, second.actions.to_string().as_str()), (2, "tag+acl"));
+    assert!(second.since >= first.until, "the first block ran its full time");
+    assert_eq!(gpt0(&c, "127.0.0.2").await, Some(1));
+    assert_eq!(get(&sb, 1).await, 403);
+
+    // Still denied just before its end, served again just after.
+    let until = Duration::from_millis(second.until - stickwarden::time::now_ms());
+    tokio::time::sleep(until.saturating_sub(Duration::from_millis(700))).await;
+    assert_eq!(get(&sb, 1).await, 403, "released early");
+    assert!(
+        eventually(Duration::from_millis(700 + 1500), || async { acl(&c, &sb).await.is_empty() }).await,
+        "released late"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await,
+        "entry cleared"
+    );
+    assert_eq!(get(&sb, 1).await, 200);
+
+    let store = d.stop().await;
+    assert!(store.blocks().unwrap().is_empty());
+    let ev: Vec<(Event, u32)> = events(&store, "127.0.0.2").into_iter().map(|(e, _, l)| (e, l)).collect();
+    assert_eq!(ev, [(Event::Block, 1), (Event::Release, 1), (Event::Block, 2), (Event::Release, 2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_step_closes_the_offenders_live_connection_only() {
+    use tokio::io::AsyncReadExt;
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"kill\"], duration = \"1h\" }"), "");
+    // Live TCP streams through ft_tcp: one from the offender, one from a bystander.
+    let mut offender =
+        stickwarden::sandbox::connect_from(stickwarden::sandbox::client_addr(1), sb.tcp_port).await.unwrap();
+    let mut bystander =
+        stickwarden::sandbox::connect_from(stickwarden::sandbox::client_addr(2), sb.tcp_port).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            c.show_sess().await.unwrap().iter().filter(|s| s.frontend.as_deref() == Some("ft_tcp")).count() == 2
+        })
+        .await
+    );
+    let d = Daemon::start(&s);
+
+    flood(&sb, 1, 150).await;
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), offender.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the offender's connection is still open: {closed:?}");
+    assert_eq!(gpt0(&c, "127.0.0.2").await, Some(1));
+    let alive = tokio::time::timeout(Duration::from_millis(300), bystander.read(&mut buf)).await;
+    assert!(alive.is_err(), "the bystander's connection was closed too: {alive:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_changes_nothing_in_haproxy_but_audits_what_it_would_do() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "dry_run = true", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let d = Daemon::start(&s);
+    let acl_before = acl(&c, &sb).await;
+
+    flood(&sb, 1, 150).await;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            d.store.audit_since(0).unwrap().iter().any(|r| r.event == Event::WouldBlock)
+        })
+        .await
+    );
+    tokio::time::sleep(2 * INTERVAL).await;
+    assert_eq!(gpt0(&c, "127.0.0.2").await, Some(0), "dry run set the tag");
+    assert_eq!(acl(&c, &sb).await, acl_before, "dry run touched the ACL");
+    assert_eq!(get(&sb, 1).await, 200);
+
+    let store = d.stop().await;
+    assert_eq!(events(&store, "127.0.0.2"), [(Event::WouldBlock, "http-flood".to_owned(), 1)]);
+    let b = store.blocks().unwrap();
+    assert!(b.len() == 1 && b[0].dry_run, "{b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subnet_aggregation_puts_the_prefix_in_the_acl() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let agg = "[aggregate]\nipv4_prefix = 24\noffenders = 2\nwindow = \"1m\"\nduration = \"1h\"\n";
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), agg);
+    let d = Daemon::start(&s);
+
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    assert!(acl(&c, &sb).await.is_empty(), "one offender is not a subnet");
+    flood(&sb, 2, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.0/24"] }).await);
+    // The whole prefix is denied now, a client that never offended included.
+    assert_eq!(get(&sb, 5).await, 403);
+
+    let store = d.stop().await;
+    let agg = events(&store, "127.0.0.0/24");
+    assert_eq!(agg, [(Event::Block, "subnet-aggregate".to_owned(), 0)]);
+}
