@@ -412,3 +412,6 @@ pub fn default_store_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."));
     state.join("stickwarden")
 }
+
+#[cfg(test)]
+mod tests;

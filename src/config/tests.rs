@@ -1,0 +1,105 @@
+use super::*;
+
+const RULE: &str = "[[rule]]\nname = \"flood\"\ntable = \"ft_web\"\nall = [\"http_req_rate gt 100\"]\nweight = 100\n";
+const MINIMAL: &str = "[[haproxy]]\nname = \"lb1\"\nsocket = \"unix:/run/haproxy/admin.sock\"\n\n[block]\nacl = \"/etc/haproxy/block.lst\"\n";
+
+/// Loads `text` as `DIR/stickwarden.toml` with `rules` as `DIR/rules/r.toml`; errors with DIR.
+fn load(text: &str, rules: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/r.toml"), rules).unwrap();
+    let path = dir.path().join("stickwarden.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).map_err(|e| e.to_string().replace(&dir.path().display().to_string(), "DIR"))
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = load(MINIMAL, RULE).unwrap();
+    assert_eq!(c.targets[0].commands_per_second, 5000);
+    assert_eq!(c.tables.len(), 1);
+    assert_eq!((c.tables[0].name.as_str(), c.tables[0].interval), ("ft_web", DEFAULT_POLL_INTERVAL));
+    // One watched table: tags go there, in gpt0, value 1.
+    assert_eq!(c.block.table.as_deref(), Some("ft_web"));
+    assert_eq!((c.block.tag.as_str(), c.block.tag_value), ("gpt0", 1));
+    assert_eq!(c.safety.max_blocks_per_minute, 100);
+    assert!(c.safety.never_block.is_empty());
+    assert_eq!(c.store.cache_bytes, 64 << 20);
+    assert_eq!(c.store.retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(c.rules.policy, crate::rules::Policy::default());
+    assert!(!c.dry_run && c.aggregate.is_none() && c.allow.is_empty());
+}
+
+#[test]
+fn tcp_target_hosts_are_never_blocked() {
+    let c = load(&MINIMAL.replace("unix:/run/haproxy/admin.sock", "tcp:127.0.0.1:9999"), RULE).unwrap();
+    assert_eq!(c.safety.never_block, [crate::net::parse_net("127.0.0.1").unwrap()]);
+}
+
+#[test]
+fn every_error_names_file_line_and_column() {
+    let cases: &[(&str, &str)] = &[
+        ("", "DIR/stickwarden.toml: no [[haproxy]] target"),
+        ("[[haproxy]]\nname = \"a\"\nsocket = \"ftp:x\"\n", "DIR/stickwarden.toml:3:10: 'ftp:x': unknown scheme"),
+        (
+            &format!("{MINIMAL}[[haproxy]]\nname = \"lb1\"\nsocket = \"/x\"\n"),
+            "DIR/stickwarden.toml:8:8: target 'lb1' is defined twice",
+        ),
+        (
+            &format!("poll_interval = \"10ms\"\n{MINIMAL}"),
+            "DIR/stickwarden.toml:1:17: poll_interval must be at least 100ms",
+        ),
+        (&format!("poll_interval = \"often\"\n{MINIMAL}"), "DIR/stickwarden.toml:1:17: 'often' is not a duration"),
+        (
+            &format!("{MINIMAL}[[table]]\nname = \"ft_api\"\ninterval = \"1s\"\n"),
+            "DIR/stickwarden.toml:8:8: no rule reads table 'ft_api'",
+        ),
+        (&format!("{MINIMAL}tag = \"gpt-0\"\n"), "DIR/stickwarden.toml:7:7: 'gpt-0' is not a data column name"),
+        (&format!("{MINIMAL}tag_value = 0\n"), "DIR/stickwarden.toml:7:13: tag_value must not be 0"),
+        (&MINIMAL.replace("/etc/haproxy/block.lst", "#3"), "DIR/stickwarden.toml:6:7: expected the ACL file path"),
+        (&MINIMAL.replace("acl = \"/etc/haproxy/block.lst\"\n", ""), "DIR/stickwarden.toml: the ladder uses \"acl\""),
+        (
+            &format!("{MINIMAL}\n[safety]\nnever_block = [\"10.0.0.1/8\"]\n"),
+            "DIR/stickwarden.toml:9:15: '10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)",
+        ),
+        (
+            &format!("{MINIMAL}\n[[allow]]\ncidr = \"10.0.0.0/8\"\nreason = \" \"\n"),
+            "DIR/stickwarden.toml:10:10: an allowlist entry needs a reason",
+        ),
+        (
+            &format!("{MINIMAL}\n[[allow]]\ncidr = \"10.0.0.0/8\"\nreason = \"x\"\nuntil = \"soon\"\n"),
+            "DIR/stickwarden.toml:11:9: 'soon' is not an RFC 3339 time",
+        ),
+        (
+            &format!("{MINIMAL}\n[aggregate]\noffenders = 1\nwindow = \"1m\"\nduration = \"1h\"\n"),
+            "DIR/stickwarden.toml:9:13: offenders must be at least 2",
+        ),
+        (
+            &format!("{MINIMAL}\n[store]\nretention = \"1h\"\n"),
+            "DIR/stickwarden.toml: [store] retention (1h) is shorter than the ladder's forgiveness (1day)",
+        ),
+        (
+            &format!("{MINIMAL}\n[store]\ncache_mb = 0\n"),
+            "DIR/stickwarden.toml:9:12: cache_mb must be between 1 and 65536",
+        ),
+        (&format!("{MINIMAL}colour = \"red\"\n"), "DIR/stickwarden.toml:7:1: unknown field `colour`"),
+        ("[[haproxy]\n", "DIR/stickwarden.toml:1:10: invalid table header"),
+    ];
+    let mut wrong = Vec::new();
+    for (text, want) in cases {
+        let got = load(text, RULE).unwrap_err();
+        if !got.starts_with(want) {
+            wrong.push(format!("\n{text}\n got: {got}\nwant: {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn rules_errors_come_first_with_their_own_file() {
+    let got = load(MINIMAL, "[[rule]]\nname = \"x\"\n").unwrap_err();
+    assert!(got.starts_with("DIR/rules/r.toml:1:1: missing field `table`"), "{got}");
+    let dir = tempfile::tempdir().unwrap();
+    let got = Config::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
+    assert!(got.contains("nope.toml: cannot read"), "{got}");
+}

@@ -1,0 +1,171 @@
+//! The `stickwarden run` and `stickwarden check` binaries against a real HAProxy: what `check`
+//! verifies and reports, bad configuration (exit 64, nothing touched), and a controller killed
+//! with SIGKILL in the middle of a block.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn stickwarden(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stickwarden")).args(args).env_remove("STICKWARDEN_CONFIG").output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn check(s: &Setup) -> Output {
+    stickwarden(&["check", "--config", s.config.to_str().unwrap()])
+}
+
+const LADDER: &str =
+    "{ action = [\"tag\"], duration = \"1h\" }, { action = [\"tag\", \"acl\", \"kill\"], duration = \"1h\" }";
+
+#[test]
+fn check_passes_and_says_what_it_verified() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy(LADDER), "");
+    let o = check(&s);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("ok   config"), "{out}");
+    assert!(out.contains("ok   sandbox: connected to unix:"), "{out}");
+    assert!(
+        out.contains(
+            "ok   sandbox: table 'ft_web' (ip) stores conn_cur, conn_rate, gpt0, http_err_rate, http_req_rate"
+        ),
+        "{out}"
+    );
+    assert!(out.contains(&format!("ok   sandbox: ACL {} is loaded", sb.block_acl().display())), "{out}");
+    assert!(out.contains("ok   sandbox: socket level admin"), "{out}");
+}
+
+#[test]
+fn check_names_the_socket_line_to_change_when_the_level_is_too_low() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy(LADDER), "");
+    let cfg = std::fs::read_to_string(&s.config).unwrap().replace(&sb.admin(), &sb.operator());
+    std::fs::write(&s.config, cfg).unwrap();
+    let o = check(&s);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let line = format!("stats socket {}/oper.sock mode 600 level admin", sb.dir().display());
+    assert!(out.contains(&format!("FAIL sandbox: the socket is below level admin, which the ladder's \"kill\" step needs: change its line to `{line}`")), "{out}");
+    // Without a kill step, operator is enough (HAProxy 2.6 checks no level on ACL changes).
+    let s2 = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let cfg = std::fs::read_to_string(&s2.config).unwrap().replace(&sb.admin(), &sb.operator());
+    std::fs::write(&s2.config, cfg).unwrap();
+    let o = check(&s2);
+    assert!(text(&o).contains("ok   sandbox: socket level operator (enough: no kill step)"), "{}", text(&o));
+    // At level user, table contents cannot be read at all.
+    let cfg = std::fs::read_to_string(&s2.config).unwrap().replace(&sb.operator(), &sb.user());
+    std::fs::write(&s2.config, cfg).unwrap();
+    let o = check(&s2);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("FAIL sandbox: the socket is at level user"), "{}", text(&o));
+}
+
+#[test]
+fn check_reports_missing_columns_missing_tables_and_an_unloaded_acl() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy(LADDER), "");
+    let extra = "[[rule]]\nname = \"bytes\"\ntable = \"ft_web\"\nall = [\"bytes_in_rate gt 1000000\"]\nweight = 10\n\n\
+                 [[rule]]\nname = \"api\"\ntable = \"ft_api\"\nall = [\"http_req_rate gt 10\"]\nweight = 10\n";
+    std::fs::write(s.dir.path().join("rules/extra.toml"), extra).unwrap();
+    let cfg = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(&sb.block_acl().display().to_string(), "/etc/haproxy/other.lst");
+    std::fs::write(&s.config, cfg.replace("[block]", "[block]\n")).unwrap();
+    let o = check(&s);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL sandbox: table 'ft_web' does not store bytes_in_rate"), "{out}");
+    assert!(out.contains("FAIL sandbox: table 'ft_api' does not exist (tables: ") && out.contains("ft_web)"), "{out}");
+    assert!(out.contains("FAIL sandbox: ACL file /etc/haproxy/other.lst is not loaded by HAProxy"), "{out}");
+    assert!(out.contains("stickwarden: 3 check(s) failed"), "{out}");
+}
+
+#[test]
+fn bad_configuration_exits_64_with_its_location_and_touches_nothing() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy(LADDER), "[safety]\nmax_blocks_per_minute = 0\n");
+    for cmd in ["run", "check"] {
+        let o = stickwarden(&[cmd, "--config", s.config.to_str().unwrap()]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(64), "{cmd}: {out}");
+        assert!(out.contains(&format!("{}:", s.config.display())) && out.contains("max_blocks_per_minute"), "{out}");
+    }
+    std::fs::write(
+        s.dir.path().join("rules/bad.toml"),
+        "[[rule]]\nname = \"b\"\ntable = \"ft_web\"\nall = [\"gpt0 >> 1\"]\nweight = 1\n",
+    )
+    .unwrap();
+    let o = stickwarden(&["run", "--config", s.config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(text(&o).contains("rules/bad.toml:4:7: condition 'gpt0 >> 1': unknown operator '>>'"), "{}", text(&o));
+    assert!(!s.store_path().exists(), "the store was created");
+    let o = stickwarden(&["run", "--config", "/nonexistent/stickwarden.toml"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(text(&o).contains("/nonexistent/stickwarden.toml: cannot read"), "{}", text(&o));
+}
+
+fn spawn_daemon(s: &Setup) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_mid_block_keeps_it_across_a_haproxy_restart_and_ends_it_on_time() {
+    let mut sb = haproxy();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"8s\" }"), "");
+    let mut daemon = spawn_daemon(&s);
+
+    flood(&sb, 1, 150).await;
+    let c = admin(&sb).await;
+    assert!(eventually(Duration::from_secs(5), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    assert!(eventually(Duration::from_secs(1), || async { acl(&c, &sb).await == ["127.0.0.2"] }).await);
+    daemon.kill().unwrap(); // SIGKILL: no chance to flush or say goodbye
+    daemon.wait().unwrap();
+
+    // HAProxy restarts meanwhile: every tag and runtime ACL entry is gone.
+    sb.restart().unwrap();
+    let c = admin(&sb).await;
+    assert_eq!(get(&sb, 1).await, 200);
+    assert!(acl(&c, &sb).await.is_empty());
+
+    // The new controller finds the block in its store and puts it back at once.
+    let mut daemon = spawn_daemon(&s);
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    assert_eq!(acl(&c, &sb).await, ["127.0.0.2"], "re-applied exactly once");
+    assert_eq!(get(&sb, 1).await, 403);
+
+    // ...and ends it on time: at the store's `until` (checked against the audit log below).
+    assert!(eventually(Duration::from_secs(10), || async { acl(&c, &sb).await.is_empty() }).await, "never released");
+    assert!(
+        eventually(Duration::from_secs(1), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await,
+        "entry not cleared"
+    );
+    assert_eq!(get(&sb, 1).await, 200);
+
+    // SIGTERM: a clean exit, status 0.
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let store = stickwarden::store::Store::open(&s.store_path(), 1 << 20).unwrap();
+    let log = store.audit_since(0).unwrap();
+    let ev: Vec<_> = log.iter().map(|r| r.event).collect();
+    assert_eq!(ev, [stickwarden::store::Event::Block, stickwarden::store::Event::Release], "one block, one release");
+    let (block, release) = (&log[0], &log[1]);
+    let until = block.at + block.duration_ms;
+    assert!(release.at >= until, "released {} ms early", until - release.at);
+    assert!(release.at <= until + 1_000, "released {} ms late", release.at - until);
+}
