@@ -188,7 +188,7 @@ impl Actor {
         match TableKey::from_addr(ty, key.addr()) {
             Ok(k) => Ok(Some(k)),
             Err(e) => {
-                warn!(target = %self.name, %key, table, error = %e, "cannot tag this address in the block table");
+                warn!(target = %self.name, key = %crate::net::display(key), table, error = %e, "cannot tag this address in the block table");
                 Ok(None)
             }
         }
@@ -290,7 +290,7 @@ impl Actor {
                 Err(e) => return Err(e),
             }
         }
-        info!(target = %self.name, %key, killed, "live sessions shut down");
+        info!(target = %self.name, key = %crate::net::display(key), killed, "live sessions shut down");
         Ok(())
     }
 }

@@ -146,8 +146,9 @@ fn spawn(bin: &Path, dir: &Path) -> io::Result<Child> {
 }
 
 /// The standard sandbox configuration: `ft_web` (HTTP, an `ip` table, deny on `gpt0 > 0` and on the
-/// `block.lst` ACL), `ft_tcp` (TCP connections proxied to `ft_web`, to have live streams), and one
-/// table of every key type, as in the captured fixtures.
+/// `block.lst` ACL), `ft_tcp` (TCP connections proxied to `ft_web`, to have live streams; tracked
+/// in `ft_web`'s table, so a held connection keeps its client's entry in use), and one table of
+/// every key type, as in the captured fixtures.
 pub fn standard_config(dir: &Path, web_port: u16, tcp_port: u16, opts: &SandboxOptions) -> String {
     let d = dir.display();
     let stats_timeout = opts.stats_timeout_secs.unwrap_or(120);
@@ -173,6 +174,7 @@ frontend ft_web
 frontend ft_tcp
     mode tcp
     bind 127.0.0.1:{tcp_port}
+    tcp-request connection track-sc0 src table ft_web
     default_backend be_hold
 backend be_hold
     mode tcp

@@ -203,3 +203,23 @@ async fn streams_a_large_table() {
     assert_eq!(stdout(&out).lines().count(), n as usize / 10 + 1);
     assert!(stderr(&out).contains(&format!("{} entries of ft_web", n / 10)));
 }
+
+/// `stickwarden demo` runs the real loop: the abuser is blocked, the two others never are.
+#[test]
+fn demo_blocks_the_abuser_only() {
+    let o = stickwarden(&["demo", "--seconds", "6", "--hold", "false"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains(">> block 127.0.0.2: level 1 (tag) for 8s, rule http-flood"), "{out}");
+    assert!(out.contains("127.0.0.2 L1 tag"), "{out}");
+    // Columns: t, 127.0.0.2, 127.0.0.3, 127.0.0.4, blocked.
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.split_whitespace().next().is_some_and(|t| t.ends_with('s') && t[..t.len() - 1].parse::<u32>().is_ok())
+        })
+        .collect();
+    assert!(rows.len() >= 5, "{out}");
+    assert!(rows.iter().any(|r| r[6..29].contains("x403")), "the abuser was never denied:\n{out}");
+    assert!(rows.iter().all(|r| !r[29..75].contains("x403")), "the normal or allowlisted client was denied:\n{out}");
+}

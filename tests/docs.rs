@@ -84,3 +84,87 @@ async fn cli_examples_run_and_json_examples_match_real_output() {
     assert_eq!(entry["key"], real["key"]);
     assert_eq!(entry["data"]["gpt0"], real["data"]["gpt0"]);
 }
+
+fn read_doc(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/docs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Each fenced block of `lang` in the document, as its own text.
+fn fenced(doc: &str, lang: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut inside = false;
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            inside = !inside && line == format!("```{lang}");
+            if inside {
+                out.push(String::new());
+            }
+            continue;
+        }
+        if inside {
+            let block = out.last_mut().unwrap();
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn rules_reference_examples_load_and_its_filters_are_the_real_ones() {
+    let doc = read_doc("rules.md");
+    let dir = tempfile::tempdir().unwrap();
+    let examples = fenced(&doc, "toml");
+    assert_eq!(examples.len(), 3);
+    for (i, text) in examples.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i}.toml")), text).unwrap();
+    }
+    let set = stickwarden::rules::load_dir(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        set.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["http-flood", "conn-flood", "tagged-by-haproxy"]
+    );
+    assert_eq!(set.policy, stickwarden::rules::Policy::default(), "the doc says its policy is the default");
+
+    // The shipped rules, their policy the documented one, and the queries the doc lists.
+    let shipped =
+        stickwarden::rules::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap();
+    assert_eq!(shipped.policy, stickwarden::rules::Policy::default());
+    let queries: Vec<String> = stickwarden::rules::filters::queries(shipped.for_table("ft_web").map(|(_, r)| r))
+        .iter()
+        .map(|q| format!("show table ft_web {}", q.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" ")))
+        .collect();
+    assert_eq!(blocks(&doc, "text"), queries);
+}
+
+/// The HAProxy config of docs/haproxy.md runs, and `check` passes on it with the example
+/// `stickwarden.toml` of docs/configuration.md and the shipped rules.
+#[tokio::test]
+async fn documented_haproxy_and_stickwarden_configs_work_together() {
+    let dir = tempfile::Builder::new().prefix("stickwarden-docs-").tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let acl = format!("{d}/stickwarden-block.lst");
+    std::fs::write(&acl, "").unwrap();
+    let [hap] = &fenced(&read_doc("haproxy.md"), "haproxy")[..] else { panic!("one haproxy block expected") };
+    let hap = hap
+        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
+        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
+        .replace("bind :80", &format!("bind 127.0.0.1:{port}"));
+    let _sb = stickwarden::sandbox::Sandbox::start_with(dir, &hap, port, 0).unwrap_or_else(|e| panic!("{e}"));
+
+    let [cfg] = &fenced(&read_doc("configuration.md"), "toml")[..] else { panic!("one toml block expected") };
+    let cfg = cfg
+        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
+        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
+        .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+        .replace("/var/lib/stickwarden", &format!("{d}/store"));
+    let path = format!("{d}/stickwarden.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let cfg = stickwarden::config::Config::load(path.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.allow.len(), 2);
+    let findings = stickwarden::check::check_all(&cfg).await;
+    let failed: Vec<_> = findings.iter().filter(|(_, f)| !f.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(findings.len(), 4, "{findings:?}"); // connected, table, ACL, level
+}

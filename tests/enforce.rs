@@ -192,3 +192,93 @@ async fn subnet_aggregation_puts_the_prefix_in_the_acl() {
     let agg = events(&store, "127.0.0.0/24");
     assert_eq!(agg, [(Event::Block, "subnet-aggregate".to_owned(), 0)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_in_use_at_release_is_untagged_at_once_and_cleared_when_free() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"2s\" }"), "");
+    // A live connection through ft_tcp, tracked in ft_web: the offender's entry is in use.
+    let held = stickwarden::sandbox::connect_from(stickwarden::sandbox::client_addr(1), sb.tcp_port).await.unwrap();
+    let d = Daemon::start(&s);
+
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    // The entry cannot be cleared, so its counters survive the release: let its rate fade to 0
+    // meanwhile (as a client that stopped would), or it is rightly blocked again at once.
+    let key = stickwarden::proto::TableKey::parse(stickwarden::proto::KeyType::Ip, "127.0.0.2").unwrap();
+    c.set_table("ft_web", key, &[("http_req_rate".parse().unwrap(), 0), ("http_err_rate".parse().unwrap(), 0)])
+        .await
+        .unwrap();
+    // Released: the tag is 0 at once, but `clear table` answers "Entry currently in use".
+    assert!(eventually(Duration::from_secs(4), || async { gpt0(&c, "127.0.0.2").await == Some(0) }).await);
+    assert!(d.store.blocks().unwrap().is_empty());
+    assert_eq!(get(&sb, 1).await, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gpt0(&c, "127.0.0.2").await, Some(0), "an entry in use cannot be cleared");
+    // Once the connection is gone the retried clear goes through.
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(4), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await,
+        "never cleared"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_stops_automatic_blocks_past_its_limit() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s =
+        setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "[safety]\nmax_blocks_per_minute = 1\n");
+    let d = Daemon::start(&s);
+
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    flood(&sb, 2, 150).await;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            d.store.audit_since(0).unwrap().iter().any(|r| r.event == Event::BreakerOpen)
+        })
+        .await
+    );
+    tokio::time::sleep(4 * INTERVAL).await;
+    assert_eq!(gpt0(&c, "127.0.0.3").await, Some(0), "blocked past the breaker");
+    assert_eq!(get(&sb, 2).await, 200);
+    let store = d.stop().await;
+    assert!(events(&store, "127.0.0.3").is_empty());
+    // Not counted as an offence either: it was never acted on.
+    let o = store.offender("127.0.0.3".parse().unwrap()).unwrap().unwrap();
+    assert!(o.offences.is_empty(), "{o:?}");
+}
+
+/// The actuator's governor: with 4 commands a second (bursts of 4), 12 tags and the one
+/// key-type lookup cannot take less than (13 - 4) / 4 s. A lower bound: it cannot flake on a slow
+/// machine.
+#[tokio::test]
+async fn actuator_is_rate_limited() {
+    use stickwarden::actuator::{Actuator, Job};
+    use stickwarden::rules::{Action, Actions};
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let mut cfg = stickwarden::config::Config::load(&s.config).unwrap();
+    cfg.targets[0].commands_per_second = 4;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let a = Actuator::spawn(&cfg.targets[0], c.clone(), &cfg.block, stop_rx);
+    let started = Instant::now();
+    let mut replies = Vec::new();
+    for i in 0..12u8 {
+        let key = stickwarden::net::parse_net(&format!("10.9.0.{i}")).unwrap();
+        replies
+            .push(a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Tag]), kill: false }).await.unwrap());
+    }
+    for r in replies {
+        r.await.unwrap().unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(2200), "12 tags at 4/s took only {took:?}");
+    for i in 0..12 {
+        assert_eq!(gpt0(&c, &format!("10.9.0.{i}")).await, Some(1));
+    }
+}

@@ -1,113 +1,245 @@
-//! `stickwarden demo`: everything local, nothing to configure. A sandbox HAProxy on loopback, one
-//! abusive client (127.0.0.2) and one normal client (127.0.0.3) sending real HTTP, a server-side
-//! filtered `show table` that finds the abuser, a tag set with `set table` that makes HAProxy
-//! answer 403, and the release. Until the rules engine exists the decision here is a fixed
-//! threshold; every HAProxy interaction is the real client against the real process.
+//! `stickwarden demo`: the whole loop, local, nothing to configure. A sandbox HAProxy on loopback,
+//! the controller with the shipped rules (embedded in the binary, with a fast demo ladder), its
+//! sled store in a temp dir, and three loopback clients sending real HTTP: an abuser (127.0.0.2),
+//! a normal client (127.0.0.3) and an allowlisted abuser (127.0.0.4). Every second a line shows
+//! what each client got from HAProxy and what is blocked; every decision is printed from the
+//! store's audit log as it is written. Nothing here is canned: it is `stickwarden run` at work.
 
-use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 
 use super::Failure;
-use crate::client::{Client, ClientOptions, TableItem};
-use crate::output::{DumpPrinter, Format};
-use crate::proto::{DataField, Filter, KeyType, TableKey, TableSelect};
+use crate::config::Config;
+use crate::net;
 use crate::sandbox::{self, Sandbox, SandboxOptions};
+use crate::store::{AuditRecord, Store};
+use crate::time::now_ms;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Requests the abusive client sends.
-    #[arg(long, default_value_t = 300)]
-    flood: usize,
-    /// Request rate over 10 s above which a client counts as abusive.
-    #[arg(long, default_value_t = 100)]
-    threshold: i64,
-    /// Keep HAProxy running afterwards until Ctrl-C, to query it by hand (default: when on a terminal).
+    /// How long the clients send traffic, in seconds.
+    #[arg(long, default_value_t = 45)]
+    seconds: u64,
+    /// Requests per second of each abusive client.
+    #[arg(long, default_value_t = 40)]
+    rate: u32,
+    /// Keep HAProxy and the controller running afterwards until Ctrl-C, to query them by hand
+    /// (default: when on a terminal).
     #[arg(long)]
     hold: Option<bool>,
 }
+
+/// The shipped rule files, embedded so that the demo runs from anywhere.
+const SHIPPED_RULES: [(&str, &str); 3] = [
+    ("http-flood.toml", include_str!("../../rules/http-flood.toml")),
+    ("scanner.toml", include_str!("../../rules/scanner.toml")),
+    ("conn-flood.toml", include_str!("../../rules/conn-flood.toml")),
+];
+
+/// The shipped policy's ladder with durations short enough to watch.
+const DEMO_POLICY: &str = r#"[score]
+threshold = 100
+half_life = "10m"
+
+[ladder]
+forgiveness = "1h"
+growth = 2.0
+steps = [
+  { action = ["tag"], duration = "8s" },
+  { action = ["tag", "acl"], duration = "12s" },
+  { action = ["tag", "acl", "kill"], duration = "20s" },
+]
+"#;
+
+const ABUSER: u8 = 1;
+const NORMAL: u8 = 2;
+const ALLOWED: u8 = 3;
 
 pub async fn run(a: DemoArgs) -> Result<(), Failure> {
     let sb = Sandbox::start(&SandboxOptions::default())
         .context("cannot start the sandbox HAProxy")
         .map_err(Failure::runtime)?;
+    let work = tempfile::Builder::new().prefix("stickwarden-demo-").tempdir().map_err(Failure::runtime)?;
+    let cfg = write_config(work.path(), &sb).map_err(Failure::runtime)?;
+    let cfg = Config::load(&cfg).map_err(Failure::runtime)?;
+    let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
+
     println!("== sandbox HAProxy {} (pid {}) on 127.0.0.1:{}", sb.version, sb.pid(), sb.web_port);
     println!("   Runtime API: {}", sb.admin());
-    let target = sb.admin().parse().map_err(Failure::runtime)?;
-    let client = Client::connect(target, ClientOptions::default()).await?;
-    let (abuser, normal) = (sandbox::client_addr(1), sandbox::client_addr(2));
+    println!("== controller: rules {}", cfg.rules.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "));
+    println!("   ladder: tag 8s -> tag+acl 12s -> tag+acl+kill 20s, doubling after; poll every 500ms");
+    println!("   store: {}", cfg.store.path.display());
+    let (abuser, normal, allowed) =
+        (sandbox::client_addr(ABUSER), sandbox::client_addr(NORMAL), sandbox::client_addr(ALLOWED));
+    println!(
+        "== clients: {abuser} abusive ({} req/s), {normal} normal (2 req/s), {allowed} abusive but allowlisted",
+        a.rate
+    );
+    println!();
 
-    println!("\n== traffic: {abuser} floods with {} requests, {normal} sends 5", a.flood);
-    let flood = sandbox::http_burst(abuser, sb.web_port, a.flood, 20).await.map_err(Failure::runtime)?;
-    let calm = sandbox::http_burst(normal, sb.web_port, 5, 1).await.map_err(Failure::runtime)?;
-    println!("   {abuser}: {}", statuses(&flood));
-    println!("   {normal}: {}", statuses(&calm));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(crate::daemon::run(cfg, store.clone(), async move {
+        let _ = stop_rx.await;
+    }));
 
-    println!("\n== stickwarden table ft_web");
-    print_table(&client, TableSelect::All).await?;
+    let counts: Arc<Mutex<BTreeMap<(u8, u16), usize>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    for (n, rate) in [(ABUSER, a.rate), (NORMAL, 2), (ALLOWED, a.rate)] {
+        tokio::spawn(client(sb.web_port, n, rate.max(1), deadline, counts.clone()));
+    }
 
-    let filter: Filter = format!("data.http_req_rate gt {}", a.threshold).parse().map_err(Failure::usage)?;
-    println!("\n== candidates, filtered by HAProxy itself: show table ft_web {filter}");
-    let mut offenders = Vec::new();
-    client
-        .show_table("ft_web", TableSelect::Filters(vec![filter]))
-        .await?
-        .for_each(|item| {
-            if let TableItem::Entry(e) = item {
-                offenders.extend(e.key_addr());
+    println!("{:>4}  {:<22} {:<22} {:<22} blocked", "t", abuser.to_string(), normal.to_string(), allowed.to_string());
+    let started = Instant::now();
+    let mut last_id = None;
+    let held = tokio::spawn(hold_connection(sb.tcp_port, started));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while Instant::now() < deadline + Duration::from_millis(500) {
+        tick.tick().await;
+        last_id = print_decisions(&store, last_id, started).map_err(Failure::runtime)?;
+        let seen = std::mem::take(&mut *counts.lock().expect("counts"));
+        let col = |n: u8| -> String {
+            let parts: Vec<String> =
+                seen.iter().filter(|((c, _), _)| *c == n).map(|((_, s), k)| format!("{k}x{s}")).collect();
+            if parts.is_empty() {
+                "-".into()
+            } else {
+                parts.join(" ")
             }
-        })
-        .await?;
-    println!("   {offenders:?}");
-
-    let gpt0: DataField = "gpt0".parse().map_err(Failure::runtime)?;
-    for ip in &offenders {
-        let key = TableKey::from_addr(KeyType::Ip, *ip).map_err(Failure::runtime)?;
-        client.set_table("ft_web", key, &[(gpt0.clone(), 1)]).await?;
-        println!("   blocked {ip}: set table ft_web key {ip} data.gpt0 1");
+        };
+        println!(
+            "{:>3}s  {:<22} {:<22} {:<22} {}",
+            started.elapsed().as_secs(),
+            col(ABUSER),
+            col(NORMAL),
+            col(ALLOWED),
+            blocked(&store)
+        );
     }
-
-    println!("\n== after the block");
-    probe(&sb, &[abuser, normal]).await?;
-    println!("\n== stickwarden table ft_web --where 'data.gpt0 gt 0'");
-    print_table(&client, TableSelect::Filters(vec!["data.gpt0 gt 0".parse().map_err(Failure::runtime)?])).await?;
-
-    for ip in &offenders {
-        let key = TableKey::from_addr(KeyType::Ip, *ip).map_err(Failure::runtime)?;
-        client.set_table("ft_web", key.clone(), &[(gpt0.clone(), 0)]).await?;
-        client.clear_table_key("ft_web", key).await?;
-        println!("\n== released {ip}: set table ... data.gpt0 0; clear table ft_web key {ip}");
+    print_decisions(&store, last_id, started).map_err(Failure::runtime)?;
+    let closed_at = if held.is_finished() {
+        held.await.ok().flatten()
+    } else {
+        held.abort();
+        None
+    };
+    match closed_at {
+        Some(at) => println!("\n{abuser}'s held connection through ft_tcp was closed by the kill step at {at}s"),
+        None => println!("\n{abuser}'s held connection through ft_tcp is still open (no kill step reached)"),
     }
-    probe(&sb, &[abuser, normal]).await?;
 
     if a.hold.unwrap_or_else(|| std::io::stdout().is_terminal()) {
-        println!("\nHAProxy stays up until Ctrl-C. Try, in another terminal:");
+        println!("\nHAProxy and the controller keep running until Ctrl-C. Try, in another terminal:");
         println!("   cargo run -q -- table --haproxy {} ft_web", sb.admin());
-        println!("   echo 'show table ft_web' | socat stdio {}", sb.admin().trim_start_matches("unix:"));
+        println!(
+            "   echo 'show acl {}' | socat stdio {}",
+            sb.block_acl().display(),
+            sb.admin().trim_start_matches("unix:")
+        );
         tokio::signal::ctrl_c().await.map_err(Failure::runtime)?;
     }
-    println!("\ndemo done: the rules engine, sled store and escalation ladder come with the enforcement loop.");
+    let _ = stop_tx.send(());
+    daemon.await.map_err(Failure::runtime)?.map_err(Failure::runtime)?;
+    println!("\ndemo done.");
     Ok(())
 }
 
-async fn print_table(client: &Client, select: TableSelect) -> Result<(), Failure> {
-    let mut printer = DumpPrinter::new(std::io::stdout().lock(), Format::Human);
-    client.show_table("ft_web", select).await?.for_each(|item| printer.item(item, true)).await?;
-    printer.finish().map_err(Failure::runtime)?.flush().map_err(Failure::runtime)
-}
-
-async fn probe(sb: &Sandbox, clients: &[std::net::IpAddr]) -> Result<(), Failure> {
-    // A fresh connection per probe: HAProxy reads the tag when a request arrives.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    for ip in clients {
-        let status = sandbox::http_get(*ip, sb.web_port).await.map_err(Failure::runtime)?;
-        println!("   GET / from {ip}: {status}");
+fn write_config(dir: &std::path::Path, sb: &Sandbox) -> std::io::Result<std::path::PathBuf> {
+    let rules = dir.join("rules");
+    std::fs::create_dir(&rules)?;
+    for (name, text) in SHIPPED_RULES {
+        std::fs::write(rules.join(name), text)?;
     }
-    Ok(())
+    std::fs::write(rules.join("policy.toml"), DEMO_POLICY)?;
+    let path = dir.join("stickwarden.toml");
+    let text = format!(
+        "rules = \"rules\"\npoll_interval = \"500ms\"\n\n[[haproxy]]\nname = \"sandbox\"\nsocket = \"{}\"\n\n\
+         [block]\ntable = \"ft_web\"\ntag = \"gpt0\"\nacl = \"{}\"\n\n[store]\npath = \"store\"\ncache_mb = 16\n\n\
+         [[allow]]\ncidr = \"{}\"\nreason = \"demo: allowlisted load tester\"\n",
+        sb.admin(),
+        sb.block_acl().display(),
+        sandbox::client_addr(ALLOWED)
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
 }
 
-fn statuses(counts: &[(u16, usize)]) -> String {
-    counts.iter().map(|(s, n)| format!("{n} x {s}")).collect::<Vec<_>>().join(", ")
+/// One loopback client sending `rate` requests a second until `deadline`, counting statuses.
+async fn client(port: u16, n: u8, rate: u32, deadline: Instant, counts: Arc<Mutex<BTreeMap<(u8, u16), usize>>>) {
+    let src: IpAddr = sandbox::client_addr(n);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            // A refused connection (the ACL step) counts as status 0.
+            let status = sandbox::http_get(src, port).await.unwrap_or(0);
+            *counts.lock().expect("counts").entry((n, status)).or_default() += 1;
+        });
+    }
+}
+
+/// Prints the audit records written after `last_id`; returns the last id printed.
+fn print_decisions(
+    store: &Store,
+    last_id: Option<u64>,
+    started: Instant,
+) -> Result<Option<u64>, crate::store::StoreError> {
+    let since = now_ms().saturating_sub(started.elapsed().as_millis() as u64 + 1000);
+    let mut last = last_id;
+    for r in store.audit_since(since)?.into_iter().filter(|r| last_id.is_none_or(|l| r.id > l)) {
+        println!("      >> {}", describe(&r));
+        last = Some(r.id);
+    }
+    Ok(last)
+}
+
+fn describe(r: &AuditRecord) -> String {
+    let key = r.key.map_or_else(String::new, |k| net::display(&k));
+    let dur = crate::time::human(Duration::from_millis(r.duration_ms));
+    format!("{} {key}: level {} ({}) for {dur}, rule {}: {}", r.event.as_str(), r.level, r.actions, r.rule, r.reason)
+}
+
+/// The abuser also holds one TCP connection open through `ft_tcp` (a live session); returns the
+/// second at which HAProxy closed it, if it did.
+async fn hold_connection(port: u16, started: Instant) -> Option<u64> {
+    use tokio::io::AsyncReadExt;
+    let mut conn = sandbox::connect_from(sandbox::client_addr(ABUSER), port).await.ok()?;
+    let mut buf = [0u8; 64];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return Some(started.elapsed().as_secs()),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn blocked(store: &Store) -> String {
+    let now = now_ms();
+    let list: Vec<String> = store
+        .blocks()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            format!(
+                "{} L{} {} {}s left",
+                net::display(&b.key),
+                b.level,
+                b.actions,
+                b.until.saturating_sub(now).div_ceil(1000)
+            )
+        })
+        .collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join("; ")
+    }
 }

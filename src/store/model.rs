@@ -126,6 +126,21 @@ pub enum Event {
     ActionFailed,
 }
 
+impl Event {
+    /// The name used in JSON and logs: `block`, `would_block`, `breaker_open`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Block => "block",
+            Event::Release => "release",
+            Event::WouldBlock => "would_block",
+            Event::WouldRelease => "would_release",
+            Event::BreakerOpen => "breaker_open",
+            Event::BreakerClosed => "breaker_closed",
+            Event::ActionFailed => "action_failed",
+        }
+    }
+}
+
 /// One line of the append-only audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -188,6 +203,21 @@ mod tests {
         assert_eq!(s.at(61_000, HL), 50.0);
         // Time going backwards (clock step) never grows a score.
         assert_eq!(s.at(0, HL), 50.0);
+    }
+
+    #[test]
+    fn event_names_are_their_json_names() {
+        for e in [
+            Event::Block,
+            Event::Release,
+            Event::WouldBlock,
+            Event::WouldRelease,
+            Event::BreakerOpen,
+            Event::BreakerClosed,
+            Event::ActionFailed,
+        ] {
+            assert_eq!(serde_json::to_string(&e).unwrap(), format!("\"{}\"", e.as_str()));
+        }
     }
 
     proptest! {
