@@ -139,31 +139,49 @@ impl Actor {
         }
     }
 
+    /// Every action of the job is tried, so that one HAProxy refusal (a full table refusing the
+    /// tag) does not keep the others (the ACL entry) from being applied; the first failure is
+    /// returned. A connection failure stops at once: the whole job is retried, and every action is
+    /// idempotent.
     async fn perform(&mut self, job: &Job) -> Result<(), ClientError> {
+        let mut first_error = None;
+        let mut keep = |r: Result<(), ClientError>| -> Result<(), ClientError> {
+            match r {
+                Err(e) if e.is_transient() => Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    Ok(())
+                }
+                Ok(()) => Ok(()),
+            }
+        };
         match job {
             Job::Apply { key, actions, kill } => {
                 if actions.has(Action::Tag) {
-                    self.set_tag(key, self.block.tag_value).await?;
+                    keep(self.set_tag(key, self.block.tag_value).await.map(drop))?;
                 }
                 if actions.has(Action::Acl) {
-                    self.add_acl(key).await?;
+                    keep(self.add_acl(key).await)?;
                 }
                 if *kill && actions.has(Action::Kill) {
-                    self.kill(key).await?;
+                    keep(self.kill(key).await)?;
                 }
             }
             Job::Release { key, actions } => {
                 if actions.has(Action::Acl) {
-                    self.del_acl(key).await?;
+                    keep(self.del_acl(key).await)?;
                 }
                 if actions.has(Action::Tag) {
-                    if let Some(k) = self.set_tag(key, 0).await? {
-                        self.clear(k).await?;
+                    let untagged = self.set_tag(key, 0).await;
+                    if let Ok(Some(k)) = untagged {
+                        keep(self.clear(k).await)?;
+                    } else {
+                        keep(untagged.map(drop))?;
                     }
                 }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn command(&self) {

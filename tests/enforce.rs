@@ -282,3 +282,31 @@ async fn actuator_is_rate_limited() {
         assert_eq!(gpt0(&c, &format!("10.9.0.{i}")).await, Some(1));
     }
 }
+
+/// HAProxy refusing one action (here the tag: a column the table does not store) does not keep
+/// the others from being applied, and the refusal comes back classified.
+#[tokio::test]
+async fn a_refused_tag_does_not_keep_the_acl_entry_from_being_added() {
+    use stickwarden::actuator::{Actuator, Job};
+    use stickwarden::proto::ErrorKind;
+    use stickwarden::rules::{Action, Actions};
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let mut cfg = stickwarden::config::Config::load(&s.config).unwrap();
+    cfg.block.tag = "gpc0".parse().unwrap(); // ft_web stores gpt0, not gpc0
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let a = Actuator::spawn(&cfg.targets[0], c.clone(), &cfg.block, stop_rx);
+    let key = stickwarden::net::parse_net("10.0.0.3").unwrap();
+    let both = Actions::new(vec![Action::Tag, Action::Acl]);
+    let e = a.run(Job::Apply { key, actions: both.clone(), kill: false }).await.unwrap_err();
+    assert_eq!(e.haproxy().map(|h| h.kind), Some(ErrorKind::DataTypeNotStored), "{e}");
+    assert_eq!(acl(&c, &sb).await, ["10.0.0.3"]);
+    // Applying again adds no duplicate ACL entry (HAProxy itself would accept one).
+    let _ = a.run(Job::Apply { key, actions: both, kill: false }).await;
+    assert_eq!(acl(&c, &sb).await, ["10.0.0.3"]);
+    a.run(Job::Release { key, actions: Actions::new(vec![Action::Acl]) }).await.unwrap();
+    assert!(acl(&c, &sb).await.is_empty());
+    // Releasing what is already gone is not an error.
+    a.run(Job::Release { key, actions: Actions::new(vec![Action::Acl]) }).await.unwrap();
+}

@@ -3,7 +3,7 @@
 //! the store and flushes it before any actuator acts on it, aggregates offenders of one prefix,
 //! and releases blocks at their `until`. Being the only writer of blocks, it needs no locks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::poller::Observation;
+use super::windows::{self, Aggregator, Breaker, Transition};
 use super::Msg;
 use crate::actuator::{Actuator, Job};
 use crate::allowlist::Allowlist;
@@ -38,11 +39,8 @@ pub(super) struct Controller {
     nets: Vec<IpNet>,
     /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
     releasing: HashMap<IpNet, Option<Millis>>,
-    /// Times of the automatic blocks of the last minute.
-    breaker: VecDeque<Millis>,
-    breaker_open: bool,
-    /// Recently blocked addresses by aggregation prefix.
-    recent: HashMap<IpNet, Vec<(IpAddr, Millis)>>,
+    breaker: Breaker,
+    aggregator: Aggregator,
     /// When each key was last released: a poll that started earlier saw the counters from before
     /// the release (which cleared them) and must not count against it again.
     released: HashMap<IpNet, Millis>,
@@ -60,7 +58,6 @@ impl Controller {
     ) -> Result<Controller, StoreError> {
         let allow = Allowlist::new(&cfg, &store.allows()?);
         let mut c = Controller {
-            cfg,
             store,
             allow,
             actuators,
@@ -68,10 +65,10 @@ impl Controller {
             active: HashMap::new(),
             nets: Vec::new(),
             releasing: HashMap::new(),
-            breaker: VecDeque::new(),
-            breaker_open: false,
-            recent: HashMap::new(),
+            breaker: Breaker::new(cfg.safety.max_blocks_per_minute, BREAKER_WINDOW),
+            aggregator: Aggregator::default(),
             released: HashMap::new(),
+            cfg,
         };
         for b in c.store.blocks()? {
             c.index(b);
@@ -157,7 +154,7 @@ impl Controller {
                 dry_run: v.dry_run,
             };
             if !v.dry_run {
-                self.breaker.push_back(now);
+                self.breaker.record(now);
             }
             let event = if v.dry_run { Event::WouldBlock } else { Event::Block };
             self.store.decide(&block, Some((obs.addr, &offender)), AuditRecord::of(event, &block, now))?;
@@ -186,42 +183,42 @@ impl Controller {
     }
 
     /// Whether an automatic block may happen now (false: the breaker is open). Opening and closing
-    /// are logged and audited; the caller counts the block it then makes in `self.breaker`.
+    /// are logged and audited; the caller records the block it then makes.
     fn breaker_check(&mut self, now: Millis) -> Result<bool, StoreError> {
-        while self.breaker.front().is_some_and(|&t| t + BREAKER_WINDOW <= now) {
-            self.breaker.pop_front();
-        }
-        let max = self.cfg.safety.max_blocks_per_minute as usize;
-        let open = self.breaker.len() >= max;
-        if open != self.breaker_open {
-            self.breaker_open = open;
-            if open {
+        let (allowed, change) = self.breaker.check(now);
+        let Some(change) = change else { return Ok(allowed) };
+        let max = self.breaker.max();
+        let (event, reason) = match change {
+            Transition::Opened { blocks } => {
                 error!(
                     max_per_minute = max,
                     "circuit breaker open: automatic blocks suspended; manual actions still work"
                 );
-            } else {
-                info!("circuit breaker closed: automatic blocks resume");
+                (
+                    Event::BreakerOpen,
+                    format!("{blocks} automatic blocks within a minute (max_blocks_per_minute = {max})"),
+                )
             }
-            self.store.audit(AuditRecord {
-                id: 0,
-                at: now,
-                event: if open { Event::BreakerOpen } else { Event::BreakerClosed },
-                key: None,
-                rule: String::new(),
-                counters: Vec::new(),
-                actions: Actions::default(),
-                level: 0,
-                duration_ms: 0,
-                source: Origin::Auto,
-                actor: AUTO_ACTOR.into(),
-                reason: format!(
-                    "{} automatic blocks within a minute (max_blocks_per_minute = {max})",
-                    self.breaker.len()
-                ),
-            })?;
-        }
-        Ok(!open)
+            Transition::Closed => {
+                info!("circuit breaker closed: automatic blocks resume");
+                (Event::BreakerClosed, "a quiet minute".to_owned())
+            }
+        };
+        self.store.audit(AuditRecord {
+            id: 0,
+            at: now,
+            event,
+            key: None,
+            rule: String::new(),
+            counters: Vec::new(),
+            actions: Actions::default(),
+            level: 0,
+            duration_ms: 0,
+            source: Origin::Auto,
+            actor: AUTO_ACTOR.into(),
+            reason,
+        })?;
+        Ok(allowed)
     }
 
     /// Subnet aggregation: the prefix block decided when `addr` is the N-th recent offender of its
@@ -229,10 +226,7 @@ impl Controller {
     fn aggregate(&mut self, addr: IpAddr, now: Millis) -> Result<Option<Block>, StoreError> {
         let Some(agg) = self.cfg.aggregate.clone() else { return Ok(None) };
         let prefix = net::prefix_of(addr, agg.ipv4_prefix, agg.ipv6_prefix);
-        let recent = self.recent.entry(prefix).or_default();
-        recent.retain(|(a, t)| *t + ms(agg.window) > now && *a != addr);
-        recent.push((addr, now));
-        let n = recent.len();
+        let n = self.aggregator.record(prefix, addr, now, ms(agg.window));
         if n < agg.offenders || self.active.contains_key(&prefix) || net::is_host(&prefix) {
             return Ok(None);
         }
@@ -243,8 +237,8 @@ impl Controller {
         if !self.breaker_check(now)? {
             return Ok(None);
         }
-        self.breaker.push_back(now);
-        self.recent.remove(&prefix);
+        self.breaker.record(now);
+        self.aggregator.reset(&prefix);
         let block = Block {
             key: prefix,
             level: 0,
@@ -321,16 +315,7 @@ impl Controller {
     /// Releases the blocks whose `until` has come; retries failed releases.
     pub async fn tick(&mut self) -> Result<(), StoreError> {
         let now = now_ms();
-        let due: Vec<Block> = self
-            .active
-            .values()
-            .filter(|b| b.until <= now)
-            .filter(|b| match self.releasing.get(&b.key) {
-                None => true,
-                Some(retry_at) => retry_at.is_some_and(|t| t <= now),
-            })
-            .cloned()
-            .collect();
+        let due = windows::due(self.active.values(), &self.releasing, now);
         for b in due {
             if b.dry_run {
                 self.finish_release(&b, Event::WouldRelease, now)?;
@@ -339,10 +324,13 @@ impl Controller {
             self.releasing.insert(b.key, None);
             self.dispatch(&b, Job::Release { key: b.key, actions: b.actions.clone() }).await;
         }
-        if self.breaker_open {
+        if self.breaker.is_open() {
             self.breaker_check(now)?; // closes it once the last minute is quiet
         }
         self.released.retain(|_, t| *t + 60_000 > now);
+        if let Some(agg) = &self.cfg.aggregate {
+            self.aggregator.prune(now, ms(agg.window));
+        }
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 
 mod controller;
 pub mod poller;
+pub mod windows;
 
 use std::future::Future;
 use std::sync::Arc;
