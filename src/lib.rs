@@ -16,6 +16,7 @@
 //! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
 //! - [`rules`]: rule files, conditions, the scoring and escalation policy, and the server-side
 //!   filters derived from them ([`rules::filters`]).
+//! - [`columns`]: how a column is named in HAProxy's filters (array elements differ by version).
 //! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
 //! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
 //! - [`store`]: offenders, active blocks, allowlist and audit log in sled, behind a small API.
@@ -29,6 +30,7 @@ pub mod allowlist;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod columns;
 pub mod config;
 pub mod daemon;
 pub mod engine;

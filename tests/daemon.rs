@@ -44,6 +44,23 @@ fn check_passes_and_says_what_it_verified() {
 }
 
 #[test]
+fn check_notes_array_elements_it_cannot_verify() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy(LADDER), "");
+    let rules = "[[rule]]\nname = \"arr\"\ntable = \"t_arr\"\nall = [\"gpc0 gt 5\", \"gpt1 ge 1\", \"gpc2_rate gt 1\"]\nweight = 1\n";
+    std::fs::write(s.dir.path().join("rules/arrays.toml"), rules).unwrap();
+    let o = check(&s);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("ok   sandbox: table 't_arr' (ip) stores gpc0"), "{out}");
+    if version(&sb) < (3, 2) {
+        assert!(out.contains("note: table 't_arr': gpc2_rate, gpt1 cannot be filtered on"), "{out}");
+    } else {
+        assert!(out.contains("stores gpc0, gpc2_rate, gpt1"), "{out}");
+    }
+}
+
+#[test]
 fn check_names_the_socket_line_to_change_when_the_level_is_too_low() {
     let sb = haproxy();
     let s = setup(&sb, "", &policy(LADDER), "");

@@ -310,3 +310,32 @@ async fn a_refused_tag_does_not_keep_the_acl_entry_from_being_added() {
     // Releasing what is already gone is not an error.
     a.run(Job::Release { key, actions: Actions::new(vec![Action::Acl]) }).await.unwrap();
 }
+
+/// Rules on an array table (`store gpc(3),gpt(2)`): element 0 is filtered as `data.gpc`, element
+/// 1 cannot be filtered before HAProxy 3.2 and is evaluated on a whole-table dump; both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_on_array_elements_are_polled_with_the_filters_haproxy_knows() {
+    use stickwarden::proto::{KeyType, TableKey};
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let rules = "[[rule]]\nname = \"gpc-elem0\"\ntable = \"t_arr\"\nall = [\"gpc0 gt 5\"]\nweight = 100\n\n\
+                 [[rule]]\nname = \"gpt-elem1\"\ntable = \"t_arr\"\nany = [\"gpt1 ge 1\"]\nweight = 100\n";
+    std::fs::write(s.dir.path().join("rules/arrays.toml"), rules).unwrap();
+    let cfg = stickwarden::config::Config::load(&s.config).unwrap();
+    let plan = stickwarden::daemon::poller::plan(&c, "t_arr", &cfg.rules).await.unwrap();
+    let plan: Vec<String> =
+        plan.iter().map(|q| q.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" ")).collect();
+    if version(&sb) < (3, 2) {
+        assert_eq!(plan, [""], "gpt1 cannot be filtered: the whole table, once");
+    }
+
+    let d = Daemon::start(&s);
+    for (ip, n) in [("10.5.0.1", 7), ("10.5.0.2", 3)] {
+        c.set_table("t_arr", TableKey::parse(KeyType::Ip, ip).unwrap(), &[("gpc".parse().unwrap(), n)]).await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "10.5.0.1").await == Some(1) }).await);
+    assert_eq!(gpt0(&c, "10.5.0.2").await, None, "gpc0 = 3 is under the rule's 5");
+    let store = d.stop().await;
+    assert_eq!(events(&store, "10.5.0.1"), [(Event::Block, "gpc-elem0".to_owned(), 1)]);
+}

@@ -2,10 +2,11 @@
 //! `show table` queries every interval and evaluates every rule on each entry as it streams in.
 //!
 //! Polls of one table never overlap (the task awaits each poll before the next tick, and a late
-//! tick is delayed, not doubled); tables and targets poll concurrently. Only entries that match a
-//! rule leave the task, as [`Observation`]s for the controller.
+//! tick is delayed, not doubled); tables and targets poll concurrently. Before its first poll a
+//! task asks HAProxy how each column is filtered ([`plan`]). Only entries that match a rule leave
+//! the task, as [`Observation`]s for the controller.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +16,9 @@ use tracing::{debug, warn};
 
 use super::Msg;
 use crate::client::{Client, ClientError, TableItem};
+use crate::columns;
 use crate::config::TableConfig;
-use crate::proto::{Filter, TableSelect};
+use crate::proto::{DataField, ErrorKind, Filter, TableSelect};
 use crate::rules::{filters, RuleSet};
 
 /// An entry that matched at least one rule.
@@ -37,7 +39,7 @@ pub(super) async fn run(
     tx: mpsc::Sender<Msg>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let queries = filters::queries(rules.for_table(&table.name).map(|(_, r)| r));
+    let mut queries: Option<Vec<Vec<Filter>>> = None;
     let mut tick = tokio::time::interval(table.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
@@ -47,7 +49,17 @@ pub(super) async fn run(
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
         let (started, polled_at) = (Instant::now(), crate::time::now_ms());
-        match poll(&client, &table.name, &queries, &rules).await {
+        if queries.is_none() {
+            match plan(&client, &table.name, &rules).await {
+                Ok(q) => queries = Some(q),
+                Err(e) => {
+                    note_error(&mut last_error, &target, &table.name, &e);
+                    continue;
+                }
+            }
+        }
+        let plan_queries = queries.as_deref().unwrap_or_default();
+        match poll(&client, &table.name, plan_queries, &rules).await {
             Ok((observations, scanned)) => {
                 if last_error.take().is_some() {
                     tracing::info!(%target, table = %table.name, "polling again");
@@ -58,15 +70,45 @@ pub(super) async fn run(
                 }
             }
             Err(e) => {
-                let text = e.to_string();
-                // Say it once per kind of failure, not once per interval.
-                if last_error.as_ref() != Some(&text) {
-                    warn!(%target, table = %table.name, error = %text, "poll failed");
-                    last_error = Some(text);
+                // The table may have changed under us (a reload with a new config): plan again.
+                if e.haproxy()
+                    .is_some_and(|h| matches!(h.kind, ErrorKind::UnknownDataType | ErrorKind::DataTypeNotStored))
+                {
+                    queries = None;
                 }
+                note_error(&mut last_error, &target, &table.name, &e);
             }
         }
     }
+}
+
+/// Logs a poll failure once per kind of failure, not once per interval.
+fn note_error(last: &mut Option<String>, target: &str, table: &str, e: &ClientError) {
+    let text = e.to_string();
+    if last.as_ref() != Some(&text) {
+        warn!(%target, table, error = %text, "poll failed");
+        *last = Some(text);
+    }
+}
+
+/// The queries of one table's rules, each column under the filter name this HAProxy knows it by.
+pub async fn plan(client: &Client, table: &str, rules: &RuleSet) -> Result<Vec<Vec<Filter>>, ClientError> {
+    let mut names: HashMap<DataField, Option<DataField>> = HashMap::new();
+    for (_, rule) in rules.for_table(table) {
+        for c in rule.conditions() {
+            if names.contains_key(&c.column) {
+                continue;
+            }
+            let name = columns::filter_name(client, table, &c.column).await?;
+            if name.is_none() {
+                warn!(table, column = %c.column, "HAProxy cannot filter on this column: its rules are evaluated on a wider dump");
+            }
+            names.insert(c.column.clone(), name);
+        }
+    }
+    let queries = filters::queries_as(rules.for_table(table).map(|(_, r)| r), |c| names.get(c).cloned().flatten());
+    debug!(table, ?queries, "poll plan");
+    Ok(queries)
 }
 
 /// One poll: every query of the table, each entry evaluated once.

@@ -4,20 +4,32 @@
 //! query (the first four; the rest are checked on our side); a rule made only of `any` conditions
 //! needs one query per condition (OR). Queries that another query already covers are dropped, and
 //! the entries of every query are evaluated against every rule, so the union is exact.
+//!
+//! A condition on a column HAProxy cannot filter on (see [`crate::columns`]) is left to our side:
+//! it is dropped from its `all` query, and an `any` rule with one makes the query the whole table.
 
-use super::Rule;
+use super::{Condition, Rule};
 use crate::proto::command::MAX_FILTERS;
-use crate::proto::Filter;
+use crate::proto::{DataField, Filter};
 
-/// The queries that together return every entry that any of `rules` can match. An empty query
-/// means the whole table.
+/// The queries that together return every entry that any of `rules` can match, with every column
+/// filtered under its printed name. An empty query means the whole table.
 pub fn queries<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<Vec<Filter>> {
+    queries_as(rules, |c| Some(c.clone()))
+}
+
+/// [`queries`], with `name` giving the filter name of each column (`None`: not filterable).
+pub fn queries_as<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    name: impl Fn(&DataField) -> Option<DataField>,
+) -> Vec<Vec<Filter>> {
+    let filter = |c: &Condition| name(&c.column).map(|field| Filter { field, op: c.op, value: c.value });
     let mut out: Vec<Vec<Filter>> = Vec::new();
     for rule in rules {
         if rule.all.is_empty() {
-            out.extend(rule.any.iter().map(|c| vec![c.filter()]));
+            out.extend(rule.any.iter().map(|c| filter(c).into_iter().collect()));
         } else {
-            out.push(rule.all.iter().take(MAX_FILTERS).map(|c| c.filter()).collect());
+            out.push(rule.all.iter().filter_map(filter).take(MAX_FILTERS).collect());
         }
     }
     // A query whose filters include all of another's returns a subset of it: keep the wider one.
@@ -77,5 +89,19 @@ mod tests {
         // A rule with `any` only and the same condition as another's `all`: one query.
         let r = [rule(&["gpt0 gt 0"], &[]), rule(&[], &["gpt0 gt 0"])];
         assert_eq!(queries(&r).len(), 1);
+    }
+
+    #[test]
+    fn unfilterable_columns_widen_the_query() {
+        let rename = |c: &DataField| match c.as_str() {
+            "gpt1" => None,
+            "gpt0" => Some("gpt".parse().unwrap()),
+            _ => Some(c.clone()),
+        };
+        let r = [rule(&["gpt1 gt 0", "gpt0 gt 0"], &[])];
+        assert_eq!(text(&queries_as(&r, rename)), ["data.gpt gt 0"]);
+        // An `any` condition that cannot be filtered needs the whole table, which covers the rest.
+        let r = [rule(&["conn_cur gt 5"], &[]), rule(&[], &["gpt1 gt 0", "conn_rate gt 9"])];
+        assert_eq!(queries_as(&r, rename), [Vec::<Filter>::new()]);
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Location;
 use crate::proto::table::Entry;
-use crate::proto::{DataField, Filter, FilterOp};
+use crate::proto::{DataField, FilterOp};
 
 pub use load::load_dir;
 
@@ -41,11 +41,6 @@ impl Condition {
     /// The entry's value of this condition's column, if stored and numeric.
     pub fn read(&self, e: &Entry<'_>) -> Option<i128> {
         e.get(self.column.as_str())?.value.as_i128()
-    }
-
-    /// The same test evaluated by HAProxy.
-    pub fn filter(&self) -> Filter {
-        Filter { field: self.column.clone(), op: self.op, value: self.value }
     }
 }
 
