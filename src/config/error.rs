@@ -20,6 +20,13 @@ pub struct Location {
     pub column: usize,
 }
 
+impl Location {
+    /// An error about the value at this place.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: self.path.clone(), line: self.line, column: self.column, message: message.into() }
+    }
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}:{}", self.path.display(), self.line, self.column)
@@ -42,8 +49,7 @@ impl Source<'_> {
     }
 
     pub fn error(&self, span: &Range<usize>, message: impl Into<String>) -> ConfigError {
-        let at = self.locate(span);
-        ConfigError::Invalid { path: at.path, line: at.line, column: at.column, message: message.into() }
+        self.locate(span).error(message)
     }
 
     /// TOML's own errors (syntax, a wrong type, an unknown field, a value our types refused).

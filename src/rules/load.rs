@@ -88,10 +88,7 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, ConfigError> {
         for r in raw.rule {
             let rule = check_rule(&src, r.into_inner())?;
             if let Some(prev) = rules.iter().find(|p| p.name == rule.name) {
-                return Err(src.error(
-                    &span_of(&src, &rule.at),
-                    format!("rule '{}' is already defined at {}", rule.name, prev.at),
-                ));
+                return Err(rule.at.error(format!("rule '{}' is already defined at {}", rule.name, prev.at)));
             }
             rules.push(rule);
         }
@@ -142,12 +139,6 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, ConfigError> {
         );
     }
     Ok(RuleSet { rules, policy })
-}
-
-/// The span of a location already computed, for errors raised about a rule as a whole.
-fn span_of(src: &Source<'_>, at: &Location) -> std::ops::Range<usize> {
-    let start: usize = src.text.split_inclusive('\n').take(at.line - 1).map(str::len).sum::<usize>() + at.column - 1;
-    start..start
 }
 
 fn check_rule(src: &Source<'_>, r: RawRule) -> Result<Rule, ConfigError> {
