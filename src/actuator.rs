@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -20,7 +21,8 @@ use tracing::{debug, info, warn};
 
 use crate::client::{Client, ClientError};
 use crate::config::{BlockConfig, TargetConfig};
-use crate::proto::{AclPattern, DataField, ErrorKind, KeyType, TableKey};
+use crate::metrics::{JobLabels, Metrics};
+use crate::proto::{AclPattern, Command, DataField, ErrorKind, KeyType, TableKey};
 use crate::rules::{Action, Actions};
 
 /// What to do, to which key.
@@ -35,6 +37,11 @@ pub enum Job {
     Release {
         key: IpNet,
         actions: Actions,
+    },
+    /// Adds many keys to the ACL atomically: a new version of the ACL holding its current
+    /// patterns and these, committed at once (`prepare acl` / `add acl @v` / `commit acl`).
+    ImportAcl {
+        keys: Vec<IpNet>,
     },
 }
 
@@ -54,6 +61,7 @@ impl Actuator {
         client: Client,
         block: &BlockConfig,
         shutdown: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Actuator {
         let (tx, rx) = mpsc::channel(1024);
         let quota = Quota::per_second(NonZeroU32::new(target.commands_per_second).unwrap_or(NonZeroU32::MIN));
@@ -66,6 +74,8 @@ impl Actuator {
             acl_known: None,
             pending_clears: Vec::new(),
             shutdown,
+            labels: Metrics::target(&target.name),
+            metrics,
         };
         tokio::spawn(actor.run(rx));
         Actuator { name: target.name.clone(), tx }
@@ -97,10 +107,14 @@ struct Actor {
     /// Entries whose tag is already 0 but that were in use when cleared: (key, first try).
     pending_clears: Vec<(TableKey, Instant)>,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    labels: crate::metrics::TargetLabels,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Commands of an import sent in one pipelined batch.
+const IMPORT_CHUNK: usize = 4096;
 /// How long an in-use entry's clear is retried before it is left to HAProxy's expiry (its tag is 0).
 const CLEAR_PATIENCE: Duration = Duration::from_secs(600);
 
@@ -113,6 +127,17 @@ impl Actor {
                 msg = rx.recv() => {
                     let Some((job, reply)) = msg else { break };
                     let result = self.run_with_retry(&job).await;
+                    let kind = match job {
+                        Job::Apply { .. } => "block",
+                        Job::Release { .. } => "release",
+                        Job::ImportAcl { .. } => "import",
+                    };
+                    let labels = JobLabels {
+                        target: self.name.clone(),
+                        kind: kind.into(),
+                        result: if result.is_ok() { "ok" } else { "error" }.into(),
+                    };
+                    self.metrics.jobs.get_or_create(&labels).inc();
                     let _ = reply.send(result);
                 }
                 _ = clear_tick.tick(), if !self.pending_clears.is_empty() => self.retry_clears().await,
@@ -167,6 +192,7 @@ impl Actor {
                     keep(self.kill(key).await)?;
                 }
             }
+            Job::ImportAcl { keys } => return self.import_acl(keys).await,
             Job::Release { key, actions } => {
                 if actions.has(Action::Acl) {
                     keep(self.del_acl(key).await)?;
@@ -184,8 +210,10 @@ impl Actor {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Waits for the rate limiter, and counts the command about to be sent.
     async fn command(&self) {
         self.limiter.until_ready().await;
+        self.metrics.commands.get_or_create(&self.labels).inc();
     }
 
     /// The table key of a host block in the block table, if it can be tagged there.
@@ -292,6 +320,36 @@ impl Actor {
         if let Some(known) = &mut self.acl_known {
             known.remove(&p);
         }
+        Ok(())
+    }
+
+    async fn import_acl(&mut self, keys: &[IpNet]) -> Result<(), ClientError> {
+        let acl = self.block.acl.clone().expect("checked at config load");
+        let known = self.known_acl().await?;
+        let mut fresh: Vec<AclPattern> = keys.iter().map(Self::pattern).filter(|p| !known.contains(p)).collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        let mut all: Vec<AclPattern> = known.iter().copied().collect();
+        let known_len = all.len();
+        all.extend(fresh);
+        self.command().await;
+        let version = self.client.prepare_acl(&acl).await?;
+        let cmds: Vec<Command> =
+            all.iter().map(|p| Command::AddAcl { acl: acl.clone(), version: Some(version), pattern: *p }).collect();
+        for chunk in cmds.chunks(IMPORT_CHUNK) {
+            for _ in 0..chunk.len() {
+                self.command().await;
+            }
+            if let Some(e) = self.client.pipeline(chunk).await.into_iter().find_map(Result::err) {
+                // The live version was never touched: drop the prepared one and report.
+                let _ = self.client.execute(&Command::ClearAclVersion { acl: acl.clone(), version }).await;
+                return Err(e);
+            }
+        }
+        self.command().await;
+        self.client.commit_acl(&acl, version).await?;
+        info!(target = %self.name, added = all.len() - known_len, total = all.len(), "ACL import committed");
+        self.acl_known = Some(all.into_iter().collect());
         Ok(())
     }
 

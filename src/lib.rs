@@ -22,11 +22,15 @@
 //! - [`store`]: offenders, active blocks, allowlist and audit log in sled, behind a small API.
 //! - [`actuator`]: one actor per target turning block and release jobs into Runtime API commands.
 //! - [`daemon`]: `stickwarden run`: pollers, the controller that owns decisions, release on time.
+//! - [`metrics`]: Prometheus metrics shared by pollers, controller, actuators and the API.
+//! - [`ops`]: operator actions and queries (requests, validation, views), shared by API and CLI.
 //! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
+//! - [`api`]: the HTTP API (axum): routes, token auth, JSON errors; its server and the CLI's client.
 //! - [`cli`]: the `stickwarden` subcommands, their arguments and exit codes.
 
 pub mod actuator;
 pub mod allowlist;
+pub mod api;
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -34,7 +38,9 @@ pub mod columns;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod metrics;
 pub mod net;
+pub mod ops;
 pub mod output;
 pub mod proto;
 pub mod rules;

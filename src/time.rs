@@ -32,6 +32,29 @@ pub fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(u64::from(d.subsec_millis() > 0)))).to_string()
 }
 
+/// `in 14m`, `3h ago`, `now`: an instant relative to `now`, to the largest unit.
+pub fn relative(t: Millis, now: Millis) -> String {
+    let (d, future) = if t >= now { (t - now, true) } else { (now - t, false) };
+    let s = d / 1000;
+    let text = match s {
+        0 => return "now".into(),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    };
+    if future {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+/// [`relative`] of an RFC 3339 text; the text itself if it does not parse.
+pub fn relative_text(t: &str, now: Millis) -> String {
+    parse_rfc3339(t).map_or_else(|_| t.to_owned(), |t| relative(t, now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +65,9 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-23T23:40:01Z");
         assert!(parse_rfc3339("tomorrow").is_err());
         assert_eq!(human(Duration::from_secs(3660)), "1h 1m");
+        assert_eq!(relative(1_000 + 14 * 60_000, 1_000), "in 14m");
+        assert_eq!(relative(0, 3 * 3_600_000 + 5), "3h ago");
+        assert_eq!(relative(5, 5), "now");
+        assert_eq!(relative(0, 2 * 86_400_000), "2d ago");
     }
 }

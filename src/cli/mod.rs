@@ -3,6 +3,7 @@
 //! validated before any socket is opened, so a malformed address or filter changes nothing.
 
 mod demo;
+mod ops;
 mod run;
 mod table;
 
@@ -36,6 +37,22 @@ pub enum Cmd {
     /// Validate the configuration and rules, then verify each HAProxy target: tables, stored
     /// data types, the block ACL and the socket's level.
     Check(run::ConfigArgs),
+    /// Active blocks.
+    Blocks(ops::Access),
+    /// Offences, blocks and releases of one address.
+    History(ops::KeyArgs),
+    /// Why an address is (or is not) blocked: rules, live counters, ladder step.
+    Explain(ops::KeyArgs),
+    /// Block an address or CIDR by hand (overrides automatic decisions).
+    Block(ops::BlockArgs),
+    /// Release a block now: tag, ACL entry and the block record.
+    Unblock(ops::UnblockArgs),
+    /// Add (or --remove) an allowlist entry; blocks inside it are released.
+    Allow(ops::AllowArgs),
+    /// Block a list of addresses and CIDRs (one per line), through the ACL, atomically.
+    Import(ops::ImportArgs),
+    /// The audit log.
+    Audit(ops::AuditArgs),
 }
 
 impl Args {
@@ -82,5 +99,13 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Demo(a) => demo::run(a).await,
         Cmd::Run(a) => run::run(a).await,
         Cmd::Check(a) => run::check(a).await,
+        Cmd::Blocks(a) => ops::blocks(a).await,
+        Cmd::History(a) => ops::history(a).await,
+        Cmd::Explain(a) => ops::explain(a).await,
+        Cmd::Block(a) => ops::block(a).await,
+        Cmd::Unblock(a) => ops::unblock(a).await,
+        Cmd::Allow(a) => ops::allow(a).await,
+        Cmd::Import(a) => ops::import(a).await,
+        Cmd::Audit(a) => ops::audit(a).await,
     }
 }

@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{Failure, EXIT_CONFIG};
+use std::sync::Arc;
+
+use crate::api::ApiState;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -28,7 +32,35 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
         .with_context(|| format!("cannot create the store directory {}", cfg.store.path.display()))
         .map_err(Failure::runtime)?;
     let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
-    crate::daemon::run(cfg, store, shutdown_signal()).await.map_err(Failure::runtime)
+    let bound = match &cfg.api {
+        Some(api) => Some((crate::api::serve::bind(&api.listen).await.map_err(Failure::runtime)?, api.tokens.clone())),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    let shared = Arc::new(cfg.clone());
+    let (api_store, api_metrics) = (store.clone(), metrics.clone());
+    let on_start = move |handle, clients| {
+        if let Some((bound, tokens)) = bound {
+            let state = ApiState {
+                cfg: shared,
+                store: api_store,
+                handle,
+                clients: Arc::new(clients),
+                tokens,
+                metrics: api_metrics,
+            };
+            let mut stop = stop_rx;
+            tokio::spawn(crate::api::serve::serve(crate::api::router(state), bound, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+        }
+    };
+    crate::daemon::run_with(cfg, store, metrics, shutdown, on_start).await.map_err(Failure::runtime)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

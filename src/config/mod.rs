@@ -40,6 +40,45 @@ pub struct Config {
     pub safety: Safety,
     pub aggregate: Option<Aggregate>,
     pub allow: Vec<StaticAllow>,
+    /// The HTTP API; none without an `[api]` section.
+    pub api: Option<ApiConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: Vec<Listen>,
+    pub tokens: std::sync::Arc<crate::api::auth::Tokens>,
+}
+
+/// Where the API listens: a TCP address, or a Unix socket (created with mode 0600).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a path".into()),
+            Some(p) => Ok(Listen::Unix(PathBuf::from(p))),
+            None => s
+                .parse()
+                .map(Listen::Tcp)
+                .map_err(|_| format!("'{s}': expected host:port (e.g. 127.0.0.1:9180) or unix:/path")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +163,14 @@ struct RawConfig {
     aggregate: Option<Spanned<RawAggregate>>,
     #[serde(default)]
     allow: Vec<Spanned<RawAllow>>,
+    api: Option<RawApi>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<Vec<Spanned<String>>>,
+    tokens: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +242,9 @@ struct RawAllow {
     reason: Spanned<String>,
     until: Option<Time>,
 }
+
+/// The API's port when `[api]` does not say where to listen (on 127.0.0.1).
+pub const DEFAULT_API_PORT: u16 = 9180;
 
 /// Default poll interval of a table without a `[[table]]` entry.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -353,7 +403,26 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         )));
     }
 
+    let api = match &raw.api {
+        None => None,
+        Some(a) => {
+            let mut listen = Vec::new();
+            for l in a.listen.as_deref().unwrap_or_default() {
+                listen.push(l.get_ref().parse::<Listen>().map_err(|m| src.error(&l.span(), m))?);
+            }
+            if a.listen.is_none() {
+                listen.push(Listen::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT))));
+            }
+            if listen.is_empty() {
+                return Err(src.error(&a.tokens.span(), "[api] listen is empty: remove [api] to run without the API"));
+            }
+            let tokens = crate::api::auth::Tokens::load(&base.join(a.tokens.get_ref()))?;
+            Some(ApiConfig { listen, tokens: std::sync::Arc::new(tokens) })
+        }
+    };
+
     Ok(Config {
+        api,
         path: src.path.to_owned(),
         rules_dir,
         rules,

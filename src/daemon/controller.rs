@@ -19,6 +19,7 @@ use crate::allowlist::Allowlist;
 use crate::client::ClientError;
 use crate::config::Config;
 use crate::engine;
+use crate::metrics::Metrics;
 use crate::net;
 use crate::rules::{Action, Actions, Rule};
 use crate::store::{AuditRecord, Block, Event, Origin, Store, StoreError};
@@ -28,22 +29,25 @@ use crate::time::{ms, now_ms, Millis};
 pub const AUTO_ACTOR: &str = "stickwarden";
 
 pub(super) struct Controller {
-    cfg: Arc<Config>,
-    store: Store,
-    allow: Allowlist,
+    pub(super) cfg: Arc<Config>,
+    pub(super) store: Store,
+    pub(super) allow: Allowlist,
     actuators: Vec<Actuator>,
     tx: mpsc::Sender<Msg>,
     /// Every block in the store, by key (the store stays the truth; this is its index).
-    active: HashMap<IpNet, Block>,
+    pub(super) active: HashMap<IpNet, Block>,
     /// Keys of active network blocks, to test addresses against.
     nets: Vec<IpNet>,
     /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
-    releasing: HashMap<IpNet, Option<Millis>>,
+    pub(super) releasing: HashMap<IpNet, Option<Millis>>,
     breaker: Breaker,
     aggregator: Aggregator,
     /// When each key was last released: a poll that started earlier saw the counters from before
     /// the release (which cleared them) and must not count against it again.
     released: HashMap<IpNet, Millis>,
+    /// Releases an operator asked for, with who and why, for their audit record.
+    pub(super) unblocked_by: HashMap<IpNet, (String, String)>,
+    metrics: Arc<Metrics>,
 }
 
 const BREAKER_WINDOW: Millis = 60_000;
@@ -55,6 +59,7 @@ impl Controller {
         store: Store,
         actuators: Vec<Actuator>,
         tx: mpsc::Sender<Msg>,
+        metrics: Arc<Metrics>,
     ) -> Result<Controller, StoreError> {
         let allow = Allowlist::new(&cfg, &store.allows()?);
         let mut c = Controller {
@@ -68,6 +73,8 @@ impl Controller {
             breaker: Breaker::new(cfg.safety.max_blocks_per_minute, BREAKER_WINDOW),
             aggregator: Aggregator::default(),
             released: HashMap::new(),
+            unblocked_by: HashMap::new(),
+            metrics,
             cfg,
         };
         for b in c.store.blocks()? {
@@ -89,7 +96,7 @@ impl Controller {
         }
     }
 
-    fn index(&mut self, b: Block) {
+    pub(super) fn index(&mut self, b: Block) {
         if !net::is_host(&b.key) && !self.nets.contains(&b.key) {
             self.nets.push(b.key);
         }
@@ -136,6 +143,7 @@ impl Controller {
             };
             if !v.dry_run && !self.breaker_check(now)? {
                 warn!(addr = %obs.addr, rule = %v.rule, "circuit breaker open: not blocking");
+                self.metrics.decision(&v.rule, "suppressed");
                 offender.offences.pop(); // not acted on, so not counted for the ladder
                 self.store.put_offender(obs.addr, &offender)?;
                 continue;
@@ -157,6 +165,7 @@ impl Controller {
                 self.breaker.record(now);
             }
             let event = if v.dry_run { Event::WouldBlock } else { Event::Block };
+            self.metrics.decision(&v.rule, event.as_str());
             self.store.decide(&block, Some((obs.addr, &offender)), AuditRecord::of(event, &block, now))?;
             info!(addr = %obs.addr, rule = %block.rule, level = block.level, actions = %block.actions,
                   duration = %crate::time::human(v.duration), dry_run = block.dry_run, "block decided");
@@ -187,6 +196,7 @@ impl Controller {
     fn breaker_check(&mut self, now: Millis) -> Result<bool, StoreError> {
         let (allowed, change) = self.breaker.check(now);
         let Some(change) = change else { return Ok(allowed) };
+        self.metrics.breaker_open.set(i64::from(matches!(change, Transition::Opened { .. })));
         let max = self.breaker.max();
         let (event, reason) = match change {
             Transition::Opened { blocks } => {
@@ -204,20 +214,7 @@ impl Controller {
                 (Event::BreakerClosed, "a quiet minute".to_owned())
             }
         };
-        self.store.audit(AuditRecord {
-            id: 0,
-            at: now,
-            event,
-            key: None,
-            rule: String::new(),
-            counters: Vec::new(),
-            actions: Actions::default(),
-            level: 0,
-            duration_ms: 0,
-            source: Origin::Auto,
-            actor: AUTO_ACTOR.into(),
-            reason,
-        })?;
+        self.store.audit(AuditRecord::note(event, now, AUTO_ACTOR, reason))?;
         Ok(allowed)
     }
 
@@ -257,8 +254,14 @@ impl Controller {
         Ok(Some(block))
     }
 
-    /// Sends `job` to every target in order, and reports its outcome back to the controller.
-    async fn dispatch(&self, b: &Block, job: Job) {
+    /// Sends `job` to every target in order, and reports its outcome back to the controller, which
+    /// passes the failures on to `notify` once it has recorded them.
+    pub(super) async fn dispatch_notify(
+        &self,
+        b: Option<&Block>,
+        job: Job,
+        notify: Option<oneshot::Sender<Vec<String>>>,
+    ) {
         let mut replies: Vec<(String, oneshot::Receiver<Result<(), ClientError>>)> = Vec::new();
         for a in &self.actuators {
             match a.submit(job.clone()).await {
@@ -266,7 +269,12 @@ impl Controller {
                 Err(e) => warn!(target = %a.name, error = %e, "actuator gone"),
             }
         }
-        let (tx, block, release) = (self.tx.clone(), b.clone(), matches!(job, Job::Release { .. }));
+        let (tx, block, release) = (self.tx.clone(), b.cloned(), matches!(job, Job::Release { .. }));
+        let what = match &job {
+            Job::Apply { .. } => "block",
+            Job::Release { .. } => "release",
+            Job::ImportAcl { .. } => "import",
+        };
         tokio::spawn(async move {
             let mut failures = Vec::new();
             for (target, rx) in replies {
@@ -276,33 +284,53 @@ impl Controller {
                     Err(_) => failures.push(format!("{target}: actuator stopped")),
                 }
             }
-            let _ = tx.send(Msg::Done { block, release, failures }).await;
+            let _ = tx.send(Msg::Done { block, what, release, failures, notify }).await;
         });
     }
 
+    async fn dispatch(&self, b: &Block, job: Job) {
+        self.dispatch_notify(Some(b), job, None).await;
+    }
+
     /// An actuator finished a job on every target.
-    pub fn done(&mut self, block: Block, release: bool, failures: Vec<String>) -> Result<(), StoreError> {
+    pub fn done(
+        &mut self,
+        block: Option<Block>,
+        what: &'static str,
+        release: bool,
+        failures: Vec<String>,
+        notify: Option<oneshot::Sender<Vec<String>>>,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
-        if failures.is_empty() {
-            if release {
-                self.releasing.remove(&block.key);
-                self.finish_release(&block, Event::Release, now)?;
-            }
-            return Ok(());
+        if !failures.is_empty() {
+            error!(key = ?block.as_ref().map(|b| net::display(&b.key)), failures = ?failures, "{what} failed");
+            let mut rec = match &block {
+                Some(b) => AuditRecord::of(Event::ActionFailed, b, now),
+                None => AuditRecord::note(Event::ActionFailed, now, AUTO_ACTOR, String::new()),
+            };
+            rec.reason = format!("{what}: {}", failures.join("; "));
+            self.store.audit(rec)?;
         }
-        let what = if release { "release" } else { "block" };
-        error!(key = %net::display(&block.key), failures = ?failures, "{what} failed");
-        let mut rec = AuditRecord::of(Event::ActionFailed, &block, now);
-        rec.reason = format!("{what}: {}", failures.join("; "));
-        self.store.audit(rec)?;
-        if release {
-            self.releasing.insert(block.key, Some(now + RELEASE_RETRY));
+        if let (Some(b), true) = (&block, release) {
+            if failures.is_empty() {
+                self.releasing.remove(&b.key);
+                self.finish_release(b, Event::Release, now)?;
+            } else {
+                self.releasing.insert(b.key, Some(now + RELEASE_RETRY));
+            }
+        }
+        if let Some(n) = notify {
+            let _ = n.send(failures);
         }
         Ok(())
     }
 
-    fn finish_release(&mut self, block: &Block, event: Event, now: Millis) -> Result<(), StoreError> {
-        if self.store.release(&block.key, block.since, AuditRecord::of(event, block, now))? {
+    pub(super) fn finish_release(&mut self, block: &Block, event: Event, now: Millis) -> Result<(), StoreError> {
+        let mut rec = AuditRecord::of(event, block, now);
+        if let Some((actor, reason)) = self.unblocked_by.remove(&block.key) {
+            (rec.source, rec.actor, rec.reason) = (Origin::Manual, actor, format!("unblocked: {reason}"));
+        }
+        if self.store.release(&block.key, block.since, rec)? {
             info!(key = %net::display(&block.key), rule = %block.rule, "released");
         }
         if self.active.get(&block.key).is_some_and(|b| b.since == block.since) {

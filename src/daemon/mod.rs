@@ -5,8 +5,11 @@
 //! Start-up re-applies every block still in force (a restarted controller keeps its blocks) and the
 //! first housekeeping tick releases those whose time has come while it was down. On shutdown the
 //! pollers stop first, the controller finishes the batch in hand, and the store is flushed.
+//! Operator actions reach the controller through a [`Handle`] (the HTTP API's), or, when no daemon
+//! runs, through [`run_once`], which starts a controller for that one action.
 
 mod controller;
+mod manual;
 pub mod poller;
 pub mod windows;
 
@@ -14,53 +17,124 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info};
 
 use crate::actuator::Actuator;
 use crate::client::{Client, ClientOptions};
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ops::{Manual, OpError, Outcome};
 use crate::store::{Block, Store, StoreError};
 
 pub use controller::AUTO_ACTOR;
+pub use manual::{ManualReply, MANUAL_RULE};
 pub use poller::Observation;
 
 /// What the controller's inbox receives.
-#[derive(Debug)]
 pub(crate) enum Msg {
     /// The candidates of one poll that started at `polled_at`.
     Observed { polled_at: crate::time::Millis, observations: Vec<Observation> },
-    /// A block or release finished on every target (`failures` lists those that did not).
-    Done { block: Block, release: bool, failures: Vec<String> },
+    /// A job finished on every target (`failures` lists those that refused or failed).
+    Done {
+        block: Option<Block>,
+        what: &'static str,
+        release: bool,
+        failures: Vec<String>,
+        notify: Option<oneshot::Sender<Vec<String>>>,
+    },
+    /// An operator action.
+    Manual { op: Manual, actor: String, reply: oneshot::Sender<Result<ManualReply, OpError>> },
 }
 
 /// How often blocks are checked for release.
 const TICK: Duration = Duration::from_millis(250);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long an operator action waits for HAProxy's confirmation before answering "pending".
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(10);
+
+/// A way into the running controller, for operator actions.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Handle {
+    /// Runs `op` in the controller and waits (at most [`CONFIRM_WAIT`]) for HAProxy to confirm.
+    pub async fn manual(&self, op: Manual, actor: &str) -> Result<Outcome, OpError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Manual { op, actor: actor.to_owned(), reply }).await.map_err(|_| OpError::Unavailable)?;
+        let r = rx.await.map_err(|_| OpError::Unavailable)??;
+        Ok(confirm(r, CONFIRM_WAIT).await)
+    }
+}
+
+/// Waits for the HAProxy jobs of an action; what did not answer in time is reported as pending.
+async fn confirm(r: ManualReply, wait: Duration) -> Outcome {
+    let mut outcome = r.outcome;
+    let all = futures_join(r.pending);
+    match tokio::time::timeout(wait, all).await {
+        Ok(failures) => outcome.failures.extend(failures.into_iter().flatten()),
+        Err(_) => outcome.failures.push(format!(
+            "not confirmed by HAProxy within {}: recorded, and retried until it is",
+            crate::time::human(wait)
+        )),
+    }
+    outcome
+}
+
+async fn futures_join(pending: Vec<oneshot::Receiver<Vec<String>>>) -> Vec<Vec<String>> {
+    let mut out = Vec::with_capacity(pending.len());
+    for rx in pending {
+        out.push(rx.await.unwrap_or_else(|_| vec!["the controller stopped".to_owned()]));
+    }
+    out
+}
+
+/// The clients, actuators and pollers of a configuration.
+struct Parts {
+    clients: Vec<(String, Client)>,
+    actuators: Vec<Actuator>,
+}
+
+fn start_targets(cfg: &Config, stop_rx: &watch::Receiver<bool>, metrics: &Arc<Metrics>) -> Parts {
+    let mut parts = Parts { clients: Vec::new(), actuators: Vec::new() };
+    for t in &cfg.targets {
+        let client = Client::new(t.target.clone(), ClientOptions::default());
+        parts.actuators.push(Actuator::spawn(t, client.clone(), &cfg.block, stop_rx.clone(), metrics.clone()));
+        parts.clients.push((t.name.clone(), client));
+    }
+    parts
+}
 
 /// Runs the daemon on an opened store until `shutdown` resolves.
 pub async fn run(cfg: Config, store: Store, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+    run_with(cfg, store, Arc::new(Metrics::new()), shutdown, |_, _| {}).await
+}
+
+/// [`run`], with the metrics to update and a callback that receives a [`Handle`] and the
+/// targets' clients once everything runs (the HTTP API is started there).
+pub async fn run_with(
+    cfg: Config,
+    store: Store,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    on_start: impl FnOnce(Handle, Vec<(String, Client)>),
+) -> Result<(), StoreError> {
     let cfg = Arc::new(cfg);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Msg>(64);
 
-    let mut actuators = Vec::new();
+    let parts = start_targets(&cfg, &stop_rx, &metrics);
     let rules = Arc::new(cfg.rules.clone());
-    for t in &cfg.targets {
-        let client = Client::new(t.target.clone(), ClientOptions::default());
-        actuators.push(Actuator::spawn(t, client.clone(), &cfg.block, stop_rx.clone()));
+    for (name, client) in &parts.clients {
         for table in &cfg.tables {
-            tokio::spawn(poller::run(
-                t.name.clone(),
-                client.clone(),
-                table.clone(),
-                rules.clone(),
-                tx.clone(),
-                stop_rx.clone(),
-            ));
+            let (table, rules, tx, stop, m) =
+                (table.clone(), rules.clone(), tx.clone(), stop_rx.clone(), metrics.clone());
+            tokio::spawn(poller::run(name.clone(), client.clone(), table, rules, tx, stop, m));
         }
     }
-    let mut ctl = controller::Controller::new(cfg.clone(), store.clone(), actuators, tx.clone())?;
+    let mut ctl = controller::Controller::new(cfg.clone(), store.clone(), parts.actuators, tx.clone(), metrics)?;
     info!(
         targets = cfg.targets.len(),
         tables = cfg.tables.len(),
@@ -69,6 +143,7 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl Future<Output = ()>) 
         "stickwarden running"
     );
     ctl.reapply_all().await;
+    on_start(Handle { tx: tx.clone() }, parts.clients);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -77,10 +152,7 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl Future<Output = ()>) 
     loop {
         let step = tokio::select! {
             _ = &mut shutdown => break,
-            Some(msg) = rx.recv() => match msg {
-                Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
-                Msg::Done { block, release, failures } => ctl.done(block, release, failures),
-            },
+            Some(msg) = rx.recv() => handle(&mut ctl, msg).await,
             _ = tick.tick() => ctl.tick().await,
             _ = prune.tick() => ctl.prune(),
         };
@@ -93,6 +165,46 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl Future<Output = ()>) 
     }
     info!("shutting down");
     let _ = stop_tx.send(true);
-    let flushed = tokio::task::spawn_blocking(move || store.flush()).await.expect("flush task");
-    flushed
+    tokio::task::spawn_blocking(move || store.flush()).await.expect("flush task")
+}
+
+async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreError> {
+    match msg {
+        Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
+        Msg::Done { block, what, release, failures, notify } => ctl.done(block, what, release, failures, notify),
+        Msg::Manual { op, actor, reply } => match ctl.manual(op, &actor).await {
+            Err(OpError::Store(e)) => {
+                let _ = reply.send(Err(OpError::Unavailable));
+                Err(e)
+            }
+            other => {
+                let _ = reply.send(other);
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Carries out one operator action without a running daemon: a controller on `store` (which the
+/// caller has opened, so no daemon holds it), the targets' actuators, and the loop that records
+/// HAProxy's answers, until they are all in (at most `wait`).
+pub async fn run_once(cfg: Config, store: Store, op: Manual, actor: &str, wait: Duration) -> Result<Outcome, OpError> {
+    let cfg = Arc::new(cfg);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (tx, mut rx) = mpsc::channel::<Msg>(64);
+    let metrics = Arc::new(Metrics::new());
+    let parts = start_targets(&cfg, &stop_rx, &metrics);
+    let mut ctl = controller::Controller::new(cfg, store.clone(), parts.actuators, tx, metrics)?;
+    let reply = ctl.manual(op, actor).await?;
+    let confirmed = confirm(reply, wait);
+    tokio::pin!(confirmed);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut confirmed => break outcome,
+            Some(msg) = rx.recv() => handle(&mut ctl, msg).await?,
+        }
+    };
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || store.flush()).await.map_err(|_| OpError::Unavailable)??;
+    Ok(outcome)
 }

@@ -3,6 +3,7 @@
 //! are held back until then; later rows are written at once with those widths, so a huge dump
 //! starts printing quickly and never sits in memory.
 
+pub mod columns;
 pub mod json;
 
 use std::io::{self, Write};

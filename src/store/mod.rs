@@ -170,6 +170,12 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the allowlist entry of exactly `net`; returns it if there was one.
+    pub fn remove_allow(&self, net: &IpNet) -> Result<Option<AllowEntry>, StoreError> {
+        let k = key(net);
+        self.allow.remove(&k)?.map(|v| decode("allow", &k, &v)).transpose()
+    }
+
     pub fn allows(&self) -> Result<Vec<AllowEntry>, StoreError> {
         self.allow.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("allow", &k, &v))).collect()
     }

@@ -124,6 +124,10 @@ pub enum Event {
     BreakerClosed,
     /// HAProxy refused or failed an action that was decided.
     ActionFailed,
+    /// An operator added an allowlist entry.
+    Allow,
+    /// An operator removed an allowlist entry.
+    Disallow,
 }
 
 impl Event {
@@ -137,6 +141,8 @@ impl Event {
             Event::BreakerOpen => "breaker_open",
             Event::BreakerClosed => "breaker_closed",
             Event::ActionFailed => "action_failed",
+            Event::Allow => "allow",
+            Event::Disallow => "disallow",
         }
     }
 }
@@ -166,6 +172,24 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// A record about no block in particular (breaker, import, allowlist changes).
+    pub fn note(event: Event, at: Millis, actor: &str, reason: String) -> AuditRecord {
+        AuditRecord {
+            id: 0,
+            at,
+            event,
+            key: None,
+            rule: String::new(),
+            counters: Vec::new(),
+            actions: Actions::default(),
+            level: 0,
+            duration_ms: 0,
+            source: Origin::Auto,
+            actor: actor.to_owned(),
+            reason,
+        }
+    }
+
     /// The record of a block or release decision.
     pub fn of(event: Event, b: &Block, at: Millis) -> AuditRecord {
         AuditRecord {

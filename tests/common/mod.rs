@@ -156,3 +156,26 @@ pub async fn get(sb: &Sandbox, n: u8) -> u16 {
 pub async fn flood(sb: &Sandbox, n: u8, count: usize) -> Vec<(u16, usize)> {
     stickwarden::sandbox::http_burst(stickwarden::sandbox::client_addr(n), sb.web_port, count, 10).await.unwrap()
 }
+
+/// Tokens of the API tests: `ops` (operator) and `view` (viewer).
+pub const OPERATOR_TOKEN: &str = "operator-secret-0123456789";
+pub const VIEWER_TOKEN: &str = "viewer-secret-0123456789ab";
+
+/// Adds `[api]` to a setup: a Unix socket in its dir and the two test tokens. Returns the
+/// socket's address (`unix:/...`).
+pub fn with_api(s: &Setup) -> String {
+    let tokens = s.dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nname = \"ops\"\nrole = \"operator\"\ntoken = \"{OPERATOR_TOKEN}\"\n\n\
+             [[token]]\nname = \"view\"\nrole = \"viewer\"\ntoken = \"{VIEWER_TOKEN}\"\n"
+        ),
+    )
+    .unwrap();
+    let sock = format!("unix:{}", s.dir.path().join("api.sock").display());
+    let mut cfg = std::fs::read_to_string(&s.config).unwrap();
+    cfg.push_str(&format!("\n[api]\nlisten = [\"{sock}\"]\ntokens = \"tokens.toml\"\n"));
+    std::fs::write(&s.config, cfg).unwrap();
+    sock
+}

@@ -1,0 +1,111 @@
+//! The CLI's client of the API: one HTTP/1.1 request per call over TCP or a Unix socket (hyper),
+//! a bearer token, JSON in and out, and the API's error body turned back into code and message.
+
+use std::time::Duration;
+
+use axum::http::{header, Method, Request, StatusCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::ErrorBody;
+use crate::config::Listen;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiClientError {
+    /// Nothing listens there (no daemon running, or another address).
+    #[error("cannot reach the API at {at}: {source}")]
+    Unreachable { at: String, source: std::io::Error },
+    #[error("{message} ({code}, HTTP {status})")]
+    Api { status: u16, code: String, message: String },
+    #[error("API at {at}: {message}")]
+    Protocol { at: String, message: String },
+}
+
+pub struct ApiClient {
+    pub at: Listen,
+    token: Option<String>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+impl ApiClient {
+    pub fn new(at: Listen, token: Option<String>) -> ApiClient {
+        ApiClient { at, token }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ApiClientError> {
+        let body = serde_json::to_vec(body).expect("requests serialize");
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ApiClientError> {
+        let at = self.at.to_string();
+        let protocol = |message: String| ApiClientError::Protocol { at: at.clone(), message };
+        let unreachable = |source| ApiClientError::Unreachable { at: at.clone(), source };
+        let mut req = Request::builder().method(method).uri(path).header(header::HOST, "stickwarden");
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| protocol(e.to_string()))?;
+        let exchange = async {
+            let resp = match &self.at {
+                Listen::Tcp(addr) => {
+                    let s = tokio::net::TcpStream::connect(addr).await.map_err(unreachable)?;
+                    send(TokioIo::new(s), req).await
+                }
+                Listen::Unix(path) => {
+                    let s = tokio::net::UnixStream::connect(path).await.map_err(unreachable)?;
+                    send(TokioIo::new(s), req).await
+                }
+            }
+            .map_err(|e| protocol(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| protocol(e.to_string()))?.to_bytes();
+            Ok::<_, ApiClientError>((status, bytes))
+        };
+        let (status, bytes) =
+            tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| protocol("no answer within 60 s".into()))??;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| protocol(format!("unexpected answer: {e}")));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => Err(ApiClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message }),
+            Err(_) => Err(ApiClientError::Api {
+                status: status.as_u16(),
+                code: "http_error".into(),
+                message: String::from_utf8_lossy(&bytes).trim().to_owned(),
+            }),
+        }
+    }
+}
+
+async fn send<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    sender.send_request(req).await
+}
+
+impl ApiClientError {
+    /// Whether the API answered that the input was bad (HTTP 400).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ApiClientError::Api { status, .. } if *status == StatusCode::BAD_REQUEST.as_u16())
+    }
+}

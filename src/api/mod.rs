@@ -1,0 +1,330 @@
+//! The HTTP API served by `stickwarden run`: `fn router(state) -> Router`, versioned under `/v1`,
+//! bearer-token authentication with two roles, and JSON errors with a stable code and a message
+//! that never shows internals.
+//!
+//! | route | role | what |
+//! |---|---|---|
+//! | `GET /healthz` | none | liveness and targets |
+//! | `GET /metrics` | viewer | Prometheus text |
+//! | `GET /v1/blocks`, `GET /v1/blocks/{key}` | viewer | active blocks |
+//! | `POST /v1/blocks` | operator | manual block (`BlockRequest`) |
+//! | `POST /v1/unblock` | operator | `UnblockRequest` |
+//! | `GET /v1/allow`, `POST /v1/allow`, `POST /v1/allow/remove` | viewer / operator | the allowlist |
+//! | `POST /v1/import` | operator | bulk block (`ImportRequest`) |
+//! | `GET /v1/history/{addr}`, `GET /v1/explain/{addr}` | viewer | one address |
+//! | `GET /v1/audit?since=&key=&actor=&event=` | viewer | the audit log |
+//!
+//! Keys in paths are percent-encoded (`10.0.0.0%2F24`).
+
+pub mod auth;
+pub mod client;
+pub mod serve;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::daemon::Handle;
+use crate::metrics::Metrics;
+use crate::ops::{self, AllowRequest, AuditQuery, BlockRequest, ImportRequest, OpError, UnblockRequest};
+use crate::store::Store;
+use crate::time::{now_ms, rfc3339};
+use auth::{Role, Tokens};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub handle: Handle,
+    pub clients: Arc<Vec<(String, Client)>>,
+    pub tokens: Arc<Tokens>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> ApiError {
+        let status = match &e {
+            OpError::BadInput { .. } => StatusCode::BAD_REQUEST,
+            OpError::NotFound(_) => StatusCode::NOT_FOUND,
+            OpError::Conflict(_) => StatusCode::CONFLICT,
+            OpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            OpError::Haproxy(_) => StatusCode::BAD_GATEWAY,
+            OpError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let message = match &e {
+            // The store's own words stay in the daemon's log.
+            OpError::Store(inner) => {
+                tracing::error!(error = %inner, "store failure answering an API request");
+                "internal error; see the daemon's log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        ApiError { status, code: e.code(), message }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
+    }
+}
+
+/// The authenticated caller: the token's name (the actor in the audit log) and role.
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("token '{}' is a {:?}; this needs an operator", self.name, self.role).to_lowercase(),
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| unauthorized("missing bearer token"))?;
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .ok_or_else(|| unauthorized("expected 'Authorization: Bearer <token>'"))?;
+        let token = state.tokens.find(presented).ok_or_else(|| unauthorized("invalid token"))?;
+        Ok(Caller { name: token.name.clone(), role: token.role })
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/blocks", get(list_blocks).post(block))
+        .route("/v1/blocks/{key}", get(get_block))
+        .route("/v1/unblock", post(unblock))
+        .route("/v1/allow", get(list_allow).post(allow))
+        .route("/v1/allow/remove", post(disallow))
+        .route("/v1/import", post(import))
+        .route("/v1/history/{addr}", get(history))
+        .route("/v1/explain/{addr}", get(explain))
+        .route("/v1/audit", get(audit))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let targets: Vec<&str> = s.clients.iter().map(|(n, _)| n.as_str()).collect();
+    Json(serde_json::json!({ "status": "ok", "targets": targets, "time": rfc3339(now_ms()) }))
+}
+
+async fn metrics(State(s): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let blocks = s.store.blocks().map_err(OpError::from)?;
+    let body = s.metrics.render(&blocks);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
+async fn list_blocks(State(s): State<ApiState>, caller: Caller) -> Result<Json<Vec<ops::BlockView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(ops::blocks(&s.store, now_ms())?))
+}
+
+async fn get_block(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Json<ops::BlockView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let key = ops::parse_key(&key)?;
+    let b = s.store.block(&key).map_err(OpError::from)?;
+    let b = b.ok_or_else(|| OpError::NotFound(format!("{} is not blocked", crate::net::display(&key))))?;
+    Ok(Json(ops::BlockView::of(&b, now_ms())))
+}
+
+async fn act(s: &ApiState, caller: &Caller, op: Result<ops::Manual, OpError>) -> Result<Json<ops::Outcome>, ApiError> {
+    caller.require(Role::Operator)?;
+    Ok(Json(s.handle.manual(op?, &caller.name).await?))
+}
+
+async fn block(
+    State(s): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<BlockRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<ops::Outcome>), ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, act(&s, &caller, req.check()).await?))
+}
+
+async fn unblock(
+    State(s): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<UnblockRequest>, JsonRejection>,
+) -> Result<Json<ops::Outcome>, ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body?;
+    act(&s, &caller, req.check()).await
+}
+
+async fn allow(
+    State(s): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<AllowRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<ops::Outcome>), ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body?;
+    Ok((StatusCode::CREATED, act(&s, &caller, req.check_add()).await?))
+}
+
+async fn disallow(
+    State(s): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<AllowRequest>, JsonRejection>,
+) -> Result<Json<ops::Outcome>, ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body?;
+    act(&s, &caller, req.check_remove()).await
+}
+
+async fn import(
+    State(s): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<ImportRequest>, JsonRejection>,
+) -> Result<Json<ops::Outcome>, ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body?;
+    act(&s, &caller, req.check()).await
+}
+
+/// One allowlist entry as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct AllowView {
+    pub key: String,
+    pub reason: String,
+    /// `config` for entries of stickwarden.toml, else the operator who added it.
+    pub actor: String,
+    pub until: Option<String>,
+}
+
+async fn list_allow(State(s): State<ApiState>, caller: Caller) -> Result<Json<Vec<AllowView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(allow_list(&s.cfg, &s.store)?))
+}
+
+/// The allowlist: configured entries, then stored ones.
+pub fn allow_list(cfg: &Config, store: &Store) -> Result<Vec<AllowView>, OpError> {
+    let mut out: Vec<AllowView> = cfg
+        .safety
+        .never_block
+        .iter()
+        .map(|n| AllowView {
+            key: crate::net::display(n),
+            reason: "never_block".into(),
+            actor: "config".into(),
+            until: None,
+        })
+        .collect();
+    out.extend(cfg.allow.iter().map(|a| AllowView {
+        key: crate::net::display(&a.net),
+        reason: a.reason.clone(),
+        actor: "config".into(),
+        until: a.until.map(rfc3339),
+    }));
+    out.extend(store.allows()?.iter().map(|a| AllowView {
+        key: crate::net::display(&a.net),
+        reason: a.reason.clone(),
+        actor: a.actor.clone(),
+        until: a.until.map(rfc3339),
+    }));
+    Ok(out)
+}
+
+async fn history(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(addr): Path<String>,
+) -> Result<Json<ops::HistoryView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(ops::history(&s.store, ops::parse_addr(&addr)?, now_ms())?))
+}
+
+async fn explain(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(addr): Path<String>,
+) -> Result<Json<ops::explain::ExplainView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let addr = ops::parse_addr(&addr)?;
+    Ok(Json(ops::explain::explain(&s.cfg, &s.store, &s.clients, addr, now_ms()).await?))
+}
+
+async fn audit(
+    State(s): State<ApiState>,
+    caller: Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<ops::AuditView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = q?;
+    Ok(Json(ops::audit(&s.store, &q, now_ms())?))
+}

@@ -1,0 +1,357 @@
+//! Operator actions and queries, shared by the HTTP API and the CLI: requests as serde types,
+//! their validation (bad input is refused before anything changes, with a stable error code), the
+//! JSON views of blocks, history, explanations and audit records, and the read-only queries over
+//! the store. The actions themselves run in the controller ([`crate::daemon`]), the only writer
+//! of blocks, whether it is the running daemon or one started by the CLI for a single action.
+
+pub mod explain;
+pub mod view;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Event, Store, StoreError};
+use crate::time::Millis;
+
+pub use view::{AuditView, BlockView, HistoryView};
+
+/// Longest reason accepted, in characters.
+pub const MAX_REASON: usize = 500;
+/// Longest manual block or allowlist duration.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+/// Most entries in one import.
+pub const MAX_IMPORT: usize = 1_000_000;
+
+/// Why an operator action or query failed. Every variant has a stable code for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{message}")]
+    BadInput { code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("HAProxy: {0}")]
+    Haproxy(String),
+    #[error("the controller is not running")]
+    Unavailable,
+}
+
+impl OpError {
+    pub fn bad(code: &'static str, message: impl Into<String>) -> OpError {
+        OpError::BadInput { code, message: message.into() }
+    }
+
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OpError::BadInput { code, .. } => code,
+            OpError::NotFound(_) => "not_found",
+            OpError::Conflict(_) => "conflict",
+            OpError::Store(_) => "store_error",
+            OpError::Haproxy(_) => "haproxy_error",
+            OpError::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// An address or a CIDR, canonical (IPv4-mapped folded, host bits must be clear).
+pub fn parse_key(s: &str) -> Result<IpNet, OpError> {
+    crate::net::parse_net(s).map_err(|m| OpError::bad("invalid_address", m))
+}
+
+/// An address only (history, explain).
+pub fn parse_addr(s: &str) -> Result<IpAddr, OpError> {
+    let net = parse_key(s)?;
+    if !crate::net::is_host(&net) {
+        return Err(OpError::bad("invalid_address", format!("'{s}': expected one address, not a network")));
+    }
+    Ok(net.addr())
+}
+
+/// A duration greater than zero and at most [`MAX_DURATION`]: `30m`, `2h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, OpError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        OpError::bad("invalid_duration", format!("'{s}' is not a duration ({e}); write e.g. 30m, 2h, 7d"))
+    })?;
+    if d.is_zero() {
+        return Err(OpError::bad("invalid_duration", format!("'{s}': a duration must be greater than zero")));
+    }
+    if d > MAX_DURATION {
+        return Err(OpError::bad("invalid_duration", format!("'{s}': at most {}", crate::time::human(MAX_DURATION))));
+    }
+    Ok(d)
+}
+
+/// A reason people will read in the audit log: not empty, at most [`MAX_REASON`] characters,
+/// no control characters.
+pub fn check_reason(s: &str) -> Result<String, OpError> {
+    let r = s.trim();
+    if r.is_empty() {
+        return Err(OpError::bad("invalid_reason", "a reason is required"));
+    }
+    if r.chars().count() > MAX_REASON {
+        return Err(OpError::bad("invalid_reason", format!("the reason is longer than {MAX_REASON} characters")));
+    }
+    if r.chars().any(char::is_control) {
+        return Err(OpError::bad("invalid_reason", "the reason contains control characters"));
+    }
+    Ok(r.to_owned())
+}
+
+/// `POST /v1/blocks`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    pub key: String,
+    pub duration: String,
+    pub reason: String,
+}
+
+/// `POST /v1/unblock`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnblockRequest {
+    pub key: String,
+    pub reason: String,
+    /// Keeps the rules from blocking the key again for this long.
+    #[serde(default)]
+    pub grace: Option<String>,
+}
+
+/// `POST /v1/allow` (add) and `POST /v1/allow/remove`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRequest {
+    pub key: String,
+    pub reason: String,
+    /// Only when adding: the entry ends after this long (default: never).
+    #[serde(default)]
+    pub duration: Option<String>,
+}
+
+/// `POST /v1/import`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// One address or CIDR per element; blank elements and `#` comments are skipped.
+    pub entries: Vec<String>,
+    pub duration: String,
+    pub reason: String,
+}
+
+/// A checked operator action, ready for the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Manual {
+    Block { key: IpNet, duration: Duration, reason: String },
+    Unblock { key: IpNet, reason: String, grace: Option<Duration> },
+    Allow { key: IpNet, duration: Option<Duration>, reason: String },
+    Disallow { key: IpNet, reason: String },
+    Import { keys: Vec<IpNet>, duration: Duration, reason: String },
+}
+
+impl BlockRequest {
+    pub fn check(&self) -> Result<Manual, OpError> {
+        Ok(Manual::Block {
+            key: parse_key(&self.key)?,
+            duration: parse_duration(&self.duration)?,
+            reason: check_reason(&self.reason)?,
+        })
+    }
+}
+
+impl UnblockRequest {
+    pub fn check(&self) -> Result<Manual, OpError> {
+        Ok(Manual::Unblock {
+            key: parse_key(&self.key)?,
+            reason: check_reason(&self.reason)?,
+            grace: self.grace.as_deref().map(parse_duration).transpose()?,
+        })
+    }
+}
+
+impl AllowRequest {
+    pub fn check_add(&self) -> Result<Manual, OpError> {
+        Ok(Manual::Allow {
+            key: parse_key(&self.key)?,
+            duration: self.duration.as_deref().map(parse_duration).transpose()?,
+            reason: check_reason(&self.reason)?,
+        })
+    }
+
+    pub fn check_remove(&self) -> Result<Manual, OpError> {
+        if self.duration.is_some() {
+            return Err(OpError::bad("invalid_request", "a removal takes no duration"));
+        }
+        Ok(Manual::Disallow { key: parse_key(&self.key)?, reason: check_reason(&self.reason)? })
+    }
+}
+
+impl ImportRequest {
+    /// Every entry is checked first: the first bad one is reported with its line number (1-based)
+    /// and nothing is imported.
+    pub fn check(&self) -> Result<Manual, OpError> {
+        let duration = parse_duration(&self.duration)?;
+        let reason = check_reason(&self.reason)?;
+        if self.entries.len() > MAX_IMPORT {
+            return Err(OpError::bad("too_many_entries", format!("at most {MAX_IMPORT} entries per import")));
+        }
+        let mut keys = Vec::with_capacity(self.entries.len());
+        let mut seen = std::collections::HashSet::with_capacity(self.entries.len());
+        for (i, line) in self.entries.iter().enumerate() {
+            let text = line.split('#').next().unwrap_or_default().trim();
+            if text.is_empty() {
+                continue;
+            }
+            let key = crate::net::parse_net(text)
+                .map_err(|m| OpError::bad("invalid_address", format!("line {}: {m}", i + 1)))?;
+            if seen.insert(key) {
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(OpError::bad("invalid_request", "no address or CIDR to import"));
+        }
+        Ok(Manual::Import { keys, duration, reason })
+    }
+}
+
+/// What a manual action did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    /// Blocks created or replaced.
+    #[serde(default)]
+    pub blocked: Vec<BlockView>,
+    /// Keys whose block was released.
+    #[serde(default)]
+    pub released: Vec<String>,
+    /// Keys left alone, with why (allowlisted, ...).
+    #[serde(default)]
+    pub skipped: Vec<(String, String)>,
+    /// Allowlist entries added or removed.
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// What HAProxy refused, per target (the decision is recorded and will be retried).
+    #[serde(default)]
+    pub failures: Vec<String>,
+}
+
+/// Active blocks, oldest first.
+pub fn blocks(store: &Store, now: Millis) -> Result<Vec<BlockView>, OpError> {
+    let mut list = store.blocks()?;
+    list.sort_by_key(|b| (b.since, b.key));
+    Ok(list.iter().map(|b| BlockView::of(b, now)).collect())
+}
+
+/// Offences, blocks and releases of one address (and of the networks around it).
+pub fn history(store: &Store, addr: IpAddr, now: Millis) -> Result<HistoryView, OpError> {
+    let key = crate::net::host_net(addr);
+    let offender = store.offender(addr)?;
+    let block = store.blocks()?.into_iter().find(|b| b.covers(addr)).map(|b| BlockView::of(&b, now));
+    let events =
+        store.audit_since(0)?.iter().filter(|r| r.key.is_some_and(|k| k.contains(&addr))).map(AuditView::of).collect();
+    Ok(HistoryView::new(key, offender.as_ref(), block, events))
+}
+
+/// Filters of `audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// `1h` (that long ago) or an RFC 3339 time.
+    pub since: Option<String>,
+    /// Records about this address or network (or a network containing the address).
+    pub key: Option<String>,
+    pub actor: Option<String>,
+    /// `block`, `release`, `would_block`, ...
+    pub event: Option<String>,
+}
+
+/// Checks the filters of an audit query without reading anything.
+pub fn audit_check(q: &AuditQuery) -> Result<(), OpError> {
+    audit_filters(q, 0).map(drop)
+}
+
+type Filters = (Millis, Option<IpNet>, Option<Event>);
+
+fn audit_filters(q: &AuditQuery, now: Millis) -> Result<Filters, OpError> {
+    let since = match q.since.as_deref() {
+        None => 0,
+        Some(s) if s.contains('T') || s.contains('-') => {
+            crate::time::parse_rfc3339(s).map_err(|m| OpError::bad("invalid_time", m))?
+        }
+        Some(s) => {
+            let d = humantime::parse_duration(s.trim()).map_err(|e| {
+                OpError::bad("invalid_duration", format!("'{s}' is neither a duration nor an RFC 3339 time ({e})"))
+            })?;
+            now.saturating_sub(crate::time::ms(d))
+        }
+    };
+    let key = q.key.as_deref().map(parse_key).transpose()?;
+    let event = match q.event.as_deref() {
+        None => None,
+        Some(e) => Some(
+            serde_json::from_value::<Event>(serde_json::Value::String(e.to_owned()))
+                .map_err(|_| OpError::bad("invalid_event", format!("unknown event '{e}'")))?,
+        ),
+    };
+    Ok((since, key, event))
+}
+
+pub fn audit(store: &Store, q: &AuditQuery, now: Millis) -> Result<Vec<AuditView>, OpError> {
+    let (since, key, event) = audit_filters(q, now)?;
+    Ok(store
+        .audit_since(since)?
+        .iter()
+        .filter(|r| key.is_none_or(|k| r.key.is_some_and(|rk| rk.contains(&k) || k.contains(&rk))))
+        .filter(|r| q.actor.as_ref().is_none_or(|a| &r.actor == a))
+        .filter(|r| event.is_none_or(|e| r.event == e))
+        .map(AuditView::of)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked_with_stable_codes() {
+        let bad = |r: Result<Manual, OpError>| r.map(|_| ()).unwrap_err().code();
+        let block = |key: &str, duration: &str, reason: &str| {
+            BlockRequest { key: key.into(), duration: duration.into(), reason: reason.into() }.check()
+        };
+        assert!(block("10.0.0.1", "1h", "abuse").is_ok());
+        assert_eq!(bad(block("10.0.0.300", "1h", "abuse")), "invalid_address");
+        assert_eq!(bad(block("10.0.0.1/24", "1h", "abuse")), "invalid_address");
+        assert_eq!(bad(block("10.0.0.1", "0s", "abuse")), "invalid_duration");
+        assert_eq!(bad(block("10.0.0.1", "-5m", "abuse")), "invalid_duration");
+        assert_eq!(bad(block("10.0.0.1", "400d", "abuse")), "invalid_duration");
+        assert_eq!(bad(block("10.0.0.1", "1h", "  ")), "invalid_reason");
+        assert_eq!(bad(block("10.0.0.1", "1h", &"x".repeat(501))), "invalid_reason");
+        assert_eq!(bad(block("10.0.0.1", "1h", "a\u{7}b")), "invalid_reason");
+        let import = |entries: &[&str]| {
+            ImportRequest {
+                entries: entries.iter().map(|s| s.to_string()).collect(),
+                duration: "1h".into(),
+                reason: "list".into(),
+            }
+            .check()
+        };
+        let Manual::Import { keys, .. } =
+            import(&["10.0.0.1", "", "# comment", "10.0.0.0/24 # net", "10.0.0.1"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(keys.len(), 2);
+        let e = import(&["10.0.0.1", "10.0.0.2", "nope"]).unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("invalid_address", "line 3: 'nope' is not an IPv4 or IPv6 address")
+        );
+        assert_eq!(bad(import(&["# only a comment"])), "invalid_request");
+    }
+}

@@ -1,0 +1,142 @@
+//! The JSON shapes of what operators see: blocks, audit records, an address's history. Times are
+//! RFC 3339; keys are written as people write them (`10.0.0.1`, `10.0.0.0/24`). The API returns
+//! them and the CLI prints them, as JSON Lines with `--json` or as aligned columns.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::net;
+use crate::store::{AuditRecord, Block, Offender};
+use crate::time::{rfc3339, Millis};
+
+/// One active block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockView {
+    pub key: String,
+    /// `ip` or `cidr`.
+    pub scope: String,
+    pub level: u32,
+    /// `tag`, `tag+acl`, `tag+acl+kill`, `acl`.
+    pub action: String,
+    pub rule: String,
+    pub reason: String,
+    /// `auto` or `manual`.
+    pub source: String,
+    pub actor: String,
+    pub since: String,
+    pub until: String,
+    /// Seconds left at the time of the answer.
+    pub remaining_s: u64,
+    pub dry_run: bool,
+    pub counters: BTreeMap<String, i64>,
+}
+
+impl BlockView {
+    pub fn of(b: &Block, now: Millis) -> BlockView {
+        BlockView {
+            key: net::display(&b.key),
+            scope: b.scope().to_owned(),
+            level: b.level,
+            action: b.actions.to_string(),
+            rule: b.rule.clone(),
+            reason: b.reason.clone(),
+            source: source(b.source),
+            actor: b.actor.clone(),
+            since: rfc3339(b.since),
+            until: rfc3339(b.until),
+            remaining_s: b.until.saturating_sub(now).div_ceil(1000),
+            dry_run: b.dry_run,
+            counters: b.counters.iter().cloned().collect(),
+        }
+    }
+}
+
+fn source(o: crate::store::Origin) -> String {
+    serde_json::to_value(o).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub id: u64,
+    pub at: String,
+    pub event: String,
+    pub key: Option<String>,
+    pub rule: String,
+    pub action: String,
+    pub level: u32,
+    pub duration_s: u64,
+    pub source: String,
+    pub actor: String,
+    pub reason: String,
+    pub counters: BTreeMap<String, i64>,
+}
+
+impl AuditView {
+    pub fn of(r: &AuditRecord) -> AuditView {
+        AuditView {
+            id: r.id,
+            at: rfc3339(r.at),
+            event: r.event.as_str().to_owned(),
+            key: r.key.as_ref().map(net::display),
+            rule: r.rule.clone(),
+            action: r.actions.to_string(),
+            level: r.level,
+            duration_s: r.duration_ms / 1000,
+            source: source(r.source),
+            actor: r.actor.clone(),
+            reason: r.reason.clone(),
+            counters: r.counters.iter().cloned().collect(),
+        }
+    }
+}
+
+/// An address's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub key: String,
+    /// Score as last stored (not decayed), and when.
+    pub score: Option<f64>,
+    pub last_seen: Option<String>,
+    /// Offences kept in the store, oldest first: (time, rule, level, dry_run).
+    pub offences: Vec<OffenceView>,
+    /// The block in force on it (its own or its network's), if any.
+    pub block: Option<BlockView>,
+    /// Every audit record about it or a network containing it, oldest first.
+    pub events: Vec<AuditView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffenceView {
+    pub at: String,
+    pub rule: String,
+    pub level: u32,
+    pub dry_run: bool,
+}
+
+impl HistoryView {
+    pub fn new(key: IpNet, o: Option<&Offender>, block: Option<BlockView>, events: Vec<AuditView>) -> HistoryView {
+        HistoryView {
+            key: net::display(&key),
+            score: o.map(|o| o.score.value),
+            last_seen: o.filter(|o| o.last_seen > 0).map(|o| rfc3339(o.last_seen)),
+            offences: o
+                .map(|o| {
+                    o.offences
+                        .iter()
+                        .map(|x| OffenceView {
+                            at: rfc3339(x.at),
+                            rule: x.rule.clone(),
+                            level: x.level,
+                            dry_run: x.dry_run,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            block,
+            events,
+        }
+    }
+}
