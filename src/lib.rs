@@ -25,6 +25,7 @@
 //! - [`metrics`]: Prometheus metrics shared by pollers, controller, actuators and the API.
 //! - [`ops`]: operator actions and queries (requests, validation, views), shared by API and CLI.
 //! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
+//! - [`simulate`]: a rule set run offline over recorded dumps, on a simulated clock.
 //! - [`api`]: the HTTP API (axum): routes, token auth, JSON errors; its server and the CLI's client.
 //! - [`cli`]: the `stickwarden` subcommands, their arguments and exit codes.
 
@@ -45,6 +46,7 @@ pub mod output;
 pub mod proto;
 pub mod rules;
 pub mod sandbox;
+pub mod simulate;
 pub mod store;
 pub mod target;
 pub mod time;

@@ -223,3 +223,58 @@ fn demo_blocks_the_abuser_only() {
     assert!(rows.iter().any(|r| r[6..29].contains("x403")), "the abuser was never denied:\n{out}");
     assert!(rows.iter().all(|r| !r[29..75].contains("x403")), "the normal or allowlisted client was denied:\n{out}");
 }
+
+/// `simulate` over dumps recorded from a real HAProxy, both as `stickwarden table --json` writes
+/// them and as HAProxy prints them; it needs no HAProxy and no store.
+#[tokio::test]
+async fn simulate_runs_the_shipped_rules_over_recorded_dumps() {
+    let sb = stickwarden::sandbox::Sandbox::start(&Default::default()).unwrap();
+    let c = common::admin(&sb).await;
+    let set = |ip: &'static str, rate: u64| {
+        let c = c.clone();
+        async move {
+            let key = TableKey::parse(KeyType::Ip, ip).unwrap();
+            c.set_table("ft_web", key, &[("http_req_rate".parse::<DataField>().unwrap(), rate)]).await.unwrap();
+        }
+    };
+    set("10.0.0.1", 150).await;
+    set("10.0.0.2", 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = stickwarden(&["table", "--haproxy", &sb.admin(), "ft_web", "--json"]);
+    assert_eq!(json.status.code(), Some(0));
+    std::fs::write(dir.path().join("1.jsonl"), &json.stdout).unwrap();
+    let raw = c
+        .execute(&stickwarden::proto::Command::ShowTable {
+            table: "ft_web".into(),
+            select: stickwarden::proto::TableSelect::All,
+        })
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("2.txt"), &raw).unwrap();
+    drop(sb);
+
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+    let (d1, d2) = (dir.path().join("1.jsonl"), dir.path().join("2.txt"));
+    let o = stickwarden(&["simulate", "--rules", rules, "--json", d1.to_str().unwrap(), d2.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let d = json_lines(&o);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (d[0]["poll"].as_u64(), d[0]["event"].as_str(), d[0]["key"].as_str()),
+        (Some(1), Some("block"), Some("10.0.0.1"))
+    );
+    assert_eq!(
+        (d[0]["rule"].as_str(), d[0]["action"].as_str(), d[0]["duration_s"].as_u64()),
+        (Some("http-flood"), Some("tag"), Some(600))
+    );
+    let o = stickwarden(&["simulate", "--rules", rules, d1.to_str().unwrap()]);
+    assert!(stdout(&o).contains("POLL") && stdout(&o).contains("http_req_rate=150"), "{}", stdout(&o));
+
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let o = stickwarden(&["simulate", "--rules", rules, bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bad.txt:1: not a `show table` line"), "{}", stderr(&o));
+    let o = stickwarden(&["simulate", "--rules", "/nonexistent", d1.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64));
+}

@@ -5,6 +5,7 @@
 mod demo;
 mod ops;
 mod run;
+mod simulate;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,8 @@ pub enum Cmd {
     Import(ops::ImportArgs),
     /// The audit log.
     Audit(ops::AuditArgs),
+    /// Run a rule set offline over recorded `show table` dumps: who would be blocked, when, why.
+    Simulate(simulate::SimulateArgs),
 }
 
 impl Args {
@@ -107,5 +110,6 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Allow(a) => ops::allow(a).await,
         Cmd::Import(a) => ops::import(a).await,
         Cmd::Audit(a) => ops::audit(a).await,
+        Cmd::Simulate(a) => simulate::run(a),
     }
 }
