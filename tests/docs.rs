@@ -16,12 +16,12 @@ fn doc() -> String {
 fn blocks(doc: &str, lang: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut inside = false;
-    for line in doc.lines() {
+    for line in doc.lines().map(str::trim) {
         if line.starts_with("```") {
             inside = !inside && line == format!("```{lang}");
             continue;
         }
-        if inside && !line.trim().is_empty() {
+        if inside && !line.is_empty() {
             out.push(line.to_owned());
         }
     }
@@ -153,8 +153,12 @@ async fn documented_haproxy_and_stickwarden_configs_work_together() {
         .replace("bind :80", &format!("bind 127.0.0.1:{port}"));
     let _sb = stickwarden::sandbox::Sandbox::start_with(dir, &hap, port, 0).unwrap_or_else(|e| panic!("{e}"));
 
-    let [cfg] = &fenced(&read_doc("configuration.md"), "toml")[..] else { panic!("one toml block expected") };
+    let conf_doc = read_doc("configuration.md");
+    let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
+    std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
     let cfg = cfg
+        .replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
+        .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))
         .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
         .replace("/etc/haproxy/stickwarden-block.lst", &acl)
         .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
@@ -163,8 +167,57 @@ async fn documented_haproxy_and_stickwarden_configs_work_together() {
     std::fs::write(&path, cfg).unwrap();
     let cfg = stickwarden::config::Config::load(path.as_ref()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.allow.len(), 2);
+    assert_eq!(cfg.api.as_ref().map(|a| a.listen.len()), Some(2));
     let findings = stickwarden::check::check_all(&cfg).await;
     let failed: Vec<_> = findings.iter().filter(|(_, f)| !f.ok).collect();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(findings.len(), 4, "{findings:?}"); // connected, table, ACL, level
+}
+
+/// The commands of docs/operations.md, run in order without a daemon (the CLI then works on the
+/// store and the sandbox HAProxy directly), each must succeed; `> FILE` writes its output.
+#[tokio::test]
+async fn operations_guide_commands_run_in_order() {
+    let sb = common::haproxy();
+    let c = common::admin(&sb).await;
+    let s = common::setup(&sb, "", &common::policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let dir = s.dir.path().to_owned();
+    std::fs::write(dir.join("feed.txt"), "# feed\n203.0.113.7\n203.0.113.9\n").unwrap();
+    // The address the review looks at has a block to explain.
+    let o = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["block", "203.0.113.7", "--for", "10m", "--reason", "seed"])
+        .env("STICKWARDEN_CONFIG", &s.config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let commands = blocks(&read_doc("operations.md"), "sh");
+    assert!(commands.len() >= 12, "docs/operations.md lost its examples");
+    for line in &commands {
+        let line = line
+            .replace("unix:/run/haproxy/admin.sock", &sb.admin())
+            .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
+        let mut w = words(&line);
+        assert_eq!(w[0], "stickwarden", "{line}");
+        let redirect = w.iter().position(|x| x == ">").map(|i| {
+            let file = w[i + 1].clone();
+            w.truncate(i);
+            file
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+            .args(&w[1..])
+            .current_dir(&dir)
+            .env("STICKWARDEN_CONFIG", &s.config)
+            .env_remove("STICKWARDEN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+        if let Some(f) = redirect {
+            std::fs::write(dir.join(f), &out.stdout).unwrap();
+        }
+    }
+    // What the runbook did is in HAProxy: the network, the feed and the seed; not the released
+    // false positive.
+    let patterns = common::acl(&c, &sb).await;
+    assert_eq!(patterns, ["203.0.113.0/24", "203.0.113.7", "203.0.113.9"]);
 }
