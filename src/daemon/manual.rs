@@ -214,10 +214,10 @@ impl Controller {
                     counters: Vec::new(),
                     dry_run: false,
                 };
-                self.store.decide(&block, None, AuditRecord::of(Event::Block, &block, now))?;
                 fresh.push(block);
             }
         }
+        self.store.decide_many(&fresh, |b| AuditRecord::of(Event::Block, b, now))?;
         self.flush().await?;
         info!(actor, imported = fresh.len(), skipped = reply.outcome.skipped.len(), "import recorded");
         let keys: Vec<IpNet> = fresh.iter().map(|b| b.key).collect();

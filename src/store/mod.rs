@@ -38,6 +38,9 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
+/// Blocks per transaction of [`Store::decide_many`].
+pub const BATCH: usize = 5_000;
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -128,6 +131,26 @@ impl Store {
             Ok::<_, ConflictableTransactionError<StoreError>>(rec.id)
         })?;
         Ok(id)
+    }
+
+    /// Records many blocks of no offender (an import), each with its audit record built by `rec`,
+    /// in transactions of [`BATCH`]: each block is written with its record or not at all, and memory
+    /// stays bounded whatever the number of blocks.
+    pub fn decide_many(&self, blocks: &[Block], rec: impl Fn(&Block) -> AuditRecord) -> Result<(), StoreError> {
+        for chunk in blocks.chunks(BATCH) {
+            let encoded: Vec<(Vec<u8>, Vec<u8>, AuditRecord)> =
+                chunk.iter().map(|b| (key(&b.key), encode(b), rec(b))).collect();
+            (&self.blocks, &self.audit).transaction(|(bt, at)| {
+                for (k, v, r) in &encoded {
+                    bt.insert(k.as_slice(), v.as_slice())?;
+                    let mut r = r.clone();
+                    r.id = at.generate_id()?;
+                    at.insert(&r.id.to_be_bytes(), encode(&r))?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes the block of `key` if it is still the one that started at `since` (a newer block of
