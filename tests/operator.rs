@@ -60,6 +60,8 @@ async fn cli_through_the_daemon_block_list_explain_unblock_audit() {
         })
         .await
     );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock_path).unwrap().permissions().mode() & 0o777, 0o600, "the API socket is private");
 
     let o = sw(&s, &["block", "10.3.0.1", "--for", "2h", "--reason", "incident 7"], Some(OPERATOR_TOKEN));
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
