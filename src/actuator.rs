@@ -43,6 +43,8 @@ pub enum Job {
     ImportAcl {
         keys: Vec<IpNet>,
     },
+    /// HAProxy was replaced (reload, restart): what was read from the old process is stale.
+    Forget,
 }
 
 type Reply = oneshot::Sender<Result<(), ClientError>>;
@@ -131,6 +133,7 @@ impl Actor {
                         Job::Apply { .. } => "block",
                         Job::Release { .. } => "release",
                         Job::ImportAcl { .. } => "import",
+                        Job::Forget => "forget",
                     };
                     let labels = JobLabels {
                         target: self.name.clone(),
@@ -193,6 +196,11 @@ impl Actor {
                 }
             }
             Job::ImportAcl { keys } => return self.import_acl(keys).await,
+            Job::Forget => {
+                self.key_type = None;
+                self.acl_known = None;
+                self.pending_clears.clear();
+            }
             Job::Release { key, actions } => {
                 if actions.has(Action::Acl) {
                     keep(self.del_acl(key).await)?;

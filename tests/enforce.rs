@@ -339,3 +339,36 @@ async fn rules_on_array_elements_are_polled_with_the_filters_haproxy_knows() {
     let store = d.stop().await;
     assert_eq!(events(&store, "10.5.0.1"), [(Event::Block, "gpc-elem0".to_owned(), 1)]);
 }
+
+/// HAProxy stopped (an outage), then started again: it comes back empty, and every active block is
+/// put back without restarting the controller, which stayed up throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_outage_and_restart_put_every_active_block_back() {
+    let mut sb = haproxy();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let d = Daemon::start(&s);
+    flood(&sb, 1, 150).await;
+    let c = admin(&sb).await;
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.2"] }).await);
+    assert_eq!(gpt0(&c, "127.0.0.2").await, Some(1));
+
+    sb.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sb.restart().unwrap();
+    let c = admin(&sb).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            acl(&c, &sb).await == ["127.0.0.2"] && gpt0(&c, "127.0.0.2").await == Some(1)
+        })
+        .await,
+        "blocks not back after the restart"
+    );
+    assert_eq!(get(&sb, 1).await, 403);
+    let store = d.stop().await;
+    let log = store.audit_since(0).unwrap();
+    let restarts: Vec<&str> =
+        log.iter().filter(|r| r.event == Event::TargetRestarted).map(|r| r.reason.as_str()).collect();
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    assert!(restarts[0].ends_with("1 active block(s) re-applied"), "{restarts:?}");
+    assert_eq!(store.blocks().unwrap().len(), 1, "no block lost or duplicated");
+}

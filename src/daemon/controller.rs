@@ -83,17 +83,31 @@ impl Controller {
         Ok(c)
     }
 
-    /// Re-applies every block still in force: after a restart of the controller (or of HAProxy),
-    /// HAProxy must hold what the store says. Sessions are not killed again.
-    pub async fn reapply_all(&mut self) {
+    /// Re-applies every block still in force, on every target (`only`: on that one): after a
+    /// restart of the controller or of HAProxy, HAProxy must hold what the store says. Sessions
+    /// are not killed again. Returns how many blocks were sent.
+    pub async fn reapply_all(&mut self, only: Option<&str>) -> usize {
         let now = now_ms();
         let blocks: Vec<Block> = self.active.values().filter(|b| !b.dry_run && b.until > now).cloned().collect();
         if !blocks.is_empty() {
-            info!(blocks = blocks.len(), "re-applying active blocks");
+            info!(blocks = blocks.len(), target = only.unwrap_or("all"), "re-applying active blocks");
         }
-        for b in blocks {
-            self.dispatch(&b, Job::Apply { key: b.key, actions: b.actions.clone(), kill: false }).await;
+        for b in &blocks {
+            self.dispatch_to(only, Some(b), Job::Apply { key: b.key, actions: b.actions.clone(), kill: false }, None)
+                .await;
         }
+        blocks.len()
+    }
+
+    /// A target's HAProxy was reloaded or restarted (`was` -> `now`): it has lost every runtime
+    /// ACL entry and (without peers) every tag, so everything in force goes back at once.
+    pub async fn target_restarted(&mut self, target: &str, was: &str, now_desc: &str) -> Result<(), StoreError> {
+        warn!(target, was, now = now_desc, "HAProxy was reloaded or restarted; re-applying every active block");
+        self.dispatch_to(Some(target), None, Job::Forget, None).await;
+        let n = self.reapply_all(Some(target)).await;
+        let reason = format!("{target}: HAProxy {was} replaced by {now_desc}; {n} active block(s) re-applied");
+        self.store.audit(AuditRecord::note(Event::TargetRestarted, now_ms(), AUTO_ACTOR, reason))?;
+        Ok(())
     }
 
     pub(super) fn index(&mut self, b: Block) {
@@ -262,8 +276,19 @@ impl Controller {
         job: Job,
         notify: Option<oneshot::Sender<Vec<String>>>,
     ) {
+        self.dispatch_to(None, b, job, notify).await;
+    }
+
+    /// [`Controller::dispatch_notify`], to the target named `only` when given.
+    async fn dispatch_to(
+        &self,
+        only: Option<&str>,
+        b: Option<&Block>,
+        job: Job,
+        notify: Option<oneshot::Sender<Vec<String>>>,
+    ) {
         let mut replies: Vec<(String, oneshot::Receiver<Result<(), ClientError>>)> = Vec::new();
-        for a in &self.actuators {
+        for a in self.actuators.iter().filter(|a| only.is_none_or(|o| a.name == o)) {
             match a.submit(job.clone()).await {
                 Ok(rx) => replies.push((a.name.clone(), rx)),
                 Err(e) => warn!(target = %a.name, error = %e, "actuator gone"),
@@ -274,6 +299,7 @@ impl Controller {
             Job::Apply { .. } => "block",
             Job::Release { .. } => "release",
             Job::ImportAcl { .. } => "import",
+            Job::Forget => "forget",
         };
         tokio::spawn(async move {
             let mut failures = Vec::new();

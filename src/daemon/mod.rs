@@ -3,7 +3,8 @@
 //! decision; then runs until `shutdown` resolves.
 //!
 //! Start-up re-applies every block still in force (a restarted controller keeps its blocks) and the
-//! first housekeeping tick releases those whose time has come while it was down. On shutdown the
+//! first housekeeping tick releases those whose time has come while it was down. A watcher per
+//! target notices a reloaded or restarted HAProxy and has every active block put back at once. On shutdown the
 //! pollers stop first, the controller finishes the batch in hand, and the store is flushed.
 //! Operator actions reach the controller through a [`Handle`] (the HTTP API's), or, when no daemon
 //! runs, through [`run_once`], which starts a controller for that one action.
@@ -11,6 +12,7 @@
 mod controller;
 mod manual;
 pub mod poller;
+mod restarts;
 pub mod windows;
 
 use std::future::Future;
@@ -45,6 +47,8 @@ pub(crate) enum Msg {
     },
     /// An operator action.
     Manual { op: Manual, actor: String, reply: oneshot::Sender<Result<ManualReply, OpError>> },
+    /// A target's HAProxy is a new process (reload, restart).
+    Restarted { target: String, was: String, now: String },
 }
 
 /// How often blocks are checked for release.
@@ -134,6 +138,11 @@ pub async fn run_with(
             tokio::spawn(poller::run(name.clone(), client.clone(), table, rules, tx, stop, m));
         }
     }
+    let every = cfg.tables.iter().map(|t| t.interval).min().unwrap_or(crate::config::DEFAULT_POLL_INTERVAL);
+    for (name, client) in &parts.clients {
+        let (tx, stop, m) = (tx.clone(), stop_rx.clone(), metrics.clone());
+        tokio::spawn(restarts::run(name.clone(), client.clone(), every, tx, stop, m));
+    }
     let mut ctl = controller::Controller::new(cfg.clone(), store.clone(), parts.actuators, tx.clone(), metrics)?;
     info!(
         targets = cfg.targets.len(),
@@ -142,7 +151,7 @@ pub async fn run_with(
         dry_run = cfg.dry_run,
         "stickwarden running"
     );
-    ctl.reapply_all().await;
+    ctl.reapply_all(None).await;
     on_start(Handle { tx: tx.clone() }, parts.clients);
 
     let mut tick = tokio::time::interval(TICK);
@@ -172,6 +181,7 @@ async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreE
     match msg {
         Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
         Msg::Done { block, what, release, failures, notify } => ctl.done(block, what, release, failures, notify),
+        Msg::Restarted { target, was, now } => ctl.target_restarted(&target, &was, &now).await,
         Msg::Manual { op, actor, reply } => match ctl.manual(op, &actor).await {
             Err(OpError::Store(e)) => {
                 let _ = reply.send(Err(OpError::Unavailable));

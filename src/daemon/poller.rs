@@ -42,7 +42,6 @@ pub(super) async fn run(
     metrics: Arc<Metrics>,
 ) {
     let labels = Metrics::table(&target, &table.name);
-    let up = Metrics::target(&target);
     let mut queries: Option<Vec<Vec<Filter>>> = None;
     let mut tick = tokio::time::interval(table.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,7 +66,6 @@ pub(super) async fn run(
             Ok((observations, scanned)) => {
                 metrics.poll_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 metrics.poll_entries.get_or_create(&labels).inc_by(scanned);
-                metrics.target_up.get_or_create(&up).set(1);
                 if last_error.take().is_some() {
                     tracing::info!(%target, table = %table.name, "polling again");
                 }
@@ -77,9 +75,6 @@ pub(super) async fn run(
                 }
             }
             Err(e) => {
-                if e.is_transient() {
-                    metrics.target_up.get_or_create(&up).set(0);
-                }
                 // The table may have changed under us (a reload with a new config): plan again.
                 if e.haproxy()
                     .is_some_and(|h| matches!(h.kind, ErrorKind::UnknownDataType | ErrorKind::DataTypeNotStored))

@@ -128,6 +128,8 @@ pub enum Event {
     Allow,
     /// An operator removed an allowlist entry.
     Disallow,
+    /// A target's HAProxy was reloaded or restarted, and the active blocks were put back.
+    TargetRestarted,
 }
 
 impl Event {
@@ -143,6 +145,7 @@ impl Event {
             Event::ActionFailed => "action_failed",
             Event::Allow => "allow",
             Event::Disallow => "disallow",
+            Event::TargetRestarted => "target_restarted",
         }
     }
 }
