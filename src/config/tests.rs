@@ -16,7 +16,7 @@ fn load(text: &str, rules: &str) -> Result<Config, String> {
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
     let c = load(MINIMAL, RULE).unwrap();
-    assert_eq!(c.targets[0].commands_per_second, 5000);
+    assert_eq!(c.targets[0].commands_per_second, DEFAULT_COMMANDS_PER_SECOND);
     assert_eq!(c.tables.len(), 1);
     assert_eq!((c.tables[0].name.as_str(), c.tables[0].interval), ("ft_web", DEFAULT_POLL_INTERVAL));
     // One watched table: tags go there, in gpt0, value 1.
@@ -84,6 +84,10 @@ fn every_error_names_file_line_and_column() {
         ),
         (&format!("{MINIMAL}colour = \"red\"\n"), "DIR/stickwarden.toml:7:1: unknown field `colour`"),
         ("[[haproxy]\n", "DIR/stickwarden.toml:1:10: invalid table header"),
+        (
+            &MINIMAL.replace("admin.sock\"\n", "admin.sock\"\ncommands_per_second = 0\n"),
+            "DIR/stickwarden.toml:4:23: commands_per_second must be at least 1",
+        ),
     ];
     let mut wrong = Vec::new();
     for (text, want) in cases {

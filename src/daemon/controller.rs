@@ -194,8 +194,7 @@ impl Controller {
             return Ok(());
         }
         // Durable before acted on: a crash from here on finds every decision in the store.
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush()).await.expect("flush task")?;
+        self.flush().await?;
         for b in decided {
             self.index(b.clone());
             if !b.dry_run {
@@ -203,6 +202,12 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Makes every decision so far durable (sled's fsync, on the blocking pool).
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush()).await.expect("the flush task does not panic")
     }
 
     /// Whether an automatic block may happen now (false: the breaker is open). Opening and closing

@@ -232,10 +232,4 @@ impl Controller {
         }
         Ok(())
     }
-
-    pub(super) async fn flush(&self) -> Result<(), OpError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush()).await.map_err(|_| OpError::Unavailable)??;
-        Ok(())
-    }
 }
