@@ -384,7 +384,13 @@ async fn frozen_haproxy_hits_the_read_timeout() {
     let elapsed = started.elapsed();
     signal("-CONT");
     let e = res.unwrap_err();
-    assert!(matches!(&e, ClientError::Disconnected(why) if why.contains("no answer")), "{e}");
+    // On the open connection the read timeout fires; if the connection had to be reopened (it is
+    // under heavy load), the connect timeout does: either way a bounded failure, never a hang.
+    assert!(
+        matches!(&e, ClientError::Disconnected(why) if why.contains("no answer"))
+            || matches!(&e, ClientError::ConnectTimeout(_)),
+        "{e:?}"
+    );
     assert!(elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(3), "took {elapsed:?}");
     assert!(c.show_info().await.is_ok());
 }
