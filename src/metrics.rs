@@ -1,6 +1,7 @@
 //! Prometheus metrics, in the text exposition format (prometheus-client): active blocks by action
 //! and source, decisions by rule and outcome, poll duration and entries scanned per table,
-//! actuator jobs by result and commands sent, target up/down, and the circuit breaker's state.
+//! actuator jobs by result and commands sent, target up/down, the circuit breaker's state, and
+//! the reconciler's repairs.
 //! One [`Metrics`] is shared by the pollers, the controller, the actuators and the API.
 
 use std::sync::atomic::AtomicI64;
@@ -56,6 +57,7 @@ pub struct Metrics {
     pub commands: Family<TargetLabels, Counter>,
     pub target_up: Family<TargetLabels, Gauge>,
     pub breaker_open: Gauge<i64, AtomicI64>,
+    pub repairs: Family<TargetLabels, Counter>,
     active_blocks: Family<BlockLabels, Gauge<i64, AtomicI64>>,
 }
 
@@ -84,6 +86,8 @@ impl Metrics {
         registry.register("target_up", "1 when the target's last poll succeeded", target_up.clone());
         let breaker_open = Gauge::<i64, AtomicI64>::default();
         registry.register("circuit_breaker_open", "1 while automatic blocks are suspended", breaker_open.clone());
+        let repairs = Family::<TargetLabels, Counter>::default();
+        registry.register("repairs", "Parts of active blocks found missing in HAProxy and put back", repairs.clone());
         let active_blocks = Family::<BlockLabels, Gauge<i64, AtomicI64>>::default();
         registry.register("active_blocks", "Blocks in force, by action and source", active_blocks.clone());
         Metrics {
@@ -95,6 +99,7 @@ impl Metrics {
             commands,
             target_up,
             breaker_open,
+            repairs,
             active_blocks,
         }
     }

@@ -372,3 +372,43 @@ async fn haproxy_outage_and_restart_put_every_active_block_back() {
     assert!(restarts[0].ends_with("1 active block(s) re-applied"), "{restarts:?}");
     assert_eq!(store.blocks().unwrap().len(), 1, "no block lost or duplicated");
 }
+
+/// Drift behind stickwarden's back (an ACL pattern deleted by hand, a tag reset, as an evicted
+/// entry would be) is found by the reconciler and put back; a pattern it did not put there stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_puts_back_what_went_missing_and_leaves_the_rest() {
+    use stickwarden::proto::{AclPattern, KeyType, TableKey};
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s =
+        setup(&sb, "reconcile_interval = \"1s\"", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let d = Daemon::start(&s);
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.2"] }).await);
+    let acl_ref = sb.block_acl().display().to_string().parse().unwrap();
+    c.add_acl(&acl_ref, "192.0.2.99".parse::<AclPattern>().unwrap()).await.unwrap(); // not ours
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    c.del_acl(&acl_ref, "127.0.0.2".parse::<AclPattern>().unwrap()).await.unwrap();
+    c.set_table("ft_web", TableKey::parse(KeyType::Ip, "127.0.0.2").unwrap(), &[("gpt0".parse().unwrap(), 0)])
+        .await
+        .unwrap();
+    assert_eq!(get(&sb, 1).await, 200, "the block is really gone from HAProxy");
+    assert!(
+        eventually(Duration::from_secs(4), || async {
+            acl(&c, &sb).await == ["127.0.0.2", "192.0.2.99"] && gpt0(&c, "127.0.0.2").await == Some(1)
+        })
+        .await,
+        "not repaired"
+    );
+    assert_eq!(get(&sb, 1).await, 403);
+    let store = d.stop().await;
+    let repaired: Vec<String> = store
+        .audit_since(0)
+        .unwrap()
+        .iter()
+        .filter(|r| r.event == Event::Repaired)
+        .map(|r| r.actions.to_string())
+        .collect();
+    assert_eq!(repaired, ["tag+acl"]);
+}

@@ -32,6 +32,8 @@ pub struct Config {
     pub rules: RuleSet,
     /// Decide, record and audit, but change nothing in HAProxy.
     pub dry_run: bool,
+    /// How often each target's ACL and tags are compared with the active blocks.
+    pub reconcile_interval: Duration,
     pub store: StoreConfig,
     pub targets: Vec<TargetConfig>,
     /// Every table a rule reads, with its poll interval.
@@ -150,6 +152,7 @@ struct RawConfig {
     #[serde(default)]
     dry_run: bool,
     poll_interval: Option<Spanned<Dur>>,
+    reconcile_interval: Option<Spanned<Dur>>,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -252,6 +255,8 @@ pub const DEFAULT_API_PORT: u16 = 9180;
 
 /// Default poll interval of a table without a `[[table]]` entry.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time between two reconciliations of a target.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Config {
@@ -294,6 +299,10 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
     }
 
     let default_interval = raw.poll_interval.as_ref().map_or(DEFAULT_POLL_INTERVAL, |d| d.get_ref().0);
+    let reconcile_interval = raw.reconcile_interval.as_ref().map_or(DEFAULT_RECONCILE_INTERVAL, |d| d.get_ref().0);
+    if let Some(d) = raw.reconcile_interval.as_ref().filter(|d| d.get_ref().0 < MIN_POLL_INTERVAL) {
+        return Err(src.error(&d.span(), "reconcile_interval must be at least 100ms"));
+    }
     if let Some(d) = &raw.poll_interval {
         if d.get_ref().0 < MIN_POLL_INTERVAL {
             return Err(src.error(&d.span(), "poll_interval must be at least 100ms"));
@@ -429,6 +438,7 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         rules_dir,
         rules,
         dry_run: raw.dry_run,
+        reconcile_interval,
         store,
         targets,
         tables,

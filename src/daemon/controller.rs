@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::poller::Observation;
+use super::reconcile::Actual;
 use super::windows::{self, Aggregator, Breaker, Transition};
 use super::Msg;
 use crate::actuator::{Actuator, Job};
@@ -52,6 +53,9 @@ pub(super) struct Controller {
 
 const BREAKER_WINDOW: Millis = 60_000;
 const RELEASE_RETRY: Millis = 10_000;
+/// Blocks younger than this when HAProxy was read may not be applied yet: not compared. (A repair
+/// that was not needed would do no harm: applying is idempotent.)
+const RECONCILE_MARGIN: Millis = 2_000;
 
 impl Controller {
     pub fn new(
@@ -271,6 +275,53 @@ impl Controller {
         self.store.decide(&block, None, AuditRecord::of(Event::Block, &block, now))?;
         info!(%prefix, offenders = n, "prefix block decided");
         Ok(Some(block))
+    }
+
+    /// Puts back on `actual.target` what it lacks of the active blocks: those old enough to have
+    /// been applied before HAProxy was read, and not being released. Each repair is counted and
+    /// audited; patterns and tags stickwarden does not know are left alone.
+    pub async fn reconcile(&mut self, actual: Actual) -> Result<(), StoreError> {
+        let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
+        let mut repairs: Vec<(Block, Actions)> = Vec::new();
+        for b in self.active.values().filter(|b| !b.dry_run && b.since <= settled && b.until > actual.read_at) {
+            if self.releasing.contains_key(&b.key) {
+                continue;
+            }
+            let mut missing = Vec::new();
+            if b.actions.has(Action::Acl) && actual.acl.as_ref().is_some_and(|a| !a.contains(&b.key)) {
+                missing.push(Action::Acl);
+            }
+            let host = net::is_host(&b.key);
+            if b.actions.has(Action::Tag) && host && actual.tagged.as_ref().is_some_and(|t| !t.contains(&b.key.addr()))
+            {
+                missing.push(Action::Tag);
+            }
+            if !missing.is_empty() {
+                repairs.push((b.clone(), Actions::new(missing)));
+            }
+        }
+        if repairs.is_empty() {
+            return Ok(());
+        }
+        warn!(target = %actual.target, repairs = repairs.len(), "HAProxy lacks active blocks; putting them back");
+        // What the actuator remembers of this target is wrong, since HAProxy lost entries.
+        self.dispatch_to(Some(&actual.target), None, Job::Forget, None).await;
+        let now = now_ms();
+        for (b, missing) in repairs {
+            let mut rec = AuditRecord::of(Event::Repaired, &b, now);
+            rec.actions = missing.clone();
+            rec.reason = format!("{}: missing {missing}, put back", actual.target);
+            self.store.audit(rec)?;
+            self.metrics.repairs.get_or_create(&Metrics::target(&actual.target)).inc();
+            self.dispatch_to(
+                Some(&actual.target),
+                Some(&b),
+                Job::Apply { key: b.key, actions: missing, kill: false },
+                None,
+            )
+            .await;
+        }
+        Ok(())
     }
 
     /// Sends `job` to every target in order, and reports its outcome back to the controller, which

@@ -12,6 +12,7 @@
 mod controller;
 mod manual;
 pub mod poller;
+mod reconcile;
 mod restarts;
 pub mod windows;
 
@@ -49,6 +50,8 @@ pub(crate) enum Msg {
     Manual { op: Manual, actor: String, reply: oneshot::Sender<Result<ManualReply, OpError>> },
     /// A target's HAProxy is a new process (reload, restart).
     Restarted { target: String, was: String, now: String },
+    /// What a target holds, for the reconciler.
+    Actual(reconcile::Actual),
 }
 
 /// How often blocks are checked for release.
@@ -140,8 +143,8 @@ pub async fn run_with(
     }
     let every = cfg.tables.iter().map(|t| t.interval).min().unwrap_or(crate::config::DEFAULT_POLL_INTERVAL);
     for (name, client) in &parts.clients {
-        let (tx, stop, m) = (tx.clone(), stop_rx.clone(), metrics.clone());
-        tokio::spawn(restarts::run(name.clone(), client.clone(), every, tx, stop, m));
+        tokio::spawn(restarts::run(name.clone(), client.clone(), every, tx.clone(), stop_rx.clone(), metrics.clone()));
+        tokio::spawn(reconcile::run(name.clone(), client.clone(), cfg.clone(), tx.clone(), stop_rx.clone()));
     }
     let mut ctl = controller::Controller::new(cfg.clone(), store.clone(), parts.actuators, tx.clone(), metrics)?;
     info!(
@@ -182,6 +185,7 @@ async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreE
         Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
         Msg::Done { block, what, release, failures, notify } => ctl.done(block, what, release, failures, notify),
         Msg::Restarted { target, was, now } => ctl.target_restarted(&target, &was, &now).await,
+        Msg::Actual(actual) => ctl.reconcile(actual).await,
         Msg::Manual { op, actor, reply } => match ctl.manual(op, &actor).await {
             Err(OpError::Store(e)) => {
                 let _ = reply.send(Err(OpError::Unavailable));

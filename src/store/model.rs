@@ -130,6 +130,8 @@ pub enum Event {
     Disallow,
     /// A target's HAProxy was reloaded or restarted, and the active blocks were put back.
     TargetRestarted,
+    /// The reconciler found part of a block missing in HAProxy and put it back.
+    Repaired,
 }
 
 impl Event {
@@ -146,6 +148,7 @@ impl Event {
             Event::Allow => "allow",
             Event::Disallow => "disallow",
             Event::TargetRestarted => "target_restarted",
+            Event::Repaired => "repaired",
         }
     }
 }

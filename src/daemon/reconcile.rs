@@ -1,0 +1,97 @@
+//! The reconciler's eyes: one task per target that reads, every `reconcile_interval`, what HAProxy
+//! holds of stickwarden's blocks (the block ACL's patterns and the tagged entries of the block
+//! table) and hands it to the controller, which compares it with the active blocks and puts back
+//! what is missing (an entry evicted from a full table, a pattern deleted by hand). Entries it did
+//! not put there are never touched.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use super::Msg;
+use crate::client::{Client, ClientError, TableItem};
+use crate::config::Config;
+use crate::proto::{DataField, Filter, FilterOp, TableSelect};
+use crate::time::{now_ms, Millis};
+
+/// What one target holds, read at `read_at`. `None`: not used by this configuration.
+#[derive(Debug, Clone)]
+pub struct Actual {
+    pub target: String,
+    pub read_at: Millis,
+    pub acl: Option<HashSet<IpNet>>,
+    pub tagged: Option<HashSet<IpAddr>>,
+}
+
+pub(super) async fn run(
+    target: String,
+    client: Client,
+    cfg: Arc<Config>,
+    tx: mpsc::Sender<Msg>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(cfg.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // start-up already re-applies everything
+    let mut tag_field: Option<Option<DataField>> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => if *shutdown.borrow() { return },
+        }
+        match read(&target, &client, &cfg, &mut tag_field).await {
+            Ok(actual) => {
+                if tx.send(Msg::Actual(actual)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => debug!(%target, error = %e, "reconciliation skipped: HAProxy could not be read"),
+        }
+    }
+}
+
+async fn read(
+    target: &str,
+    client: &Client,
+    cfg: &Config,
+    tag_field: &mut Option<Option<DataField>>,
+) -> Result<Actual, ClientError> {
+    let read_at = now_ms();
+    let acl = match &cfg.block.acl {
+        None => None,
+        Some(a) => {
+            Some(client.show_acl(a).await?.iter().filter_map(|e| crate::net::parse_net(&e.pattern).ok()).collect())
+        }
+    };
+    let tagged = match &cfg.block.table {
+        None => None,
+        Some(table) => {
+            if tag_field.is_none() {
+                *tag_field = Some(crate::columns::filter_name(client, table, &cfg.block.tag).await?);
+            }
+            match tag_field.clone().flatten() {
+                // A tag HAProxy cannot filter on is not compared (check reports it).
+                None => None,
+                Some(field) => {
+                    let filter = Filter { field, op: FilterOp::Ge, value: i64::from(cfg.block.tag_value) };
+                    let mut set = HashSet::new();
+                    client
+                        .show_table(table, TableSelect::Filters(vec![filter]))
+                        .await?
+                        .for_each(|item| {
+                            if let TableItem::Entry(e) = item {
+                                set.extend(e.key_addr());
+                            }
+                        })
+                        .await?;
+                    Some(set)
+                }
+            }
+        }
+    };
+    Ok(Actual { target: target.to_owned(), read_at, acl, tagged })
+}
