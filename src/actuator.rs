@@ -43,7 +43,8 @@ pub enum Job {
     ImportAcl {
         keys: Vec<IpNet>,
     },
-    /// HAProxy was replaced (reload, restart): what was read from the old process is stale.
+    /// HAProxy was replaced (reload, restart): what was read from the old process is stale, and
+    /// the connection may still reach the old process.
     Forget,
 }
 
@@ -197,6 +198,8 @@ impl Actor {
             }
             Job::ImportAcl { keys } => return self.import_acl(keys).await,
             Job::Forget => {
+                // After a master-worker reload the connection still reaches the old worker.
+                self.client.reconnect();
                 self.key_type = None;
                 self.acl_known = None;
                 self.pending_clears.clear();

@@ -20,6 +20,8 @@ use tokio::net::{TcpSocket, TcpStream};
 pub struct SandboxOptions {
     /// HAProxy's idle timeout of Runtime API connections, `stats timeout` (default 2 minutes).
     pub stats_timeout_secs: Option<u32>,
+    /// Run HAProxy in master-worker mode (`-W -S DIR/master.sock`), to reload it.
+    pub master_worker: bool,
 }
 
 /// A running HAProxy on loopback; killed on drop.
@@ -27,6 +29,7 @@ pub struct Sandbox {
     dir: tempfile::TempDir,
     child: Child,
     bin: PathBuf,
+    master_worker: bool,
     /// Listening port of the `ft_web` HTTP frontend.
     pub web_port: u16,
     /// Listening port of the `ft_tcp` frontend, which holds TCP connections open (live streams).
@@ -41,16 +44,26 @@ impl Sandbox {
         let (web_port, tcp_port) = (free_port()?, free_port()?);
         std::fs::write(dir.path().join("block.lst"), "")?;
         let cfg = standard_config(dir.path(), web_port, tcp_port, opts);
-        Self::start_with(dir, &cfg, web_port, tcp_port)
+        Self::launch(dir, &cfg, web_port, tcp_port, opts.master_worker)
     }
 
     /// Starts HAProxy on `cfg` in `dir`; `cfg` must declare `DIR/admin.sock` at level admin.
     pub fn start_with(dir: tempfile::TempDir, cfg: &str, web_port: u16, tcp_port: u16) -> io::Result<Sandbox> {
+        Self::launch(dir, cfg, web_port, tcp_port, false)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        cfg: &str,
+        web_port: u16,
+        tcp_port: u16,
+        master_worker: bool,
+    ) -> io::Result<Sandbox> {
         let bin = haproxy_binary().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing_haproxy_message()))?;
         std::fs::write(dir.path().join("haproxy.cfg"), cfg)?;
         let version = haproxy_version(&bin)?;
-        let child = spawn(&bin, dir.path())?;
-        Ok(Sandbox { dir, child, bin, web_port, tcp_port, version })
+        let child = spawn(&bin, dir.path(), master_worker)?;
+        Ok(Sandbox { dir, child, bin, master_worker, web_port, tcp_port, version })
     }
 
     /// Stops HAProxy (SIGKILL) and starts it again on the same configuration and socket paths:
@@ -58,8 +71,34 @@ impl Sandbox {
     pub fn restart(&mut self) -> io::Result<()> {
         self.stop();
         let _ = std::fs::remove_file(self.dir.path().join("admin.sock"));
-        self.child = spawn(&self.bin, self.dir.path())?;
+        self.child = spawn(&self.bin, self.dir.path(), self.master_worker)?;
         Ok(())
+    }
+
+    /// Reloads a master-worker HAProxy through its master socket (`reload`): a new worker with a
+    /// new pid and empty runtime state takes over the sockets. Returns once the new worker answers
+    /// on the admin socket with a pid other than `old_pid`.
+    pub fn reload(&self, old_pid: u64) -> io::Result<()> {
+        use std::io::Write;
+        if !self.master_worker {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "not started in master-worker mode"));
+        }
+        let mut m = std::os::unix::net::UnixStream::connect(self.dir.path().join("master.sock"))?;
+        m.write_all(b"reload\n")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(mut s) = std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")) {
+                let _ = s.write_all(b"show info\n");
+                let mut text = String::new();
+                let _ = s.read_to_string(&mut text);
+                let pid = text.lines().find_map(|l| l.strip_prefix("Pid: ")).and_then(|p| p.trim().parse::<u64>().ok());
+                if pid.is_some_and(|p| p != old_pid) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no new worker within 10 s"))
     }
 
     /// Kills HAProxy now (a crash or an outage, seen from the Runtime API).
@@ -104,9 +143,14 @@ impl Drop for Sandbox {
     }
 }
 
-/// Runs `haproxy -db -f DIR/haproxy.cfg` and waits until `DIR/admin.sock` accepts connections.
-fn spawn(bin: &Path, dir: &Path) -> io::Result<Child> {
-    let mut child = Command::new(bin)
+/// Runs `haproxy -db -f DIR/haproxy.cfg` (with `-W -S DIR/master.sock` in master-worker mode) and
+/// waits until `DIR/admin.sock` accepts connections.
+fn spawn(bin: &Path, dir: &Path, master_worker: bool) -> io::Result<Child> {
+    let mut cmd = Command::new(bin);
+    if master_worker {
+        cmd.arg("-W").arg("-S").arg(dir.join("master.sock"));
+    }
+    let mut child = cmd
         .arg("-db")
         .arg("-f")
         .arg(dir.join("haproxy.cfg"))

@@ -346,7 +346,7 @@ async fn unreachable_target_is_an_error_not_a_hang() {
 /// it HAProxy would close the connection after 1 s and the client would quietly open a new one.
 #[tokio::test]
 async fn idle_connection_outlives_stats_timeout() {
-    let sb = common::haproxy_with(&sandbox::SandboxOptions { stats_timeout_secs: Some(1) });
+    let sb = common::haproxy_with(&sandbox::SandboxOptions { stats_timeout_secs: Some(1), ..Default::default() });
     let c = common::admin(&sb).await;
     c.show_info().await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -412,3 +412,30 @@ async fn reconciler_puts_back_what_went_missing_and_leaves_the_rest() {
         .collect();
     assert_eq!(repaired, ["tag+acl"]);
 }
+
+/// A master-worker HAProxy (`-W -S`) reloaded through its master socket: the new worker starts
+/// with no tag and no runtime ACL entry, and gets every active block back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_worker_reload_gets_every_active_block_back() {
+    let sb = haproxy_with(&stickwarden::sandbox::SandboxOptions { master_worker: true, ..Default::default() });
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let d = Daemon::start(&s);
+    flood(&sb, 1, 150).await;
+    let c = admin(&sb).await;
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.2"] }).await);
+    let old_pid = c.show_info().await.unwrap().pid().unwrap();
+
+    sb.reload(old_pid).unwrap();
+    let c = admin(&sb).await;
+    assert_ne!(c.show_info().await.unwrap().pid(), Some(old_pid), "a new worker answers");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            acl(&c, &sb).await == ["127.0.0.2"] && gpt0(&c, "127.0.0.2").await == Some(1)
+        })
+        .await,
+        "blocks not back after the reload"
+    );
+    assert_eq!(get(&sb, 1).await, 403);
+    let store = d.stop().await;
+    assert!(store.audit_since(0).unwrap().iter().any(|r| r.event == Event::TargetRestarted));
+}

@@ -9,6 +9,7 @@
 //! dropped, and the next request reconnects after an exponential backoff.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,10 +58,17 @@ pub(crate) struct Actor {
     backoff: Duration,
     next_attempt: Option<Instant>,
     last_error: String,
+    /// Set by `Client::reconnect`: open a new connection for the next command sent while idle.
+    reconnect: Arc<AtomicBool>,
 }
 
 impl Actor {
-    pub fn new(target: Arc<Target>, opts: Arc<ClientOptions>, rx: mpsc::Receiver<Request>) -> Self {
+    pub fn new(
+        target: Arc<Target>,
+        opts: Arc<ClientOptions>,
+        rx: mpsc::Receiver<Request>,
+        reconnect: Arc<AtomicBool>,
+    ) -> Self {
         let backoff = opts.backoff_min;
         Actor {
             target,
@@ -71,6 +79,7 @@ impl Actor {
             backoff,
             next_attempt: None,
             last_error: String::new(),
+            reconnect,
         }
     }
 
@@ -96,6 +105,13 @@ impl Actor {
                     Err(e) => self.fail(format!("read failed: {e}")),
                 },
                 req = self.rx.recv(), if self.pending.len() < self.opts.max_in_flight => match req {
+                    // Asked to start afresh (`Client::reconnect`): once nothing is in flight, the
+                    // next command goes on a new connection.
+                    Some(req) if self.pending.is_empty() && self.reconnect.swap(false, Ordering::AcqRel) => {
+                        debug!(target = %self.target, "reconnecting on request");
+                        self.conn = None;
+                        self.ensure_connected(req).await;
+                    }
                     Some(req) => self.write(req).await,
                     None if self.pending.is_empty() => return,
                     // Every handle is gone: answer what is in flight, then stop.

@@ -27,26 +27,49 @@ pub(crate) struct Connection {
     pub buf: BytesMut,
 }
 
+/// The two halves of a fresh socket to `target`.
+async fn connect(target: &Target, connect_timeout: Duration) -> Result<(Reader, Writer), ClientError> {
+    let connect = async {
+        Ok::<_, std::io::Error>(match target {
+            Target::Unix(path) => {
+                let (r, w) = UnixStream::connect(path).await?.into_split();
+                (Box::new(r) as Reader, Box::new(w) as Writer)
+            }
+            Target::Tcp { host, port } => {
+                let s = TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                let (r, w) = s.into_split();
+                (Box::new(r) as Reader, Box::new(w) as Writer)
+            }
+        })
+    };
+    timeout(connect_timeout, connect)
+        .await
+        .map_err(|_| ClientError::ConnectTimeout(connect_timeout))?
+        .map_err(ClientError::Connect)
+}
+
+/// One command on a connection of its own, in HAProxy's default mode (it answers and closes):
+/// what a new client would see. A persistent connection stays with the process it was opened to,
+/// which after a master-worker reload is the old worker; this reaches the current one.
+pub(crate) async fn once(target: &Target, line: &[u8], limit: Duration) -> Result<Vec<u8>, ClientError> {
+    let (mut reader, mut writer) = connect(target, limit).await?;
+    let exchange = async {
+        writer.write_all(line).await?;
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    match timeout(limit, exchange).await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(ClientError::Disconnected(e.to_string())),
+        Err(_) => Err(ClientError::Disconnected(format!("no answer within {limit:?}"))),
+    }
+}
+
 impl Connection {
     pub async fn open(target: &Target, connect_timeout: Duration, cli_timeout: Duration) -> Result<Self, ClientError> {
-        let connect = async {
-            Ok::<_, std::io::Error>(match target {
-                Target::Unix(path) => {
-                    let (r, w) = UnixStream::connect(path).await?.into_split();
-                    (Box::new(r) as Reader, Box::new(w) as Writer)
-                }
-                Target::Tcp { host, port } => {
-                    let s = TcpStream::connect((host.as_str(), *port)).await?;
-                    s.set_nodelay(true)?;
-                    let (r, w) = s.into_split();
-                    (Box::new(r) as Reader, Box::new(w) as Writer)
-                }
-            })
-        };
-        let (reader, writer) = timeout(connect_timeout, connect)
-            .await
-            .map_err(|_| ClientError::ConnectTimeout(connect_timeout))?
-            .map_err(ClientError::Connect)?;
+        let (reader, writer) = connect(target, connect_timeout).await?;
         let mut conn = Connection { reader, writer, buf: BytesMut::with_capacity(64 * 1024) };
         let secs = cli_timeout.as_secs().max(1);
         let setup = format!("prompt\nset severity-output number\nset timeout cli {secs}\n");

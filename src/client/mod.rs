@@ -112,6 +112,7 @@ pub struct Client {
     tx: mpsc::Sender<Request>,
     opts: Arc<ClientOptions>,
     target: Arc<Target>,
+    reconnect: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Client {
@@ -120,8 +121,9 @@ impl Client {
         let (tx, rx) = mpsc::channel(opts.max_in_flight.max(1) * 2);
         let target = Arc::new(target);
         let opts = Arc::new(opts);
-        tokio::spawn(Actor::new(target.clone(), opts.clone(), rx).run());
-        Client { tx, opts, target }
+        let reconnect = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(Actor::new(target.clone(), opts.clone(), rx, reconnect.clone()).run());
+        Client { tx, opts, target, reconnect }
     }
 
     /// Starts the actor and connects now, so that an unreachable target is reported at once.
@@ -196,6 +198,21 @@ impl Client {
             out.push(res);
         }
         out
+    }
+
+    /// `show info` on a connection of its own, which reaches the process now serving the socket
+    /// (after a master-worker reload, the new worker; the persistent connection stays with the
+    /// old one until [`Client::reconnect`]).
+    pub async fn show_info_fresh(&self) -> Result<Info, ClientError> {
+        let limit = self.opts.connect_timeout.max(self.opts.read_timeout);
+        let body = connection::once(&self.target, b"show info\n", limit).await?;
+        Ok(Info::parse(&body))
+    }
+
+    /// Makes the next command sent while nothing is in flight open a new connection (to the
+    /// process serving the socket now); the old one is dropped.
+    pub fn reconnect(&self) {
+        self.reconnect.store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub async fn show_info(&self) -> Result<Info, ClientError> {

@@ -1,5 +1,7 @@
-//! Reload and restart detection: one task per target reads `show info` every interval and
-//! compares HAProxy's identity (`Pid`, `Start_time_sec`) with the last one seen. A change means a
+//! Reload and restart detection: one task per target reads `show info` every interval, on a
+//! connection of its own (the persistent one stays with the process it was opened to, which after
+//! a master-worker reload is the old worker), and compares HAProxy's identity (`Pid`,
+//! `Start_time_sec`) with the last one seen. A change means a
 //! new process (a reload of a master-worker HAProxy, a restart), which has lost every runtime ACL
 //! entry and every stick-table entry not shared through `peers`: the controller is told at once and
 //! puts every active block back. A target that does not answer is reported down, and checked again
@@ -47,7 +49,7 @@ pub(super) async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
-        match client.show_info().await {
+        match client.show_info_fresh().await {
             Ok(info) => {
                 metrics.target_up.get_or_create(&up).set(1);
                 if std::mem::take(&mut down) {
