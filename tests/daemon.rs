@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
@@ -129,15 +129,6 @@ fn bad_configuration_exits_64_with_its_location_and_touches_nothing() {
     assert!(text(&o).contains("/nonexistent/stickwarden.toml: cannot read"), "{}", text(&o));
 }
 
-fn spawn_daemon(s: &Setup) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
-        .args(["run", "--config", s.config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_killed_mid_block_keeps_it_across_a_haproxy_restart_and_ends_it_on_time() {
     let mut sb = haproxy();
@@ -158,7 +149,7 @@ async fn controller_killed_mid_block_keeps_it_across_a_haproxy_restart_and_ends_
     assert!(acl(&c, &sb).await.is_empty());
 
     // The new controller finds the block in its store and puts it back at once.
-    let mut daemon = spawn_daemon(&s);
+    let daemon = spawn_daemon(&s);
     assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
     assert_eq!(acl(&c, &sb).await, ["127.0.0.2"], "re-applied exactly once");
     assert_eq!(get(&sb, 1).await, 403);
@@ -172,10 +163,7 @@ async fn controller_killed_mid_block_keeps_it_across_a_haproxy_restart_and_ends_
     assert_eq!(get(&sb, 1).await, 200);
 
     // SIGTERM: a clean exit, status 0.
-    let pid = daemon.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = daemon.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop_daemon(daemon);
 
     let store = stickwarden::store::Store::open(&s.store_path(), 1 << 20).unwrap();
     let log = store.audit_since(0).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
@@ -28,21 +28,6 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
-}
-
-fn spawn_daemon(s: &Setup) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
-        .args(["run", "--config", s.config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn stop(mut d: Child) {
-    let pid = d.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert_eq!(d.wait().unwrap().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +100,7 @@ async fn cli_through_the_daemon_block_list_explain_unblock_audit() {
             ("release".into(), "ops".into(), "unblocked: resolved".into())
         ]
     );
-    stop(d);
+    stop_daemon(d);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +159,7 @@ async fn cli_without_a_daemon_works_on_the_store_and_haproxy_directly() {
     let o = sw(&s, &["blocks", "--config", no_api.to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
     assert!(out(&o).contains("is `stickwarden run` running?"), "{}", out(&o));
-    stop(d);
+    stop_daemon(d);
     assert_eq!(acl(&c, &sb).await, ["10.5.0.1"]);
 }
 

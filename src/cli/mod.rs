@@ -86,6 +86,12 @@ impl Failure {
     }
 }
 
+/// Prints a listing for people on standard output (see `output::columns`).
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), Failure> {
+    let colour = crate::output::columns::colour();
+    crate::output::columns::write_table(&mut std::io::stdout().lock(), headers, rows, colour).map_err(Failure::runtime)
+}
+
 impl From<ClientError> for Failure {
     /// Refusals of our own validation are bad input; everything else happened at run time.
     fn from(e: ClientError) -> Failure {

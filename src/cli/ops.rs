@@ -21,7 +21,6 @@ use crate::ops::{
     self, AllowRequest, AuditQuery, AuditView, BlockRequest, BlockView, HistoryView, ImportRequest, Manual, OpError,
     Outcome, UnblockRequest,
 };
-use crate::output::columns::{colour, write_table};
 use crate::store::Store;
 use crate::time::{now_ms, relative_text};
 
@@ -223,14 +222,7 @@ pub async fn blocks(a: Access) -> Result<(), Failure> {
             ]
         })
         .collect();
-    let mut out = std::io::stdout().lock();
-    write_table(
-        &mut out,
-        &["KEY", "ACTION", "LEVEL", "RULE", "SOURCE", "ACTOR", "SINCE", "UNTIL", "REASON"],
-        &rows,
-        colour(),
-    )
-    .map_err(Failure::runtime)?;
+    super::print_table(&["KEY", "ACTION", "LEVEL", "RULE", "SOURCE", "ACTOR", "SINCE", "UNTIL", "REASON"], &rows)?;
     eprintln!("{} active block(s)", list.len());
     Ok(())
 }
@@ -281,14 +273,7 @@ fn print_audit(events: &[AuditView]) -> Result<(), Failure> {
             ]
         })
         .collect();
-    let mut out = std::io::stdout().lock();
-    write_table(
-        &mut out,
-        &["WHEN", "EVENT", "KEY", "RULE", "ACTION", "LEVEL", "DURATION", "ACTOR", "REASON"],
-        &rows,
-        colour(),
-    )
-    .map_err(Failure::runtime)
+    super::print_table(&["WHEN", "EVENT", "KEY", "RULE", "ACTION", "LEVEL", "DURATION", "ACTOR", "REASON"], &rows)
 }
 
 pub async fn explain(a: KeyArgs) -> Result<(), Failure> {

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{Failure, EXIT_CONFIG};
-use crate::output::columns::{colour, write_table};
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -50,14 +49,7 @@ pub fn run(a: SimulateArgs) -> Result<(), Failure> {
             ]
         })
         .collect();
-    let mut out = std::io::stdout().lock();
-    write_table(
-        &mut out,
-        &["POLL", "AT", "EVENT", "KEY", "RULE", "LEVEL", "ACTION", "DURATION", "COUNTERS"],
-        &rows,
-        colour(),
-    )
-    .map_err(Failure::runtime)?;
+    super::print_table(&["POLL", "AT", "EVENT", "KEY", "RULE", "LEVEL", "ACTION", "DURATION", "COUNTERS"], &rows)?;
     let blocks = decisions.iter().filter(|d| d.event == "block").count();
     let dry = decisions.iter().filter(|d| d.event == "would_block").count();
     eprintln!("{} dump(s): {blocks} block(s), {dry} dry-run block(s)", a.dumps.len());

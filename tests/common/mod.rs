@@ -179,3 +179,20 @@ pub fn with_api(s: &Setup) -> String {
     std::fs::write(&s.config, cfg).unwrap();
     sock
 }
+
+/// `stickwarden run` on the setup, as a real process (for SIGKILL and SIGTERM).
+pub fn spawn_daemon(s: &Setup) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, and the clean exit (status 0) it must give.
+pub fn stop_daemon(mut d: std::process::Child) {
+    let pid = d.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(d.wait().unwrap().code(), Some(0), "stickwarden run did not exit cleanly on SIGTERM");
+}
