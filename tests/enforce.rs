@@ -439,3 +439,79 @@ async fn master_worker_reload_gets_every_active_block_back() {
     let store = d.stop().await;
     assert!(store.audit_since(0).unwrap().iter().any(|r| r.event == Event::TargetRestarted));
 }
+
+/// 1,000 active blocks (tag and ACL), a master-worker reload: every one is back, compared one by
+/// one, within a poll interval of the new worker answering (plus the time to send them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_blocks_come_back_after_a_reload() {
+    use std::collections::BTreeSet;
+    use stickwarden::client::TableItem;
+    use stickwarden::proto::TableSelect;
+    use stickwarden::rules::{Action, Actions};
+    use stickwarden::store::{AuditRecord, Block, Origin};
+    let sb = haproxy_with(&stickwarden::sandbox::SandboxOptions { master_worker: true, ..Default::default() });
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let keys: Vec<String> = (0..1000u32).map(|i| format!("10.20.{}.{}", i / 250, i % 250 + 1)).collect();
+    {
+        let cfg = stickwarden::config::Config::load(&s.config).unwrap();
+        let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
+        let now = stickwarden::time::now_ms();
+        let blocks: Vec<Block> = keys
+            .iter()
+            .map(|k| Block {
+                key: stickwarden::net::parse_net(k).unwrap(),
+                level: 1,
+                actions: Actions::new(vec![Action::Tag, Action::Acl]),
+                rule: "http-flood".into(),
+                reason: "test".into(),
+                source: Origin::Auto,
+                actor: "test".into(),
+                since: now,
+                until: now + 3_600_000,
+                counters: vec![],
+                dry_run: false,
+            })
+            .collect();
+        store.decide_many(&blocks, |b| AuditRecord::of(Event::Block, b, now)).unwrap();
+        store.flush().unwrap();
+    }
+    let want: BTreeSet<String> = keys.iter().cloned().collect();
+    let state = |c: stickwarden::Client| {
+        let acl_path = sb.block_acl().display().to_string();
+        async move {
+            let acl: BTreeSet<String> =
+                c.show_acl(&acl_path.parse().unwrap()).await.unwrap().into_iter().map(|e| e.pattern).collect();
+            let mut tagged = BTreeSet::new();
+            let dump =
+                c.show_table("ft_web", TableSelect::Filters(vec!["data.gpt0 eq 1".parse().unwrap()])).await.unwrap();
+            dump.for_each(|i| {
+                if let TableItem::Entry(e) = i {
+                    tagged.insert(String::from_utf8_lossy(e.raw_key()).into_owned());
+                }
+            })
+            .await
+            .unwrap();
+            (acl, tagged)
+        }
+    };
+    let d = Daemon::start(&s);
+    let c = admin(&sb).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { state(c.clone()).await == (want.clone(), want.clone()) }).await,
+        "not applied at start"
+    );
+
+    let old_pid = c.show_info().await.unwrap().pid().unwrap();
+    sb.reload(old_pid).unwrap();
+    let answered = std::time::Instant::now();
+    let c = admin(&sb).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { state(c.clone()).await == (want.clone(), want.clone()) }).await,
+        "not all back after the reload"
+    );
+    let took = answered.elapsed();
+    eprintln!("1,000 blocks back {took:?} after the new worker answered");
+    assert!(took < INTERVAL + Duration::from_millis(1500), "1,000 blocks back only after {took:?}");
+    let store = d.stop().await;
+    assert_eq!(store.blocks().unwrap().len(), 1000, "none lost, none added");
+}
