@@ -515,3 +515,23 @@ async fn a_thousand_blocks_come_back_after_a_reload() {
     let store = d.stop().await;
     assert_eq!(store.blocks().unwrap().len(), 1000, "none lost, none added");
 }
+
+/// Shutdown while HAProxy is down and a release is in flight: the daemon waits the bounded grace
+/// period, not forever, and the unconfirmed release stays in the store for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_haproxy_down_is_bounded_and_keeps_the_unconfirmed_release() {
+    let mut sb = haproxy();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1s\" }"), "");
+    let d = Daemon::start(&s);
+    flood(&sb, 1, 150).await;
+    let c = admin(&sb).await;
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    sb.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the release is due, and cannot be sent
+    let started = Instant::now();
+    let store = d.stop().await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(8), "shutdown took {took:?}");
+    assert_eq!(store.blocks().unwrap().len(), 1, "the unconfirmed release must stay to be done at the next start");
+    assert!(!store.audit_since(0).unwrap().iter().any(|r| r.event == Event::Release));
+}

@@ -49,6 +49,8 @@ pub(super) struct Controller {
     /// Releases an operator asked for, with who and why, for their audit record.
     pub(super) unblocked_by: HashMap<IpNet, (String, String)>,
     metrics: Arc<Metrics>,
+    /// Jobs sent to the actuators whose outcome has not come back yet.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 const BREAKER_WINDOW: Millis = 60_000;
@@ -79,6 +81,7 @@ impl Controller {
             released: HashMap::new(),
             unblocked_by: HashMap::new(),
             metrics,
+            in_flight: Default::default(),
             cfg,
         };
         for b in c.store.blocks()? {
@@ -206,6 +209,11 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Jobs sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes every decision so far durable (sled's fsync, on the blocking pool).
@@ -350,6 +358,7 @@ impl Controller {
                 Err(e) => warn!(target = %a.name, error = %e, "actuator gone"),
             }
         }
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, block, release) = (self.tx.clone(), b.cloned(), matches!(job, Job::Release { .. }));
         let what = match &job {
             Job::Apply { .. } => "block",
@@ -383,6 +392,7 @@ impl Controller {
         failures: Vec<String>,
         notify: Option<oneshot::Sender<Vec<String>>>,
     ) -> Result<(), StoreError> {
+        self.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let now = now_ms();
         if !failures.is_empty() {
             error!(key = ?block.as_ref().map(|b| net::display(&b.key)), failures = ?failures, "{what} failed");

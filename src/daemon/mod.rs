@@ -57,6 +57,8 @@ pub(crate) enum Msg {
 /// How often blocks are checked for release.
 const TICK: Duration = Duration::from_millis(250);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long in-flight jobs may take to be confirmed at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long an operator action waits for HAProxy's confirmation before answering "pending".
 pub const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
@@ -132,7 +134,9 @@ pub async fn run_with(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Msg>(64);
 
-    let parts = start_targets(&cfg, &stop_rx, &metrics);
+    // Actuators stop last, after the in-flight jobs had their grace period.
+    let (act_stop_tx, act_stop_rx) = watch::channel(false);
+    let parts = start_targets(&cfg, &act_stop_rx, &metrics);
     let rules = Arc::new(cfg.rules.clone());
     for (name, client) in &parts.clients {
         for table in &cfg.tables {
@@ -175,8 +179,26 @@ pub async fn run_with(
             return Err(e);
         }
     }
-    info!("shutting down");
+    // Pollers stop first; jobs already sent get up to SHUTDOWN_GRACE to be confirmed and recorded
+    // (what is not will be re-applied or released at the next start: the store has it).
+    info!(in_flight = ctl.in_flight(), "shutting down");
     let _ = stop_tx.send(true);
+    let grace = tokio::time::sleep(SHUTDOWN_GRACE);
+    tokio::pin!(grace);
+    while ctl.in_flight() > 0 {
+        tokio::select! {
+            _ = &mut grace => {
+                tracing::warn!(in_flight = ctl.in_flight(), "grace period over; unconfirmed jobs are redone at the next start");
+                break;
+            }
+            Some(msg) = rx.recv() => {
+                if let Msg::Done { .. } = msg {
+                    handle(&mut ctl, msg).await?;
+                }
+            }
+        }
+    }
+    let _ = act_stop_tx.send(true);
     tokio::task::spawn_blocking(move || store.flush()).await.expect("flush task")
 }
 
