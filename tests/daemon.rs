@@ -174,3 +174,86 @@ async fn controller_killed_mid_block_keeps_it_across_a_haproxy_restart_and_ends_
     assert!(release.at >= until, "released {} ms early", until - release.at);
     assert!(release.at <= until + 1_000, "released {} ms late", release.at - until);
 }
+
+/// SIGKILL of the daemon in the middle of a 10,000-entry import, at several moments: after the
+/// next start, the ACL in HAProxy and the blocks in the store agree exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_import_leaves_store_and_haproxy_in_agreement_after_restart() {
+    use std::collections::BTreeSet;
+    for delay_ms in [150u64, 450, 700, 1000] {
+        let sb = haproxy();
+        let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+        let sock = with_api(&s);
+        let list = s.dir.path().join("list.txt");
+        let text: String =
+            (0..10_000u32).map(|i| format!("10.{}.{}.{}\n", 30 + i / 65536, (i / 256) % 256, i % 256)).collect();
+        std::fs::write(&list, text).unwrap();
+        let mut daemon = spawn_daemon(&s);
+        let sock_path = std::path::PathBuf::from(sock.trim_start_matches("unix:"));
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                let p = sock_path.clone();
+                async move { p.exists() }
+            })
+            .await
+        );
+
+        let mut import = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+            .args([
+                "import",
+                list.to_str().unwrap(),
+                "--for",
+                "1h",
+                "--reason",
+                "feed",
+                "--config",
+                s.config.to_str().unwrap(),
+            ])
+            .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let _ = import.wait();
+        std::fs::remove_file(&sock_path).unwrap(); // left behind by SIGKILL: wait for the new one
+
+        let daemon = spawn_daemon(&s);
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                let p = sock_path.clone();
+                async move { p.exists() }
+            })
+            .await
+        );
+        let c = admin(&sb).await;
+        let stored = || {
+            let o = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+                .args(["blocks", "--json", "--config", s.config.to_str().unwrap()])
+                .env("STICKWARDEN_TOKEN", VIEWER_TOKEN)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["key"].as_str().unwrap().to_owned())
+                .collect::<BTreeSet<String>>()
+        };
+        let agree = eventually(Duration::from_secs(10), || {
+            let (c, want) = (c.clone(), stored());
+            let acl_path = sb.block_acl().display().to_string();
+            async move {
+                let have: BTreeSet<String> =
+                    c.show_acl(&acl_path.parse().unwrap()).await.unwrap().into_iter().map(|e| e.pattern).collect();
+                have == want
+            }
+        })
+        .await;
+        let n = stored().len();
+        stop_daemon(daemon);
+        assert!(agree, "killed after {delay_ms} ms: store and HAProxy disagree");
+        assert!(n == 0 || n == 5_000 || n == 10_000, "killed after {delay_ms} ms: {n} blocks, not whole batches");
+        eprintln!("killed after {delay_ms} ms: {n} blocks recorded, all in HAProxy");
+    }
+}
