@@ -107,3 +107,71 @@ fn rules_errors_come_first_with_their_own_file() {
     let got = Config::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
     assert!(got.contains("nope.toml: cannot read"), "{got}");
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of real configuration and rules, shuffled and cut: the loaders answer with an
+    /// error or a config, never a panic.
+    const PIECES: &[&str] = &[
+        "[[haproxy]]\n",
+        "name = \"a\"\n",
+        "socket = \"unix:/x\"\n",
+        "socket = \"tcp:[::1]:1\"\n",
+        "[block]\n",
+        "acl = \"/a.lst\"\n",
+        "tag = \"gpt0\"\n",
+        "tag_value = 0\n",
+        "[[rule]]\n",
+        "table = \"t\"\n",
+        "all = [\"gpt0 gt 0\"]\n",
+        "any = [\"x >= -1\"]\n",
+        "weight = 1e308\n",
+        "weight = nan\n",
+        "[ladder]\n",
+        "forgiveness = \"1h\"\n",
+        "steps = [{ action = [\"tag\"], duration = \"1s\" }]\n",
+        "growth = 1e9\n",
+        "[score]\n",
+        "threshold = 1\n",
+        "half_life = \"0s\"\n",
+        "[[allow]]\n",
+        "cidr = \"::/0\"\n",
+        "reason = \"r\"\n",
+        "[aggregate]\n",
+        "offenders = 2\n",
+        "window = \"1s\"\n",
+        "duration = \"99999999999999d\"\n",
+        "ipv6_prefix = 200\n",
+        "[api]\n",
+        "tokens = \"t.toml\"\n",
+        "listen = []\n",
+        "= \n",
+        "[\n",
+        "\"\n",
+        "\u{0}\n",
+        "é\n",
+    ];
+
+    proptest! {
+        #[test]
+        fn config_and_rules_loaders_never_panic(
+            cfg in proptest::collection::vec(0..PIECES.len(), 0..24),
+            rules in proptest::collection::vec(0..PIECES.len(), 0..24),
+            cut in 0usize..400,
+        ) {
+            let text: String = cfg.iter().map(|&i| PIECES[i]).collect();
+            let mut rules: String = rules.iter().map(|&i| PIECES[i]).collect();
+            rules.truncate(rules.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(rules.len()));
+            let _ = load(&text, &rules);
+        }
+
+        #[test]
+        fn conditions_never_panic(s in "\\\\PC{0,40}") {
+            let _ = s.parse::<crate::rules::Condition>();
+            let _ = crate::net::parse_net(&s);
+            let _ = crate::ops::parse_duration(&s);
+        }
+    }
+}
