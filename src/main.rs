@@ -12,6 +12,9 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| args.default_log_level().into()),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (a log pipe gone) must not take the daemon down: tracing's own report of
+        // the failed write would be an eprintln!, which panics on a closed stderr.
+        .log_internal_errors(false)
         .init();
     // One thread: the CLI's work is one pipeline (socket, parser, output) and HAProxy needs a core
     // of its own to produce the dump; see docs/BENCHMARKS.md for the measurements.

@@ -257,3 +257,58 @@ async fn sigkill_during_an_import_leaves_store_and_haproxy_in_agreement_after_re
         eprintln!("killed after {delay_ms} ms: {n} blocks recorded, all in HAProxy");
     }
 }
+
+/// `run` says at start what `check` would: here a socket below the level the kill step needs,
+/// with the exact line to change; and it keeps running.
+#[tokio::test]
+async fn run_reports_a_socket_level_too_low_at_start() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy(LADDER), "");
+    let cfg = std::fs::read_to_string(&s.config).unwrap().replace(&sb.admin(), &sb.operator());
+    std::fs::write(&s.config, cfg).unwrap();
+    let mut d = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every line is read (a closed pipe would fail the daemon's next write), the ERROR ones sent on.
+    let stderr = d.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if l.contains("ERROR") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    let line = format!("stats socket {}/oper.sock mode 600 level admin", sb.dir().display());
+    let found = rx.recv_timeout(Duration::from_secs(5)).ok();
+    stop_daemon(d);
+    reader.join().unwrap();
+    let found = found.expect("an error line");
+    assert!(found.contains("below level admin") && found.contains(&line), "{found}");
+}
+
+/// The log pipe going away (a journal restarted, a `| head`) does not take the daemon down.
+#[tokio::test]
+async fn run_survives_a_closed_stderr() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy(LADDER), "");
+    let mut d = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .env("STICKWARDEN_LOG", "debug") // a line every poll: writes after the close are certain
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Read;
+        let mut first = [0u8; 64];
+        d.stderr.take().unwrap().read_exact(&mut first).unwrap();
+    } // the read end is closed here
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(d.try_wait().unwrap().is_none(), "the daemon died when its stderr closed");
+    stop_daemon(d);
+}

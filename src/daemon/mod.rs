@@ -150,6 +150,16 @@ pub async fn run_with(
         tokio::spawn(restarts::run(name.clone(), client.clone(), every, tx.clone(), stop_rx.clone(), metrics.clone()));
         tokio::spawn(reconcile::run(name.clone(), client.clone(), cfg.clone(), tx.clone(), stop_rx.clone()));
     }
+    // What `stickwarden check` would say, said at start too: a socket at too low a level, a
+    // missing column or ACL file shows in the log at once, with what to change.
+    for t in cfg.targets.clone() {
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            for f in crate::check::check_target(&cfg, &t).await.into_iter().filter(|f| !f.ok) {
+                error!(target = %t.name, "{}", f.what);
+            }
+        });
+    }
     let mut ctl = controller::Controller::new(cfg.clone(), store.clone(), parts.actuators, tx.clone(), metrics)?;
     info!(
         targets = cfg.targets.len(),
