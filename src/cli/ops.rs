@@ -398,26 +398,22 @@ pub async fn import(a: ImportArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(anyhow!("{}: cannot read: {e}", a.file.display())))?;
     let req =
         ImportRequest { entries: text.lines().map(str::to_owned).collect(), duration: a.duration, reason: a.reason };
-    let op = req.check().map_err(|e| match e {
+    let progress = !a.access.json && crate::output::progress::on_terminal();
+    let mut bar = crate::output::progress::Bar::new("lines checked", req.entries.len(), progress);
+    let op = req.check_with(|done| bar.set(done)).map_err(|e| match e {
         OpError::BadInput { message, .. } => {
             Failure::usage(anyhow!("{}: {message}; nothing was imported", a.file.display()))
         }
         other => op_failure(other),
     })?;
+    bar.finish();
     let n = match &op {
         Manual::Import { keys, .. } => keys.len(),
         _ => 0,
     };
-    let started = std::time::Instant::now();
-    let progress = !a.access.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if progress {
-        eprintln!("[1/2] {n} entries checked; recording and applying them (one ACL version, committed at once)...");
-    }
     let via = a.access.connect().await?;
-    let outcome = via.act("/v1/import", &req, op).await?;
-    if progress {
-        eprintln!("[2/2] done in {:.1}s", started.elapsed().as_secs_f64());
-    }
+    let label = format!("recording {n} blocks and applying them (one ACL version, committed at once)");
+    let outcome = crate::output::progress::spin(&label, progress, via.act("/v1/import", &req, op)).await?;
     if !a.access.json {
         println!("imported {} of {n} ({} skipped)", outcome.blocked.len(), outcome.skipped.len());
         for (k, why) in &outcome.skipped {

@@ -196,6 +196,11 @@ impl ImportRequest {
     /// Every entry is checked first: the first bad one is reported with its line number (1-based)
     /// and nothing is imported.
     pub fn check(&self) -> Result<Manual, OpError> {
+        self.check_with(|_| {})
+    }
+
+    /// [`ImportRequest::check`], telling `progress` how many entries were checked so far.
+    pub fn check_with(&self, mut progress: impl FnMut(usize)) -> Result<Manual, OpError> {
         let duration = parse_duration(&self.duration)?;
         let reason = check_reason(&self.reason)?;
         if self.entries.len() > MAX_IMPORT {
@@ -204,6 +209,9 @@ impl ImportRequest {
         let mut keys = Vec::with_capacity(self.entries.len());
         let mut seen = std::collections::HashSet::with_capacity(self.entries.len());
         for (i, line) in self.entries.iter().enumerate() {
+            if i % 1024 == 0 {
+                progress(i);
+            }
             let text = line.split('#').next().unwrap_or_default().trim();
             if text.is_empty() {
                 continue;

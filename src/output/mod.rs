@@ -5,6 +5,7 @@
 
 pub mod columns;
 pub mod json;
+pub mod progress;
 
 use std::io::{self, Write};
 
