@@ -535,3 +535,49 @@ async fn shutdown_with_haproxy_down_is_bounded_and_keeps_the_unconfirmed_release
     assert_eq!(store.blocks().unwrap().len(), 1, "the unconfirmed release must stay to be done at the next start");
     assert!(!store.audit_since(0).unwrap().iter().any(|r| r.event == Event::Release));
 }
+
+/// A block the store no longer has (a store restored from an older backup) but HAProxy still
+/// holds: the reconciler removes its ACL entry and tag, because stickwarden put them there; a
+/// pattern and a tag it never put there stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_removes_its_own_leftovers_only() {
+    use stickwarden::proto::{AclPattern, KeyType, TableKey};
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s =
+        setup(&sb, "reconcile_interval = \"1s\"", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let d = Daemon::start(&s);
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.2"] }).await);
+    let store = d.stop().await;
+    // Not stickwarden's: a pattern and a tag set by hand.
+    let acl_ref = sb.block_acl().display().to_string().parse().unwrap();
+    c.add_acl(&acl_ref, "192.0.2.99".parse::<AclPattern>().unwrap()).await.unwrap();
+    c.set_table("ft_web", TableKey::parse(KeyType::Ip, "10.9.9.9").unwrap(), &[("gpt0".parse().unwrap(), 1)])
+        .await
+        .unwrap();
+    // Its rate fades (or the next daemon would rightly block it again at once).
+    let k2 = TableKey::parse(KeyType::Ip, "127.0.0.2").unwrap();
+    c.set_table("ft_web", k2, &[("http_req_rate".parse().unwrap(), 0), ("http_err_rate".parse().unwrap(), 0)])
+        .await
+        .unwrap();
+    // The store forgets the block, as an older backup would.
+    let b = store.blocks().unwrap().remove(0);
+    store.release(&b.key, b.since, stickwarden::store::AuditRecord::of(Event::Release, &b, 0)).unwrap();
+    store.flush().unwrap();
+    drop(store);
+
+    let d = Daemon::start(&s);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            acl(&c, &sb).await == ["192.0.2.99"] && gpt0(&c, "127.0.0.2").await.is_none_or(|v| v == 0)
+        })
+        .await,
+        "leftover not removed"
+    );
+    assert_eq!(gpt0(&c, "10.9.9.9").await, Some(1), "a tag it never set was touched");
+    let store = d.stop().await;
+    let reasons: Vec<String> =
+        store.audit_since(0).unwrap().iter().filter(|r| r.event == Event::Repaired).map(|r| r.reason.clone()).collect();
+    assert_eq!(reasons, ["sandbox: leftover tag+acl of an ended block, removed"]);
+}

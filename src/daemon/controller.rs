@@ -285,9 +285,10 @@ impl Controller {
         Ok(Some(block))
     }
 
-    /// Puts back on `actual.target` what it lacks of the active blocks: those old enough to have
-    /// been applied before HAProxy was read, and not being released. Each repair is counted and
-    /// audited; patterns and tags stickwarden does not know are left alone.
+    /// Puts back on `actual.target` what it lacks of the active blocks (those old enough to have
+    /// been applied before HAProxy was read, and not being released), and removes what it holds of
+    /// keys stickwarden once blocked and no block wants now. Each repair is counted and audited;
+    /// patterns and tags of keys stickwarden never blocked are left alone.
     pub async fn reconcile(&mut self, actual: Actual) -> Result<(), StoreError> {
         let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
         let mut repairs: Vec<(Block, Actions)> = Vec::new();
@@ -308,10 +309,29 @@ impl Controller {
                 repairs.push((b.clone(), Actions::new(missing)));
             }
         }
-        if repairs.is_empty() {
+        // Leftovers: what HAProxy holds that stickwarden once put there and no block wants now.
+        let wants = |k: &IpNet, a: Action| self.active.get(k).is_some_and(|b| !b.dry_run && b.actions.has(a));
+        let recent = |k: &IpNet| self.releasing.contains_key(k) || self.released.get(k).is_some_and(|&t| t >= settled);
+        let mut leftovers: HashMap<IpNet, Vec<Action>> = HashMap::new();
+        for k in actual.acl.iter().flatten().filter(|k| !wants(k, Action::Acl) && !recent(k)) {
+            leftovers.entry(*k).or_default().push(Action::Acl);
+        }
+        for a in actual.tagged.iter().flatten() {
+            let k = net::host_net(*a);
+            if !wants(&k, Action::Tag) && !recent(&k) {
+                leftovers.entry(k).or_default().push(Action::Tag);
+            }
+        }
+        let mut removals = Vec::new();
+        for (k, actions) in leftovers {
+            if self.store.owns(&k)? {
+                removals.push((k, Actions::new(actions)));
+            }
+        }
+        if repairs.is_empty() && removals.is_empty() {
             return Ok(());
         }
-        warn!(target = %actual.target, repairs = repairs.len(), "HAProxy lacks active blocks; putting them back");
+        warn!(target = %actual.target, missing = repairs.len(), leftovers = removals.len(), "HAProxy differs from the active blocks; repairing");
         // What the actuator remembers of this target is wrong, since HAProxy lost entries.
         self.dispatch_to(Some(&actual.target), None, Job::Forget, None).await;
         let now = now_ms();
@@ -328,6 +348,14 @@ impl Controller {
                 None,
             )
             .await;
+        }
+        for (key, actions) in removals {
+            let reason = format!("{}: leftover {actions} of an ended block, removed", actual.target);
+            let mut rec = AuditRecord::note(Event::Repaired, now, AUTO_ACTOR, reason);
+            (rec.key, rec.actions) = (Some(key), actions.clone());
+            self.store.audit(rec)?;
+            self.metrics.repairs.get_or_create(&Metrics::target(&actual.target)).inc();
+            self.dispatch_to(Some(&actual.target), None, Job::Release { key, actions }, None).await;
         }
         Ok(())
     }

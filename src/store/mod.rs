@@ -48,6 +48,9 @@ pub struct Store {
     blocks: sled::Tree,
     allow: sled::Tree,
     audit: sled::Tree,
+    /// Every key stickwarden has blocked (key -> time of its last block): what the reconciler may
+    /// remove from HAProxy when no block wants it any more. Nothing else is ever removed.
+    owned: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -90,6 +93,7 @@ impl Store {
             blocks: db.open_tree("blocks")?,
             allow: db.open_tree("allow")?,
             audit: db.open_tree("audit")?,
+            owned: db.open_tree("owned")?,
             db,
         })
     }
@@ -120,16 +124,20 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let (bk, bv) = (key(&block.key), encode(block));
         let off = offender.map(|(a, o)| (addr_key(a), encode(o)));
-        let id = (&self.blocks, &self.offenders, &self.audit).transaction(|(blocks, offenders, audit)| {
-            blocks.insert(bk.as_slice(), bv.as_slice())?;
-            if let Some((k, v)) = &off {
-                offenders.insert(k.as_slice(), v.as_slice())?;
-            }
-            let mut rec = rec.clone();
-            rec.id = audit.generate_id()?;
-            audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(rec.id)
-        })?;
+        let since = block.since.to_be_bytes();
+        let id = (&self.blocks, &self.offenders, &self.audit, &self.owned).transaction(
+            |(blocks, offenders, audit, owned)| {
+                blocks.insert(bk.as_slice(), bv.as_slice())?;
+                owned.insert(bk.as_slice(), &since)?;
+                if let Some((k, v)) = &off {
+                    offenders.insert(k.as_slice(), v.as_slice())?;
+                }
+                let mut rec = rec.clone();
+                rec.id = audit.generate_id()?;
+                audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(rec.id)
+            },
+        )?;
         Ok(id)
     }
 
@@ -140,9 +148,10 @@ impl Store {
         for chunk in blocks.chunks(BATCH) {
             let encoded: Vec<(Vec<u8>, Vec<u8>, AuditRecord)> =
                 chunk.iter().map(|b| (key(&b.key), encode(b), rec(b))).collect();
-            (&self.blocks, &self.audit).transaction(|(bt, at)| {
+            (&self.blocks, &self.audit, &self.owned).transaction(|(bt, at, ot)| {
                 for (k, v, r) in &encoded {
                     bt.insert(k.as_slice(), v.as_slice())?;
+                    ot.insert(k.as_slice(), &r.at.to_be_bytes())?;
                     let mut r = r.clone();
                     r.id = at.generate_id()?;
                     at.insert(&r.id.to_be_bytes(), encode(&r))?;
@@ -170,6 +179,11 @@ impl Store {
             Ok::<_, ConflictableTransactionError<StoreError>>(true)
         })?;
         Ok(removed)
+    }
+
+    /// Whether stickwarden has blocked `net` (within the audit retention).
+    pub fn owns(&self, net: &IpNet) -> Result<bool, StoreError> {
+        Ok(self.owned.contains_key(key(net))?)
     }
 
     /// Appends one audit record; returns its id.
@@ -231,6 +245,13 @@ impl Store {
                 offenders += 1;
             }
         }
+        for r in self.owned.iter() {
+            let (k, v) = r?;
+            let at = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+            if at < audit_cutoff {
+                self.owned.remove(&k)?;
+            }
+        }
         let mut audit = 0;
         for r in self.audit.iter() {
             let (k, v) = r?;
@@ -290,7 +311,9 @@ mod tests {
         assert_eq!(log.iter().map(|r| r.event).collect::<Vec<_>>(), [Event::Block, Event::Release]);
         assert!(log[0].id < log[1].id);
         assert_eq!(s.audit_since(1_500).unwrap().len(), 1);
+        assert!(s.owns(&b.key).unwrap(), "a released key stays known as stickwarden's");
         assert_eq!(s.prune(1_001, 1_500).unwrap(), (1, 1));
+        assert!(!s.owns(&b.key).unwrap(), "until the audit retention forgets it");
         assert_eq!(s.audit_since(0).unwrap().len(), 1);
     }
 }
