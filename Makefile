@@ -1,7 +1,7 @@
 # One command per job; .ci/run calls the same targets a person does.
 CARGO ?= cargo
 
-.PHONY: demo test bench bench-socat lint haproxy
+.PHONY: demo test bench bench-socat lint haproxy fuzz
 
 haproxy:
 	@scripts/ensure-haproxy.sh
@@ -21,6 +21,10 @@ bench: bench-socat
 bench-socat:
 	@scripts/ensure-haproxy.sh --socat
 	scripts/bench-table-vs-socat.sh
+
+## Mutation fuzzing of every parser and loader (stable Rust); `make test` runs 2 s per target.
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} $(CARGO) test --release --test fuzz -- --nocapture
 
 lint:
 	$(CARGO) fmt --check
