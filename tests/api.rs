@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -102,6 +103,7 @@ fn writes() -> Vec<(&'static str, Value)> {
         ("/v1/allow", json!({"key": "10.0.0.1", "reason": "r"})),
         ("/v1/allow/remove", json!({"key": "10.0.0.1", "reason": "r"})),
         ("/v1/import", json!({"entries": ["10.0.0.1"], "duration": "1h", "reason": "r"})),
+        ("/v1/reconcile", json!({})),
     ]
 }
 
@@ -294,5 +296,77 @@ async fn allow_releases_what_it_covers_and_import_is_atomic_in_the_acl() {
 
     let (_, m) = api.call("GET", "/metrics", Some(VIEWER_TOKEN), None).await;
     assert!(m.as_str().unwrap().contains("stickwarden_active_blocks{action=\"acl\",source=\"manual\"} 1"), "{m}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_on_demand_and_health_of_each_target() {
+    let mut sb = haproxy();
+    let c = admin(&sb).await;
+    let api = Api::start(&sb, "").await; // reconcile_interval: the default minute
+    let (s, _) = api.op("POST", "/v1/blocks", Some(json!({"key": "10.7.0.1", "duration": "1h", "reason": "r"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(2200)).await; // older than the reconciler's margin
+    let acl_ref = sb.block_acl().display().to_string().parse().unwrap();
+    c.del_acl(&acl_ref, "10.7.0.1".parse().unwrap()).await.unwrap();
+    let (s, v) = api.op("POST", "/v1/reconcile", None).await;
+    assert_eq!((s, &v["status"]), (StatusCode::ACCEPTED, &json!("started")));
+    assert!(
+        eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["10.7.0.1"] }).await,
+        "not repaired on demand"
+    );
+
+    let (_, h) = api.call("GET", "/healthz", None, None).await;
+    assert_eq!(h["targets"], json!([{"name": "sandbox", "up": true}]));
+    sb.stop();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            api.call("GET", "/healthz", None, None).await.1["targets"][0]["up"] == json!(false)
+        })
+        .await,
+        "a stopped HAProxy is not reported down"
+    );
+    api.stop().await;
+}
+
+/// HAProxy down for 30 s while a new block is decided: the daemon stays up, reports the target
+/// down, records the decision (answering that HAProxy has not confirmed it), and once HAProxy is
+/// back applies everything, the blocks from before the outage included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_second_outage_loses_nothing() {
+    let mut sb = haproxy();
+    let api = Api::start(&sb, "").await;
+    let (s, _) =
+        api.op("POST", "/v1/blocks", Some(json!({"key": "10.8.0.1", "duration": "1h", "reason": "before"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    sb.stop();
+    let down_at = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            api.call("GET", "/healthz", None, None).await.1["targets"][0]["up"] == json!(false)
+        })
+        .await
+    );
+    let (s, v) =
+        api.op("POST", "/v1/blocks", Some(json!({"key": "10.8.0.2", "duration": "1h", "reason": "during"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(v["failures"][0].as_str().unwrap().contains("not confirmed by HAProxy"), "{v}");
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down_at.elapsed())).await;
+    assert!(!api.task.is_finished(), "the daemon gave up during the outage");
+    assert_eq!(api.store.blocks().unwrap().len(), 2);
+
+    sb.restart().unwrap();
+    let c = admin(&sb).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            acl(&c, &sb).await == ["10.8.0.1", "10.8.0.2"]
+                && gpt0(&c, "10.8.0.1").await == Some(1)
+                && gpt0(&c, "10.8.0.2").await == Some(1)
+        })
+        .await,
+        "not everything applied after the outage"
+    );
+    assert_eq!(api.call("GET", "/healthz", None, None).await.1["targets"][0]["up"], json!(true));
     api.stop().await;
 }

@@ -440,16 +440,17 @@ async fn master_worker_reload_gets_every_active_block_back() {
     assert!(store.audit_since(0).unwrap().iter().any(|r| r.event == Event::TargetRestarted));
 }
 
-/// 1,000 active blocks (tag and ACL), a master-worker reload: every one is back, compared one by
-/// one, within a poll interval of the new worker answering (plus the time to send them).
+/// 1,000 active blocks (tag and ACL), a master-worker reload, then a full stop and start: every
+/// one is back each time, compared one by one, within a poll interval of HAProxy answering (plus
+/// the time to send them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_blocks_come_back_after_a_reload() {
+async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
     use std::collections::BTreeSet;
     use stickwarden::client::TableItem;
     use stickwarden::proto::TableSelect;
     use stickwarden::rules::{Action, Actions};
     use stickwarden::store::{AuditRecord, Block, Origin};
-    let sb = haproxy_with(&stickwarden::sandbox::SandboxOptions { master_worker: true, ..Default::default() });
+    let mut sb = haproxy_with(&stickwarden::sandbox::SandboxOptions { master_worker: true, ..Default::default() });
     let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
     let keys: Vec<String> = (0..1000u32).map(|i| format!("10.20.{}.{}", i / 250, i % 250 + 1)).collect();
     {
@@ -476,8 +477,9 @@ async fn a_thousand_blocks_come_back_after_a_reload() {
         store.flush().unwrap();
     }
     let want: BTreeSet<String> = keys.iter().cloned().collect();
+    let acl_file = sb.block_acl().display().to_string();
     let state = |c: stickwarden::Client| {
-        let acl_path = sb.block_acl().display().to_string();
+        let acl_path = acl_file.clone();
         async move {
             let acl: BTreeSet<String> =
                 c.show_acl(&acl_path.parse().unwrap()).await.unwrap().into_iter().map(|e| e.pattern).collect();
@@ -511,6 +513,18 @@ async fn a_thousand_blocks_come_back_after_a_reload() {
     );
     let took = answered.elapsed();
     eprintln!("1,000 blocks back {took:?} after the new worker answered");
+    assert!(took < INTERVAL + Duration::from_millis(1500), "1,000 blocks back only after {took:?}");
+
+    // The same after a full stop and start.
+    sb.restart().unwrap();
+    let answered = std::time::Instant::now();
+    let c = admin(&sb).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { state(c.clone()).await == (want.clone(), want.clone()) }).await,
+        "not all back after a stop and start"
+    );
+    let took = answered.elapsed();
+    eprintln!("1,000 blocks back {took:?} after the restarted HAProxy answered");
     assert!(took < INTERVAL + Duration::from_millis(1500), "1,000 blocks back only after {took:?}");
     let store = d.stop().await;
     assert_eq!(store.blocks().unwrap().len(), 1000, "none lost, none added");

@@ -4,7 +4,7 @@
 //!
 //! | route | role | what |
 //! |---|---|---|
-//! | `GET /healthz` | none | liveness and targets |
+//! | `GET /healthz` | none | liveness, and each target up or down |
 //! | `GET /metrics` | viewer | Prometheus text |
 //! | `GET /v1/blocks`, `GET /v1/blocks/{key}` | viewer | active blocks |
 //! | `POST /v1/blocks` | operator | manual block (`BlockRequest`) |
@@ -13,6 +13,7 @@
 //! | `POST /v1/import` | operator | bulk block (`ImportRequest`) |
 //! | `GET /v1/history/{addr}`, `GET /v1/explain/{addr}` | viewer | one address |
 //! | `GET /v1/audit?since=&key=&actor=&event=` | viewer | the audit log |
+//! | `POST /v1/reconcile` | operator | compare every target with the active blocks now |
 //!
 //! Keys in paths are percent-encoded (`10.0.0.0%2F24`).
 
@@ -169,13 +170,30 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/history/{addr}", get(history))
         .route("/v1/explain/{addr}", get(explain))
         .route("/v1/audit", get(audit))
+        .route("/v1/reconcile", post(reconcile))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)
 }
 
 async fn healthz(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let targets: Vec<&str> = s.clients.iter().map(|(n, _)| n.as_str()).collect();
+    let targets: Vec<serde_json::Value> = s
+        .clients
+        .iter()
+        .map(|(n, _)| {
+            let up = s.metrics.target_up.get_or_create(&Metrics::target(n)).get() == 1;
+            serde_json::json!({ "name": n, "up": up })
+        })
+        .collect();
     Json(serde_json::json!({ "status": "ok", "targets": targets, "time": rfc3339(now_ms()) }))
+}
+
+async fn reconcile(
+    State(s): State<ApiState>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.require(Role::Operator)?;
+    s.handle.reconcile_now();
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "started" }))))
 }
 
 async fn metrics(State(s): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {

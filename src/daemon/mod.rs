@@ -66,9 +66,15 @@ pub const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Msg>,
+    reconcile: Arc<tokio::sync::Notify>,
 }
 
 impl Handle {
+    /// Starts a reconciliation of every target now, without waiting for its interval.
+    pub fn reconcile_now(&self) {
+        self.reconcile.notify_waiters();
+    }
+
     /// Runs `op` in the controller and waits (at most [`CONFIRM_WAIT`]) for HAProxy to confirm.
     pub async fn manual(&self, op: Manual, actor: &str) -> Result<Outcome, OpError> {
         let (reply, rx) = oneshot::channel();
@@ -146,9 +152,17 @@ pub async fn run_with(
         }
     }
     let every = cfg.tables.iter().map(|t| t.interval).min().unwrap_or(crate::config::DEFAULT_POLL_INTERVAL);
+    let reconcile_now = Arc::new(tokio::sync::Notify::new());
     for (name, client) in &parts.clients {
         tokio::spawn(restarts::run(name.clone(), client.clone(), every, tx.clone(), stop_rx.clone(), metrics.clone()));
-        tokio::spawn(reconcile::run(name.clone(), client.clone(), cfg.clone(), tx.clone(), stop_rx.clone()));
+        tokio::spawn(reconcile::run(
+            name.clone(),
+            client.clone(),
+            cfg.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+            reconcile_now.clone(),
+        ));
     }
     // What `stickwarden check` would say, said at start too: a socket at too low a level, a
     // missing column or ACL file shows in the log at once, with what to change.
@@ -169,7 +183,7 @@ pub async fn run_with(
         "stickwarden running"
     );
     ctl.reapply_all(None).await;
-    on_start(Handle { tx: tx.clone() }, parts.clients);
+    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now }, parts.clients);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

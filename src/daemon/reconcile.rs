@@ -1,4 +1,5 @@
-//! The reconciler's eyes: one task per target that reads, every `reconcile_interval`, what HAProxy
+//! The reconciler's eyes: one task per target that reads, every `reconcile_interval` and on demand
+//! ([`super::Handle::reconcile_now`]), what HAProxy
 //! holds of stickwarden's blocks (the block ACL's patterns and the tagged entries of the block
 //! table) and hands it to the controller, which compares it with the active blocks and puts back
 //! what is missing (an entry evicted from a full table, a pattern deleted by hand). Entries it did
@@ -9,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::debug;
 
 use super::Msg;
@@ -33,6 +34,7 @@ pub(super) async fn run(
     cfg: Arc<Config>,
     tx: mpsc::Sender<Msg>,
     mut shutdown: watch::Receiver<bool>,
+    now: Arc<Notify>,
 ) {
     let mut tick = tokio::time::interval(cfg.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -41,6 +43,7 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = now.notified() => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
         match read(&target, &client, &cfg, &mut tag_field).await {
