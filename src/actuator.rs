@@ -46,6 +46,11 @@ pub enum Job {
     /// HAProxy was replaced (reload, restart): what was read from the old process is stale, and
     /// the connection may still reach the old process.
     Forget,
+    /// Many blocks at once (re-applying everything after a restart), pipelined: tags and missing
+    /// ACL patterns sent in batches instead of one round trip each. Sessions are not killed.
+    ApplyMany {
+        blocks: Vec<(IpNet, Actions)>,
+    },
 }
 
 type Reply = oneshot::Sender<Result<(), ClientError>>;
@@ -135,6 +140,7 @@ impl Actor {
                         Job::Release { .. } => "release",
                         Job::ImportAcl { .. } => "import",
                         Job::Forget => "forget",
+                        Job::ApplyMany { .. } => "reapply",
                     };
                     let labels = JobLabels {
                         target: self.name.clone(),
@@ -197,6 +203,7 @@ impl Actor {
                 }
             }
             Job::ImportAcl { keys } => return self.import_acl(keys).await,
+            Job::ApplyMany { blocks } => return self.apply_many(blocks).await,
             Job::Forget => {
                 // After a master-worker reload the connection still reaches the old worker.
                 self.client.reconnect();
@@ -362,6 +369,56 @@ impl Actor {
         info!(target = %self.name, added = all.len() - known_len, total = all.len(), "ACL import committed");
         self.acl_known = Some(all.into_iter().collect());
         Ok(())
+    }
+
+    async fn apply_many(&mut self, blocks: &[(IpNet, Actions)]) -> Result<(), ClientError> {
+        let mut cmds: Vec<Command> = Vec::new();
+        if let Some(table) = self.block.table.clone() {
+            let field = self.block.tag.clone();
+            for (key, _) in blocks.iter().filter(|(k, a)| a.has(Action::Tag) && crate::net::is_host(k)) {
+                if let Some(k) = self.table_key(key).await? {
+                    cmds.push(Command::SetTable {
+                        table: table.clone(),
+                        key: k,
+                        fields: vec![(field.clone(), u64::from(self.block.tag_value))],
+                    });
+                }
+            }
+        }
+        if let Some(acl) = self.block.acl.clone() {
+            let known = self.known_acl().await?;
+            let mut adds: Vec<AclPattern> = blocks
+                .iter()
+                .filter(|(_, a)| a.has(Action::Acl))
+                .map(|(k, _)| Self::pattern(k))
+                .filter(|p| !known.contains(p))
+                .collect();
+            adds.sort_unstable();
+            adds.dedup();
+            cmds.extend(adds.iter().map(|p| Command::AddAcl { acl: acl.clone(), version: None, pattern: *p }));
+        }
+        let mut first_error = None;
+        for chunk in cmds.chunks(IMPORT_CHUNK) {
+            for _ in chunk {
+                self.command().await;
+            }
+            for (cmd, result) in chunk.iter().zip(self.client.pipeline(chunk).await) {
+                match result {
+                    // An ACL pattern is only known once HAProxy has it: a retry must not add it twice.
+                    Ok(()) => {
+                        if let (Command::AddAcl { pattern, .. }, Some(known)) = (cmd, self.acl_known.as_mut()) {
+                            known.insert(*pattern);
+                        }
+                    }
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        info!(target = %self.name, blocks = blocks.len(), commands = cmds.len(), "blocks re-applied");
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Shuts down every live session whose client address is inside `key`.

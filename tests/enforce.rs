@@ -513,7 +513,7 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
     );
     let took = answered.elapsed();
     eprintln!("1,000 blocks back {took:?} after the new worker answered");
-    assert!(took < INTERVAL + Duration::from_millis(1500), "1,000 blocks back only after {took:?}");
+    assert!(took < INTERVAL + Duration::from_millis(750), "1,000 blocks back only after {took:?}");
 
     // The same after a full stop and start.
     sb.restart().unwrap();
@@ -525,7 +525,7 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
     );
     let took = answered.elapsed();
     eprintln!("1,000 blocks back {took:?} after the restarted HAProxy answered");
-    assert!(took < INTERVAL + Duration::from_millis(1500), "1,000 blocks back only after {took:?}");
+    assert!(took < INTERVAL + Duration::from_millis(750), "1,000 blocks back only after {took:?}");
     let store = d.stop().await;
     assert_eq!(store.blocks().unwrap().len(), 1000, "none lost, none added");
 }
