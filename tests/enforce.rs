@@ -85,7 +85,7 @@ async fn repeat_offence_climbs_the_ladder_and_release_brings_service_back_on_tim
 
     // Released after 2 s: tag back to 0 and the entry cleared (its counters with it), served again.
     assert!(eventually(Duration::from_secs(4), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await);
-    assert!(d.store.blocks().unwrap().is_empty());
+    assert!(eventually(Duration::from_secs(1), || async { d.store.blocks().unwrap().is_empty() }).await);
     assert_eq!(get(&sb, 1).await, 200);
 
     // A second offence within the forgiveness window: level 2, tag and ACL.
@@ -212,7 +212,8 @@ async fn an_entry_in_use_at_release_is_untagged_at_once_and_cleared_when_free() 
         .unwrap();
     // Released: the tag is 0 at once, but `clear table` answers "Entry currently in use".
     assert!(eventually(Duration::from_secs(4), || async { gpt0(&c, "127.0.0.2").await == Some(0) }).await);
-    assert!(d.store.blocks().unwrap().is_empty());
+    // The store records the release once HAProxy confirmed it: a moment after the tag changed.
+    assert!(eventually(Duration::from_secs(1), || async { d.store.blocks().unwrap().is_empty() }).await);
     assert_eq!(get(&sb, 1).await, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(gpt0(&c, "127.0.0.2").await, Some(0), "an entry in use cannot be cleared");
@@ -453,9 +454,9 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
     let mut sb = haproxy_with(&stickwarden::sandbox::SandboxOptions { master_worker: true, ..Default::default() });
     let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
     let keys: Vec<String> = (0..1000u32).map(|i| format!("10.20.{}.{}", i / 250, i % 250 + 1)).collect();
+    let cfg = stickwarden::config::Config::load(&s.config).unwrap();
+    let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
     {
-        let cfg = stickwarden::config::Config::load(&s.config).unwrap();
-        let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
         let now = stickwarden::time::now_ms();
         let blocks: Vec<Block> = keys
             .iter()
@@ -496,7 +497,7 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
             (acl, tagged)
         }
     };
-    let d = Daemon::start(&s);
+    let d = Daemon::start_on(&s, store);
     let c = admin(&sb).await;
     assert!(
         eventually(Duration::from_secs(5), || async { state(c.clone()).await == (want.clone(), want.clone()) }).await,
@@ -579,9 +580,8 @@ async fn reconciler_removes_its_own_leftovers_only() {
     let b = store.blocks().unwrap().remove(0);
     store.release(&b.key, b.since, stickwarden::store::AuditRecord::of(Event::Release, &b, 0)).unwrap();
     store.flush().unwrap();
-    drop(store);
 
-    let d = Daemon::start(&s);
+    let d = Daemon::start_on(&s, store);
     assert!(
         eventually(Duration::from_secs(5), || async {
             acl(&c, &sb).await == ["192.0.2.99"] && gpt0(&c, "127.0.0.2").await.is_none_or(|v| v == 0)

@@ -81,12 +81,20 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(setup: &Setup) -> Daemon {
+        let cfg = stickwarden::config::Config::load(&setup.config).unwrap_or_else(|e| panic!("{e}"));
+        let store = stickwarden::store::Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
+        Daemon::start_on(setup, store)
+    }
+
+    /// [`Daemon::start`] on a store the test already has open. Within one process a store is
+    /// opened once: sled releases its file lock only when its background threads let go, so
+    /// dropping it and opening it again at once can fail.
+    pub fn start_on(setup: &Setup, store: stickwarden::store::Store) -> Daemon {
         // STICKWARDEN_LOG=debug shows the controller's log in a failing test's output.
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STICKWARDEN_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
         let cfg = stickwarden::config::Config::load(&setup.config).unwrap_or_else(|e| panic!("{e}"));
-        let store = stickwarden::store::Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(stickwarden::daemon::run(cfg, store.clone(), async move {
             let _ = rx.await;
