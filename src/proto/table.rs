@@ -201,9 +201,7 @@ impl EntryParser {
 
     fn parse_entry<'a>(&'a mut self, line: &'a [u8]) -> Result<Entry<'a>, &'static str> {
         let (ptr, colon) = parse_hex_ptr(line).ok_or("bad pointer")?;
-        let rest = line.get(colon + 1..).ok_or("truncated")?;
-        let rest_at = colon + 1;
-        let key_at = rest_at + rest.strip_prefix(b" key=").map(|_| 5).ok_or("no key")?;
+        let key_at = colon + 1 + line[colon + 1..].strip_prefix(b" key=").map(|_| 5).ok_or("no key")?;
         let key_end = key_at + find_unescaped_space(&line[key_at..]);
         let key = &line[key_at..key_end];
 
@@ -212,56 +210,62 @@ impl EntryParser {
             self.schema.clear();
         }
         let (mut use_count, mut exp_ms, mut shard) = (None, None, None);
-        // Each token starts after a space; memchr_iter finds them all in one vectorised scan.
-        let mut starts = memchr::memchr_iter(b' ', &line[key_end..]).map(|i| key_end + i + 1).peekable();
-        while let Some(start) = starts.next() {
-            let end = starts.peek().map_or(line.len(), |next| next - 1);
-            let tok = &line[start..end];
+        // One pass, left to right: at each space, the token's name is matched against the schema
+        // and its digits are read in the same sweep, so the common line is scanned once.
+        let mut pos = key_end;
+        while pos < line.len() {
+            let start = pos + 1;
+            let tok = &line[start..];
             if self.columns.is_empty() {
-                if let Some(v) = tok.strip_prefix(b"use=").filter(|_| use_count.is_none()) {
-                    use_count = Some(parse_u64(v).and_then(|v| u32::try_from(v).ok()).ok_or("bad use=")?);
-                    continue;
-                }
-                if let Some(v) = tok.strip_prefix(b"exp=").filter(|_| exp_ms.is_none()) {
-                    exp_ms = Some(parse_u64(v).ok_or("bad exp=")?);
-                    continue;
-                }
-                if let Some(v) = tok.strip_prefix(b"shard=").filter(|_| shard.is_none()) {
-                    shard = Some(parse_u64(v).and_then(|v| u32::try_from(v).ok()).ok_or("bad shard=")?);
+                let fixed = if use_count.is_none() && tok.starts_with(b"use=") {
+                    Some((&mut use_count, 4, u32::MAX as u64, "bad use="))
+                } else if exp_ms.is_none() && tok.starts_with(b"exp=") {
+                    Some((&mut exp_ms, 4, u64::MAX, "bad exp="))
+                } else if shard.is_none() && tok.starts_with(b"shard=") {
+                    Some((&mut shard, 6, u32::MAX as u64, "bad shard="))
+                } else {
+                    None
+                };
+                if let Some((field, skip, max, why)) = fixed {
+                    let (v, end) = scan_u64(line, start + skip).filter(|(v, _)| *v <= max).ok_or(why)?;
+                    *field = Some(v);
+                    pos = end;
                     continue;
                 }
             }
             let slot = self.slot_of(tok)?;
             let val_at = start + self.schema[slot].prefix.len();
-            let val = &line[val_at..end];
-            let value = match val {
-                [b'-', digits @ ..] => match parse_u64(digits) {
-                    Some(d) if d <= i64::MAX as u64 + 1 => RawValue::Int((d as i64).wrapping_neg()),
-                    _ => text_value(val, val_at as u32)?,
-                },
-                _ => match parse_u64(val) {
-                    Some(u) => RawValue::Uint(u),
-                    None => text_value(val, val_at as u32)?,
-                },
+            let (value, end) = match scan_u64(line, val_at) {
+                Some((u, end)) => (RawValue::Uint(u), end),
+                None => {
+                    let end = memchr::memchr(b' ', &line[val_at..]).map_or(line.len(), |i| val_at + i);
+                    (other_value(&line[val_at..end], val_at as u32)?, end)
+                }
             };
             self.columns.push(RawColumn { slot: slot as u32, value });
+            pos = end;
         }
         let (Some(use_count), Some(exp_ms)) = (use_count, exp_ms) else {
             return Err("no use= or exp=");
         };
+        let (use_count, shard) = (use_count as u32, shard.map(|s| s as u32));
         Ok(Entry { ptr, use_count, exp_ms, shard, key, line, columns: &self.columns, schema: &self.schema })
     }
 
-    /// The schema slot of a `name[(period)]=value` token, learning the name if it is new.
-    fn slot_of(&mut self, tok: &[u8]) -> Result<usize, &'static str> {
+    /// The schema slot of the `name[(period)]=value` token `rest` starts with, learning the name
+    /// if it is new.
+    fn slot_of(&mut self, rest: &[u8]) -> Result<usize, &'static str> {
         // The common case: the same column as at this position on the previous line.
+        // A prefix holds no space (it was cut from a token), so matching it against the rest of
+        // the line matches it against the token.
         let guess = self.columns.len();
-        if self.schema.get(guess).is_some_and(|s| has_prefix(tok, &s.prefix)) {
+        if self.schema.get(guess).is_some_and(|s| has_prefix(rest, &s.prefix)) {
             return Ok(guess);
         }
-        if let Some(i) = self.schema.iter().position(|s| has_prefix(tok, &s.prefix)) {
+        if let Some(i) = self.schema.iter().position(|s| has_prefix(rest, &s.prefix)) {
             return Ok(i);
         }
+        let tok = &rest[..memchr::memchr(b' ', rest).unwrap_or(rest.len())];
         let eq = memchr::memchr(b'=', tok).ok_or("column without '='")?;
         let name = &tok[..eq];
         let (name_len, period_ms) = match memchr::memchr(b'(', name) {
@@ -281,7 +285,13 @@ impl EntryParser {
     }
 }
 
-fn text_value(val: &[u8], at: u32) -> Result<RawValue, &'static str> {
+/// A value that is not a plain unsigned number: a negative number or text.
+fn other_value(val: &[u8], at: u32) -> Result<RawValue, &'static str> {
+    if let [b'-', digits @ ..] = val {
+        if let Some(d) = parse_u64(digits).filter(|d| *d <= i64::MAX as u64 + 1) {
+            return Ok(RawValue::Int((d as i64).wrapping_neg()));
+        }
+    }
     if val.iter().all(|b| b.is_ascii_graphic()) {
         Ok(RawValue::Text(at, at + val.len() as u32))
     } else {
@@ -324,16 +334,59 @@ pub fn parse_header(line: &[u8]) -> Option<TableHeader<'_>> {
     Some(TableHeader { name, key_type: key_type?, size: size?, used: used? })
 }
 
+/// Where the key ends: the first space not escaped by `\\`. Keys are short, so this reads eight
+/// bytes at a time (SWAR) rather than calling a vectorised search per line.
 fn find_unescaped_space(s: &[u8]) -> usize {
     let mut i = 0;
-    while let Some(off) = memchr::memchr2(b' ', b'\\', &s[i..]) {
-        let at = i + off;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let hits = zero_bytes(word ^ splat(b' ')) | zero_bytes(word ^ splat(b'\\'));
+        if hits == 0 {
+            i += 8;
+            continue;
+        }
+        // The lowest flagged byte is always a true match (false flags only sit above one).
+        let at = i + (hits.trailing_zeros() / 8) as usize;
         if s[at] == b' ' {
             return at;
         }
-        i = (at + 2).min(s.len());
+        i = at + 2;
+    }
+    while let Some(&b) = s.get(i) {
+        match b {
+            b' ' => return i,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
     }
     s.len()
+}
+
+const fn splat(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+/// Sets the high bit of each zero byte of `w` (and possibly of bytes above the first zero byte).
+const fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(splat(1)) & !w & splat(0x80)
+}
+
+/// Reads the digits of `line` from `at` up to the next space or the end of the line: the value and
+/// where it ends; `None` when that token is not a plain `u64`.
+#[inline]
+fn scan_u64(line: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    let mut i = at;
+    // Up to 19 digits cannot overflow; a 20-digit value takes the checked path.
+    while let Some(d) = line.get(i).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+        if i - at == 19 {
+            let end = i + line[i..].iter().position(|b| !b.is_ascii_digit()).unwrap_or(line.len() - i);
+            return parse_u64(&line[at..end]).filter(|_| line.get(end).is_none_or(|b| *b == b' ')).map(|v| (v, end));
+        }
+        v = v * 10 + d as u64;
+        i += 1;
+    }
+    (i > at && line.get(i).is_none_or(|b| *b == b' ')).then_some((v, i))
 }
 
 fn parse_u64(s: &[u8]) -> Option<u64> {
@@ -371,10 +424,17 @@ fn parse_hex_ptr(s: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// `tok.starts_with(prefix)` for the short prefixes of column names, without a call to memcmp.
+/// `tok.starts_with(prefix)` for the short prefixes of column names: eight bytes at a time, the
+/// last eight overlapping, instead of a call to memcmp or a byte loop.
 #[inline]
 fn has_prefix(tok: &[u8], prefix: &[u8]) -> bool {
-    tok.len() >= prefix.len() && tok.iter().zip(prefix).all(|(a, b)| a == b)
+    let n = prefix.len();
+    let Some(tok) = tok.get(..n) else { return false };
+    if n < 8 {
+        return tok == prefix;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    (0..n / 8).all(|k| word(tok, k * 8) == word(prefix, k * 8)) && word(tok, n - 8) == word(prefix, n - 8)
 }
 
 #[cfg(test)]
@@ -471,6 +531,13 @@ mod tests {
         let Line::Entry(e) = p.parse_line(line) else { panic!() };
         assert_eq!(e.shard, Some(1));
         assert_eq!(render(&e), "5|use=0|server_id=-3 server_key='s1' gpc0=18446744073709551615 new_thing='-'");
+        // One past u64::MAX is not a number; digits followed by text are text.
+        let Line::Entry(e) =
+            p.parse_line(b"0x1: key=5 use=0 exp=0 a=18446744073709551616 b=00000000000000000009 c=12x")
+        else {
+            panic!()
+        };
+        assert_eq!(render(&e), "5|use=0|a='18446744073709551616' b=9 c='12x'");
     }
 
     #[test]
@@ -498,6 +565,10 @@ mod tests {
             &b"0x12 key=1"[..],
             b"0xZZ: key=1 use=0 exp=0",
             b"0x1: key=1 use=x exp=0",
+            b"0x1: key=1 use=4294967296 exp=0",
+            b"0x1: key=1 use=0 exp=18446744073709551616",
+            b"0x1: key=1 use=0 exp=0 ",
+            b"0x1: key=1 use=0  exp=0",
             b"0x1: key=1 exp=0",
             b"0x1: key=1 use=0 exp=0 gpt0",
             b"0x1: key=1 use=0 exp=0 a(b)=1",
@@ -526,6 +597,22 @@ mod tests {
             let line = format!("0x1f: key={key} use=0 exp=5 {}", cols.join(" "));
             let mut p = EntryParser::new();
             let _ = p.parse_line(line.as_bytes());
+        }
+
+        #[test]
+        fn word_at_a_time_helpers_agree_with_the_plain_ones(
+            s in proptest::collection::vec(prop_oneof![Just(b' '), Just(b'\\'), Just(b'a'), any::<u8>()], 0..40),
+            p in proptest::collection::vec(prop_oneof![Just(b'a'), any::<u8>()], 0..30),
+        ) {
+            let mut naive = 0;
+            while naive < s.len() && s[naive] != b' ' {
+                naive += if s[naive] == b'\\' { 2 } else { 1 };
+            }
+            prop_assert_eq!(find_unescaped_space(&s), naive.min(s.len()));
+            prop_assert_eq!(has_prefix(&s, &p), s.starts_with(&p));
+            let mut with_prefix = p.clone();
+            with_prefix.extend_from_slice(&s);
+            prop_assert!(has_prefix(&with_prefix, &p));
         }
 
         #[test]
