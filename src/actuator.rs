@@ -59,7 +59,9 @@ type Reply = oneshot::Sender<Result<(), ClientError>>;
 #[derive(Clone)]
 pub struct Actuator {
     pub name: String,
-    tx: mpsc::Sender<(Job, Reply)>,
+    /// Unbounded: a target that is down must never hold up the controller, which serves the
+    /// other targets; what queues is one job per decision taken meanwhile.
+    tx: mpsc::UnboundedSender<(Job, Reply)>,
 }
 
 impl Actuator {
@@ -71,7 +73,7 @@ impl Actuator {
         shutdown: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> Actuator {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::unbounded_channel();
         let quota = Quota::per_second(NonZeroU32::new(target.commands_per_second).unwrap_or(NonZeroU32::MIN));
         let actor = Actor {
             name: target.name.clone(),
@@ -91,15 +93,15 @@ impl Actuator {
 
     /// Queues `job` (jobs run in the order they are submitted); the receiver gets its outcome once
     /// HAProxy confirmed or refused it.
-    pub async fn submit(&self, job: Job) -> Result<oneshot::Receiver<Result<(), ClientError>>, ClientError> {
+    pub fn submit(&self, job: Job) -> Result<oneshot::Receiver<Result<(), ClientError>>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((job, tx)).await.map_err(|_| ClientError::Stopped)?;
+        self.tx.send((job, tx)).map_err(|_| ClientError::Stopped)?;
         Ok(rx)
     }
 
     /// Runs `job` and waits for its outcome.
     pub async fn run(&self, job: Job) -> Result<(), ClientError> {
-        self.submit(job).await?.await.map_err(|_| ClientError::Stopped)?
+        self.submit(job)?.await.map_err(|_| ClientError::Stopped)?
     }
 }
 
@@ -127,7 +129,7 @@ const IMPORT_CHUNK: usize = 4096;
 const CLEAR_PATIENCE: Duration = Duration::from_secs(600);
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<(Job, Reply)>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(Job, Reply)>) {
         let mut clear_tick = tokio::time::interval(Duration::from_secs(1));
         clear_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -39,6 +39,7 @@ pub mod columns;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod fleet;
 pub mod metrics;
 pub mod net;
 pub mod ops;

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub target_up: Family<TargetLabels, Gauge>,
     pub breaker_open: Gauge<i64, AtomicI64>,
     pub repairs: Family<TargetLabels, Counter>,
+    pub unconfirmed: Family<TargetLabels, Gauge>,
     active_blocks: Family<BlockLabels, Gauge<i64, AtomicI64>>,
 }
 
@@ -88,6 +89,12 @@ impl Metrics {
         registry.register("circuit_breaker_open", "1 while automatic blocks are suspended", breaker_open.clone());
         let repairs = Family::<TargetLabels, Counter>::default();
         registry.register("repairs", "Parts of active blocks found missing in HAProxy and put back", repairs.clone());
+        let unconfirmed = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "unconfirmed",
+            "Keys whose last block or release the target has not confirmed (queued, down or refused)",
+            unconfirmed.clone(),
+        );
         let active_blocks = Family::<BlockLabels, Gauge<i64, AtomicI64>>::default();
         registry.register("active_blocks", "Blocks in force, by action and source", active_blocks.clone());
         Metrics {
@@ -100,6 +107,7 @@ impl Metrics {
             target_up,
             breaker_open,
             repairs,
+            unconfirmed,
             active_blocks,
         }
     }

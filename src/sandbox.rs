@@ -22,6 +22,9 @@ pub struct SandboxOptions {
     pub stats_timeout_secs: Option<u32>,
     /// Run HAProxy in master-worker mode (`-W -S DIR/master.sock`), to reload it.
     pub master_worker: bool,
+    /// The block ACL file (default `DIR/block.lst`); nodes of a test fleet share one, as nodes
+    /// deployed from one configuration do.
+    pub acl_file: Option<PathBuf>,
 }
 
 /// A running HAProxy on loopback; killed on drop.
@@ -30,6 +33,7 @@ pub struct Sandbox {
     child: Child,
     bin: PathBuf,
     master_worker: bool,
+    acl_file: PathBuf,
     /// Listening port of the `ft_web` HTTP frontend.
     pub web_port: u16,
     /// Listening port of the `ft_tcp` frontend, which holds TCP connections open (live streams).
@@ -42,9 +46,14 @@ impl Sandbox {
     pub fn start(opts: &SandboxOptions) -> io::Result<Sandbox> {
         let dir = tempfile::Builder::new().prefix("stickwarden-haproxy-").tempdir()?;
         let (web_port, tcp_port) = (free_port()?, free_port()?);
-        std::fs::write(dir.path().join("block.lst"), "")?;
+        let acl_file = opts.acl_file.clone().unwrap_or_else(|| dir.path().join("block.lst"));
+        if !acl_file.exists() {
+            std::fs::write(&acl_file, "")?;
+        }
         let cfg = standard_config(dir.path(), web_port, tcp_port, opts);
-        Self::launch(dir, &cfg, web_port, tcp_port, opts.master_worker)
+        let mut sb = Self::launch(dir, &cfg, web_port, tcp_port, opts.master_worker)?;
+        sb.acl_file = acl_file;
+        Ok(sb)
     }
 
     /// Starts HAProxy on `cfg` in `dir`; `cfg` must declare `DIR/admin.sock` at level admin.
@@ -63,7 +72,8 @@ impl Sandbox {
         std::fs::write(dir.path().join("haproxy.cfg"), cfg)?;
         let version = haproxy_version(&bin)?;
         let child = spawn(&bin, dir.path(), master_worker)?;
-        Ok(Sandbox { dir, child, bin, master_worker, web_port, tcp_port, version })
+        let acl_file = dir.path().join("block.lst");
+        Ok(Sandbox { dir, child, bin, master_worker, acl_file, web_port, tcp_port, version })
     }
 
     /// Stops HAProxy (SIGKILL) and starts it again on the same configuration and socket paths:
@@ -128,7 +138,7 @@ impl Sandbox {
 
     /// The ACL file the standard configuration denies on.
     pub fn block_acl(&self) -> PathBuf {
-        self.dir.path().join("block.lst")
+        self.acl_file.clone()
     }
 
     /// HAProxy's process id.
@@ -196,6 +206,8 @@ fn spawn(bin: &Path, dir: &Path, master_worker: bool) -> io::Result<Child> {
 pub fn standard_config(dir: &Path, web_port: u16, tcp_port: u16, opts: &SandboxOptions) -> String {
     let d = dir.display();
     let stats_timeout = opts.stats_timeout_secs.unwrap_or(120);
+    let acl = opts.acl_file.clone().unwrap_or_else(|| dir.join("block.lst"));
+    let acl = acl.display();
     format!(
         "global
     stats socket {d}/admin.sock mode 600 level admin
@@ -213,7 +225,7 @@ frontend ft_web
     stick-table type ip size 1m expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur,conn_rate(10s)
     http-request track-sc0 src
     http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
-    http-request deny deny_status 403 if {{ src -f {d}/block.lst }}
+    http-request deny deny_status 403 if {{ src -f {acl} }}
     http-request return status 200 content-type text/plain string ok
 frontend ft_tcp
     mode tcp

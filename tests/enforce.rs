@@ -271,8 +271,7 @@ async fn actuator_is_rate_limited() {
     let mut replies = Vec::new();
     for i in 0..12u8 {
         let key = stickwarden::net::parse_net(&format!("10.9.0.{i}")).unwrap();
-        replies
-            .push(a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Tag]), kill: false }).await.unwrap());
+        replies.push(a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Tag]), kill: false }).unwrap());
     }
     for r in replies {
         r.await.unwrap().unwrap();

@@ -176,12 +176,14 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn healthz(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let unconfirmed = s.handle.lag().unconfirmed();
     let targets: Vec<serde_json::Value> = s
         .clients
         .iter()
         .map(|(n, _)| {
             let up = s.metrics.target_up.get_or_create(&Metrics::target(n)).get() == 1;
-            serde_json::json!({ "name": n, "up": up })
+            let lagging = unconfirmed.get(n).copied().unwrap_or(0);
+            serde_json::json!({ "name": n, "up": up, "unconfirmed": lagging })
         })
         .collect();
     Json(serde_json::json!({ "status": "ok", "targets": targets, "time": rfc3339(now_ms()) }))
@@ -205,7 +207,13 @@ async fn metrics(State(s): State<ApiState>, caller: Caller) -> Result<Response, 
 
 async fn list_blocks(State(s): State<ApiState>, caller: Caller) -> Result<Json<Vec<ops::BlockView>>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(ops::blocks(&s.store, now_ms())?))
+    let mut views = ops::blocks(&s.store, now_ms())?;
+    for v in &mut views {
+        if let Ok(key) = ops::parse_key(&v.key) {
+            v.unconfirmed_on = s.handle.lag().lagging_on(&key);
+        }
+    }
+    Ok(Json(views))
 }
 
 async fn get_block(
@@ -217,7 +225,9 @@ async fn get_block(
     let key = ops::parse_key(&key)?;
     let b = s.store.block(&key).map_err(OpError::from)?;
     let b = b.ok_or_else(|| OpError::NotFound(format!("{} is not blocked", crate::net::display(&key))))?;
-    Ok(Json(ops::BlockView::of(&b, now_ms())))
+    let mut view = ops::BlockView::of(&b, now_ms());
+    view.unconfirmed_on = s.handle.lag().lagging_on(&key);
+    Ok(Json(view))
 }
 
 async fn act(s: &ApiState, caller: &Caller, op: Result<ops::Manual, OpError>) -> Result<Json<ops::Outcome>, ApiError> {

@@ -77,6 +77,48 @@ async fn shutdown_signal() {
     }
 }
 
+/// With several targets: how observations are merged and, when a daemon answers on the
+/// configured API, which targets it reports down or behind (blocks or releases not confirmed).
+async fn fleet_findings(cfg: &crate::config::Config) -> Vec<crate::check::Finding> {
+    use crate::check::Finding;
+    let mut out = Vec::new();
+    if cfg.targets.len() < 2 {
+        return out;
+    }
+    let how = if cfg.merge.enabled {
+        let cols = crate::fleet::Columns::of(&cfg.rules.rules, &cfg.merge);
+        let each: Vec<String> = cols
+            .names
+            .iter()
+            .zip(&cols.modes)
+            .map(|(n, m)| format!("{n} {}", format!("{m:?}").to_lowercase()))
+            .collect();
+        format!("observations merged across the nodes ({})", each.join(", "))
+    } else {
+        "observations not merged ([fleet] merge = false): each node is scored on its own".to_owned()
+    };
+    out.push(Finding { ok: true, what: format!("{} targets; {how}", cfg.targets.len()) });
+    let Some(at) = cfg.api.as_ref().and_then(|a| a.listen.first()) else { return out };
+    let client = crate::api::client::ApiClient::new(at.clone(), None);
+    let Ok(health) = client.get::<serde_json::Value>("/healthz").await else {
+        out.push(Finding { ok: true, what: format!("no daemon answers at {at}: confirmations not checked") });
+        return out;
+    };
+    for t in health["targets"].as_array().into_iter().flatten() {
+        let name = t["name"].as_str().unwrap_or("?");
+        let (up, lag) = (t["up"].as_bool().unwrap_or(false), t["unconfirmed"].as_u64().unwrap_or(0));
+        let what = match (up, lag) {
+            (true, 0) => format!("{name}: up, every block and release confirmed"),
+            (true, n) => {
+                format!("{name}: up, {n} key(s) not confirmed yet (queued or refused; the reconciler repairs)")
+            }
+            (false, n) => format!("{name}: DOWN for the daemon, {n} key(s) waiting; applied when it returns"),
+        };
+        out.push(Finding { ok: up && lag == 0, what });
+    }
+    out
+}
+
 pub async fn check(a: ConfigArgs) -> Result<(), Failure> {
     let cfg = load(&a)?;
     println!("ok   config {} ({} rules from {})", cfg.path.display(), cfg.rules.rules.len(), cfg.rules_dir.display());
@@ -85,6 +127,10 @@ pub async fn check(a: ConfigArgs) -> Result<(), Failure> {
     for (target, f) in &findings {
         failed += usize::from(!f.ok);
         println!("{} {target}: {}", if f.ok { "ok  " } else { "FAIL" }, f.what);
+    }
+    for f in fleet_findings(&cfg).await {
+        failed += usize::from(!f.ok);
+        println!("{} fleet: {}", if f.ok { "ok  " } else { "FAIL" }, f.what);
     }
     if failed > 0 {
         return Err(Failure::runtime(anyhow::anyhow!("{failed} check(s) failed")));

@@ -44,6 +44,8 @@ pub struct Config {
     pub allow: Vec<StaticAllow>,
     /// The HTTP API; none without an `[api]` section.
     pub api: Option<ApiConfig>,
+    /// How observations of one address on several targets are merged (`[fleet]`).
+    pub merge: crate::fleet::MergeConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +169,15 @@ struct RawConfig {
     #[serde(default)]
     allow: Vec<Spanned<RawAllow>>,
     api: Option<RawApi>,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    merge: Option<bool>,
+    #[serde(default)]
+    columns: std::collections::BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,7 +443,25 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         }
     };
 
+    let mut merge = crate::fleet::MergeConfig { enabled: targets.len() > 1, ..Default::default() };
+    if let Some(f) = &raw.fleet {
+        merge.enabled = f.merge.unwrap_or(merge.enabled);
+        for (column, mode) in &f.columns {
+            let name = column.get_ref();
+            if name.parse::<DataField>().is_err() || name.starts_with("data.") {
+                return Err(src.error(&column.span(), format!("'{name}' is not a column name (e.g. http_req_rate)")));
+            }
+            let mode = match mode.get_ref().as_str() {
+                "sum" => crate::fleet::MergeMode::Sum,
+                "max" => crate::fleet::MergeMode::Max,
+                other => return Err(src.error(&mode.span(), format!("'{other}': expected \"sum\" or \"max\""))),
+            };
+            merge.columns.insert(name.clone(), mode);
+        }
+    }
+
     Ok(Config {
+        merge,
         api,
         path: src.path.to_owned(),
         rules_dir,

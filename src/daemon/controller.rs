@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use super::lag::Lag;
 use super::poller::Observation;
 use super::reconcile::Actual;
 use super::windows::{self, Aggregator, Breaker, Transition};
@@ -35,6 +36,8 @@ pub(super) struct Controller {
     pub(super) allow: Allowlist,
     actuators: Vec<Actuator>,
     tx: mpsc::Sender<Msg>,
+    /// What each target has not confirmed yet.
+    pub(super) lag: Arc<Lag>,
     /// Every block in the store, by key (the store stays the truth; this is its index).
     pub(super) active: HashMap<IpNet, Block>,
     /// Keys of active network blocks, to test addresses against.
@@ -68,9 +71,11 @@ impl Controller {
         actuators: Vec<Actuator>,
         tx: mpsc::Sender<Msg>,
         metrics: Arc<Metrics>,
+        lag: Arc<Lag>,
     ) -> Result<Controller, StoreError> {
         let allow = Allowlist::new(&cfg, &store.allows()?);
         let mut c = Controller {
+            lag,
             store,
             allow,
             actuators,
@@ -382,10 +387,19 @@ impl Controller {
         job: Job,
         notify: Option<oneshot::Sender<Vec<String>>>,
     ) {
+        let keys: Arc<Vec<IpNet>> = Arc::new(match &job {
+            Job::Apply { key, .. } | Job::Release { key, .. } => vec![*key],
+            Job::ApplyMany { blocks } => blocks.iter().map(|(k, _)| *k).collect(),
+            Job::ImportAcl { keys } => keys.clone(),
+            Job::Forget => Vec::new(),
+        });
         let mut replies: Vec<(String, oneshot::Receiver<Result<(), ClientError>>)> = Vec::new();
         for a in self.actuators.iter().filter(|a| only.is_none_or(|o| a.name == o)) {
-            match a.submit(job.clone()).await {
-                Ok(rx) => replies.push((a.name.clone(), rx)),
+            match a.submit(job.clone()) {
+                Ok(rx) => {
+                    self.lag.sent(&a.name, &keys);
+                    replies.push((a.name.clone(), rx));
+                }
                 Err(e) => warn!(target = %a.name, error = %e, "actuator gone"),
             }
         }
@@ -398,15 +412,28 @@ impl Controller {
             Job::Forget => "forget",
             Job::ApplyMany { .. } => "reapply",
         };
+        let lag = self.lag.clone();
         tokio::spawn(async move {
-            let mut failures = Vec::new();
+            // Each target's answer is recorded as it comes: a node that is down does not hide
+            // the confirmations of the others.
+            let mut answers = tokio::task::JoinSet::new();
             for (target, rx) in replies {
-                match rx.await {
+                let (lag, keys) = (lag.clone(), keys.clone());
+                answers.spawn(async move {
+                    let r = rx.await;
+                    lag.answered(&target, &keys, matches!(r, Ok(Ok(()))));
+                    (target, r)
+                });
+            }
+            let mut failures = Vec::new();
+            while let Some(Ok((target, r))) = answers.join_next().await {
+                match r {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => failures.push(format!("{target}: {e}")),
                     Err(_) => failures.push(format!("{target}: actuator stopped")),
                 }
             }
+            failures.sort();
             let _ = tx.send(Msg::Done { block, what, release, failures, notify }).await;
         });
     }

@@ -10,6 +10,8 @@
 //! runs, through [`run_once`], which starts a controller for that one action.
 
 mod controller;
+mod fleet_poller;
+mod lag;
 mod manual;
 pub mod poller;
 mod reconcile;
@@ -31,6 +33,7 @@ use crate::ops::{Manual, OpError, Outcome};
 use crate::store::{Block, Store, StoreError};
 
 pub use controller::AUTO_ACTOR;
+pub use lag::Lag;
 pub use manual::{ManualReply, MANUAL_RULE};
 pub use poller::Observation;
 
@@ -67,9 +70,15 @@ pub const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 pub struct Handle {
     tx: mpsc::Sender<Msg>,
     reconcile: Arc<tokio::sync::Notify>,
+    lag: Arc<Lag>,
 }
 
 impl Handle {
+    /// What each target has not confirmed yet.
+    pub fn lag(&self) -> &Lag {
+        &self.lag
+    }
+
     /// Starts a reconciliation of every target now, without waiting for its interval.
     pub fn reconcile_now(&self) {
         self.reconcile.notify_waiters();
@@ -144,7 +153,17 @@ pub async fn run_with(
     let (act_stop_tx, act_stop_rx) = watch::channel(false);
     let parts = start_targets(&cfg, &act_stop_rx, &metrics);
     let rules = Arc::new(cfg.rules.clone());
-    for (name, client) in &parts.clients {
+    let merged = cfg.merge.enabled && parts.clients.len() > 1;
+    for table in cfg.tables.iter().filter(|_| merged) {
+        let fleet = fleet_poller::Fleet {
+            nodes: parts.clients.clone(),
+            table: table.clone(),
+            rules: rules.clone(),
+            merge: cfg.merge.clone(),
+        };
+        tokio::spawn(fleet_poller::run(fleet, tx.clone(), stop_rx.clone(), metrics.clone()));
+    }
+    for (name, client) in parts.clients.iter().filter(|_| !merged) {
         for table in &cfg.tables {
             let (table, rules, tx, stop, m) =
                 (table.clone(), rules.clone(), tx.clone(), stop_rx.clone(), metrics.clone());
@@ -174,7 +193,9 @@ pub async fn run_with(
             }
         });
     }
-    let mut ctl = controller::Controller::new(cfg.clone(), store.clone(), parts.actuators, tx.clone(), metrics)?;
+    let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
+    let mut ctl =
+        controller::Controller::new(cfg.clone(), store.clone(), parts.actuators, tx.clone(), metrics, lag.clone())?;
     info!(
         targets = cfg.targets.len(),
         tables = cfg.tables.len(),
@@ -183,7 +204,7 @@ pub async fn run_with(
         "stickwarden running"
     );
     ctl.reapply_all(None).await;
-    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now }, parts.clients);
+    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now, lag }, parts.clients);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,7 +275,8 @@ pub async fn run_once(cfg: Config, store: Store, op: Manual, actor: &str, wait: 
     let (tx, mut rx) = mpsc::channel::<Msg>(64);
     let metrics = Arc::new(Metrics::new());
     let parts = start_targets(&cfg, &stop_rx, &metrics);
-    let mut ctl = controller::Controller::new(cfg, store.clone(), parts.actuators, tx, metrics)?;
+    let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
+    let mut ctl = controller::Controller::new(cfg, store.clone(), parts.actuators, tx, metrics, lag)?;
     let reply = ctl.manual(op, actor).await?;
     let confirmed = confirm(reply, wait);
     tokio::pin!(confirmed);

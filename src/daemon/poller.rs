@@ -20,7 +20,7 @@ use crate::columns;
 use crate::config::TableConfig;
 use crate::metrics::Metrics;
 use crate::proto::{DataField, ErrorKind, Filter, TableSelect};
-use crate::rules::{filters, RuleSet};
+use crate::rules::{filters, Rule, RuleSet};
 
 /// An entry that matched at least one rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,8 +98,18 @@ fn note_error(last: &mut Option<String>, target: &str, table: &str, e: &ClientEr
 
 /// The queries of one table's rules, each column under the filter name this HAProxy knows it by.
 pub async fn plan(client: &Client, table: &str, rules: &RuleSet) -> Result<Vec<Vec<Filter>>, ClientError> {
+    let own: Vec<&Rule> = rules.for_table(table).map(|(_, r)| r).collect();
+    plan_for(client, table, own.into_iter()).await
+}
+
+/// [`plan`] for the given rules of `table` (the relaxed rules of a fleet poll).
+pub async fn plan_for<'a>(
+    client: &Client,
+    table: &str,
+    rules: impl Iterator<Item = &'a Rule> + Clone,
+) -> Result<Vec<Vec<Filter>>, ClientError> {
     let mut names: HashMap<DataField, Option<DataField>> = HashMap::new();
-    for (_, rule) in rules.for_table(table) {
+    for rule in rules.clone() {
         for c in rule.conditions() {
             if names.contains_key(&c.column) {
                 continue;
@@ -111,7 +121,7 @@ pub async fn plan(client: &Client, table: &str, rules: &RuleSet) -> Result<Vec<V
             names.insert(c.column.clone(), name);
         }
     }
-    let queries = filters::queries_as(rules.for_table(table).map(|(_, r)| r), |c| names.get(c).cloned().flatten());
+    let queries = filters::queries_as(rules, |c| names.get(c).cloned().flatten());
     debug!(table, ?queries, "poll plan");
     Ok(queries)
 }

@@ -31,6 +31,10 @@ pub struct BlockView {
     pub remaining_s: u64,
     pub dry_run: bool,
     pub counters: BTreeMap<String, i64>,
+    /// Targets that have not confirmed the block yet (a fleet node down or lagging); only the
+    /// running daemon knows, so this is empty in answers made without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unconfirmed_on: Vec<String>,
 }
 
 impl BlockView {
@@ -49,6 +53,7 @@ impl BlockView {
             remaining_s: b.until.saturating_sub(now).div_ceil(1000),
             dry_run: b.dry_run,
             counters: b.counters.iter().cloned().collect(),
+            unconfirmed_on: Vec::new(),
         }
     }
 }

@@ -23,13 +23,23 @@ pub fn queries_as<'a>(
     rules: impl IntoIterator<Item = &'a Rule>,
     name: impl Fn(&DataField) -> Option<DataField>,
 ) -> Vec<Vec<Filter>> {
-    let filter = |c: &Condition| name(&c.column).map(|field| Filter { field, op: c.op, value: c.value });
+    queries_by(rules, |c| name(&c.column).map(|field| Filter { field, op: c.op, value: c.value }))
+}
+
+/// [`queries`] with each condition's filter made by `filter` (`None`: HAProxy cannot filter on it,
+/// so the query is widened).
+pub fn queries_by<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    filter: impl Fn(&Condition) -> Option<Filter>,
+) -> Vec<Vec<Filter>> {
     let mut out: Vec<Vec<Filter>> = Vec::new();
     for rule in rules {
-        if rule.all.is_empty() {
+        if rule.all.is_empty() && rule.any.is_empty() {
+            out.push(Vec::new()); // a rule of no conditions (a relaxed one) reads every entry
+        } else if rule.all.is_empty() {
             out.extend(rule.any.iter().map(|c| filter(c).into_iter().collect()));
         } else {
-            out.push(rule.all.iter().filter_map(filter).take(MAX_FILTERS).collect());
+            out.push(rule.all.iter().filter_map(&filter).take(MAX_FILTERS).collect());
         }
     }
     // A query whose filters include all of another's returns a subset of it: keep the wider one.

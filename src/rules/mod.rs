@@ -35,7 +35,13 @@ pub struct Condition {
 
 impl Condition {
     pub fn holds(&self, e: &Entry<'_>) -> bool {
-        self.read(e).is_some_and(|v| self.op.holds(v, i128::from(self.value)))
+        self.holds_on(self.read(e))
+    }
+
+    /// Whether the condition holds on `value`, this condition's column read from anywhere (an
+    /// entry, or the merged values of a fleet); a missing column does not match.
+    pub fn holds_on(&self, value: Option<i128>) -> bool {
+        value.is_some_and(|v| self.op.holds(v, i128::from(self.value)))
     }
 
     /// The entry's value of this condition's column, if stored and numeric.
@@ -104,7 +110,13 @@ pub struct Rule {
 
 impl Rule {
     pub fn matches(&self, e: &Entry<'_>) -> bool {
-        self.all.iter().all(|c| c.holds(e)) && (self.any.is_empty() || self.any.iter().any(|c| c.holds(e)))
+        self.matches_by(|c| c.read(e))
+    }
+
+    /// [`Rule::matches`] on values read by `read` (per condition) instead of from one entry.
+    pub fn matches_by(&self, read: impl Fn(&Condition) -> Option<i128>) -> bool {
+        let holds = |c: &Condition| c.holds_on(read(c));
+        self.all.iter().all(holds) && (self.any.is_empty() || self.any.iter().any(holds))
     }
 
     pub fn conditions(&self) -> impl Iterator<Item = &Condition> {

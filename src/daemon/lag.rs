@@ -1,0 +1,130 @@
+//! Which target has not confirmed what: the fleet's view of every block and release sent. A
+//! decision is complete when every target has confirmed it; until then the key counts as
+//! unconfirmed on the targets that have not (still queued, HAProxy down, or refused), which the
+//! API (`/healthz`, `/v1/blocks`), the metrics (`stickwarden_unconfirmed{target}`) and `check` show.
+//! A later job for the same key that a target confirms (a retry, a re-apply, a repair by the
+//! reconciler) clears it there.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ipnet::IpNet;
+
+use crate::metrics::Metrics;
+
+#[derive(Default)]
+struct TargetLag {
+    /// Keys with jobs sent and not answered yet, with how many.
+    pending: HashMap<IpNet, u32>,
+    /// Keys whose last answered job failed.
+    failed: HashSet<IpNet>,
+}
+
+impl TargetLag {
+    fn count(&self) -> usize {
+        self.pending.len() + self.failed.iter().filter(|k| !self.pending.contains_key(k)).count()
+    }
+
+    fn has(&self, key: &IpNet) -> bool {
+        self.pending.contains_key(key) || self.failed.contains(key)
+    }
+}
+
+/// Shared between the controller (which records) and the API (which reads).
+pub struct Lag {
+    targets: Mutex<HashMap<String, TargetLag>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Lag {
+    pub fn new(targets: impl IntoIterator<Item = String>, metrics: Arc<Metrics>) -> Lag {
+        let targets = targets.into_iter().map(|t| (t, TargetLag::default())).collect();
+        let lag = Lag { targets: Mutex::new(targets), metrics };
+        for name in lag.lock().keys() {
+            lag.metrics.unconfirmed.get_or_create(&Metrics::target(name)).set(0);
+        }
+        lag
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TargetLag>> {
+        self.targets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, target: &str, f: impl FnOnce(&mut TargetLag)) {
+        let mut all = self.lock();
+        let t = all.entry(target.to_owned()).or_default();
+        f(t);
+        self.metrics.unconfirmed.get_or_create(&Metrics::target(target)).set(t.count() as i64);
+    }
+
+    /// Jobs for `keys` were queued to `target`.
+    pub fn sent(&self, target: &str, keys: &[IpNet]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.update(target, |t| {
+            for k in keys {
+                *t.pending.entry(*k).or_default() += 1;
+            }
+        });
+    }
+
+    /// `target` answered the jobs for `keys`: confirmed (`ok`) or not.
+    pub fn answered(&self, target: &str, keys: &[IpNet], ok: bool) {
+        if keys.is_empty() {
+            return;
+        }
+        self.update(target, |t| {
+            for k in keys {
+                if let Some(n) = t.pending.get_mut(k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        t.pending.remove(k);
+                    }
+                }
+                if ok {
+                    t.failed.remove(k);
+                } else {
+                    t.failed.insert(*k);
+                }
+            }
+        });
+    }
+
+    /// How many keys each target has not confirmed, by target name.
+    pub fn unconfirmed(&self) -> HashMap<String, usize> {
+        self.lock().iter().map(|(n, t)| (n.clone(), t.count())).collect()
+    }
+
+    /// The targets that have not confirmed the last job for `key`, sorted.
+    pub fn lagging_on(&self, key: &IpNet) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().iter().filter(|(_, t)| t.has(key)).map(|(n, _)| n.clone()).collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_unconfirmed_until_its_last_job_is_confirmed() {
+        let lag = Lag::new(["a".to_owned(), "b".to_owned()], Arc::new(Metrics::new()));
+        let k: IpNet = "10.0.0.1/32".parse().unwrap();
+        lag.sent("a", &[k]);
+        lag.sent("b", &[k]);
+        lag.answered("a", &[k], true);
+        assert_eq!(lag.lagging_on(&k), ["b"]);
+        lag.answered("b", &[k], false);
+        assert_eq!(lag.unconfirmed()["b"], 1);
+        // Block then release queued; the block's answer does not clear the pending release.
+        lag.sent("b", &[k]);
+        lag.sent("b", &[k]);
+        lag.answered("b", &[k], true);
+        assert_eq!(lag.lagging_on(&k), ["b"]);
+        lag.answered("b", &[k], true);
+        assert!(lag.lagging_on(&k).is_empty());
+        assert_eq!(lag.unconfirmed().values().sum::<usize>(), 0);
+    }
+}

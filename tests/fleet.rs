@@ -1,0 +1,186 @@
+//! One controller for a fleet of five real HAProxy processes: an abuser spread over the nodes is
+//! scored on its whole traffic and blocked on every node; manual blocks and unblocks reach every
+//! node; a node that was down gets every active block when it returns, and meanwhile the API,
+//! the metrics and `check` say what it has not confirmed.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use stickwarden::sandbox::{Sandbox, SandboxOptions};
+use stickwarden::Client;
+
+const NODES: usize = 5;
+
+/// `n` sandboxes sharing one block ACL file, as nodes deployed from one configuration do.
+fn fleet(n: usize) -> (tempfile::TempDir, Vec<Sandbox>) {
+    let shared = tempfile::tempdir().unwrap();
+    let opts = SandboxOptions { acl_file: Some(shared.path().join("block.lst")), ..Default::default() };
+    (shared, (0..n).map(|_| haproxy_with(&opts)).collect())
+}
+
+/// The standard setup on node 1 (named `sandbox`), plus `node2`... for the others.
+fn fleet_setup(nodes: &[Sandbox], policy: &str, extra: &str) -> Setup {
+    let mut targets = String::new();
+    for (i, sb) in nodes.iter().enumerate().skip(1) {
+        targets.push_str(&format!("[[haproxy]]\nname = \"node{}\"\nsocket = \"{}\"\n\n", i + 1, sb.admin()));
+    }
+    setup(&nodes[0], "", policy, &format!("{targets}{extra}"))
+}
+
+async fn clients(nodes: &[Sandbox]) -> Vec<Client> {
+    let mut out = Vec::new();
+    for sb in nodes {
+        out.push(admin(sb).await);
+    }
+    out
+}
+
+/// The `gpt0` of `addr` on every node.
+async fn tags(clients: &[Client], addr: &str) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    for c in clients {
+        out.push(gpt0(c, addr).await);
+    }
+    out
+}
+
+/// Whether every node's block ACL is exactly `want`.
+async fn acls_are(clients: &[Client], nodes: &[Sandbox], want: &[&str]) -> bool {
+    for (c, sb) in clients.iter().zip(nodes) {
+        if acl(c, sb).await != want {
+            return false;
+        }
+    }
+    true
+}
+
+fn sw(s: &Setup, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(args)
+        .env("STICKWARDEN_CONFIG", &s.config)
+        .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
+        .env_remove("STICKWARDEN_API")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abuser_under_the_threshold_on_each_node_but_over_it_in_total_is_blocked_on_all_five() {
+    let (_shared, nodes) = fleet(NODES);
+    let cs = clients(&nodes).await;
+    let tag_acl = policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }");
+
+    // Not merged, each node is scored on its own share: 30 requests each, under 100: no block.
+    let s = fleet_setup(&nodes, &tag_acl, "[fleet]\nmerge = false\n");
+    let d = Daemon::start(&s);
+    for sb in &nodes {
+        assert_eq!(flood(sb, 1, 30).await, [(200, 30)]);
+        assert_eq!(flood(sb, 2, 12).await, [(200, 12)]);
+    }
+    tokio::time::sleep(Duration::from_millis(6 * INTERVAL_MS)).await;
+    assert_eq!(tags(&cs, "127.0.0.2").await, [Some(0); NODES], "blocked without merging?");
+    let store = d.stop().await;
+
+    // Merged: the same traffic is 150 requests (plus the 403 probes) from 127.0.0.2 across the fleet.
+    let cfg = std::fs::read_to_string(&s.config).unwrap().replace("merge = false", "merge = true");
+    std::fs::write(&s.config, cfg).unwrap();
+    let d = Daemon::start_on(&s, store);
+    let all_tagged = eventually(Duration::from_secs(3), || {
+        let cs = &cs;
+        async move { tags(cs, "127.0.0.2").await == [Some(1); NODES] }
+    })
+    .await;
+    assert!(all_tagged, "not tagged on every node: {:?}", tags(&cs, "127.0.0.2").await);
+    assert!(acls_are(&cs, &nodes, &["127.0.0.2"]).await);
+    for sb in &nodes {
+        assert_eq!(get(sb, 1).await, 403, "the abuser is denied on every node");
+        assert_eq!(get(sb, 2).await, 200, "60 requests in all is not abuse");
+    }
+    assert_eq!(tags(&cs, "127.0.0.3").await, [Some(0); NODES]);
+    let b = d.store.blocks().unwrap().into_iter().find(|b| b.key.to_string() == "127.0.0.2/32").unwrap();
+    let rate = b.counters.iter().find(|(n, _)| n == "http_req_rate").map(|(_, v)| *v).unwrap();
+    assert!((150..=160).contains(&rate), "the decision saw the fleet-wide rate: {rate}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
+    let (_shared, mut nodes) = fleet(NODES);
+    let cs = clients(&nodes).await;
+    let s = fleet_setup(&nodes, &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let sock = with_api(&s);
+    let d = spawn_daemon(&s);
+    let sock_path = sock.trim_start_matches("unix:").to_owned();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let p = sock_path.clone();
+            async move { std::path::Path::new(&p).exists() }
+        })
+        .await
+    );
+
+    let o = sw(&s, &["block", "10.9.0.1", "--for", "2h", "--reason", "fleet test"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(tags(&cs, "10.9.0.1").await, [Some(1); NODES]);
+    assert!(acls_are(&cs, &nodes, &["10.9.0.1"]).await);
+    let o = sw(&s, &["check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("ok   fleet: 5 targets; observations merged"), "{}", text(&o));
+    assert!(text(&o).contains("ok   fleet: node5: up, every block and release confirmed"), "{}", text(&o));
+
+    // Node 5 goes down; an abuser of the other four is blocked meanwhile.
+    nodes[4].stop();
+    for sb in &nodes[..4] {
+        flood(sb, 3, 40).await;
+    }
+    let others_tagged = eventually(Duration::from_secs(3), || {
+        let cs = &cs[..4];
+        async move { tags(cs, "127.0.0.4").await == [Some(1); 4] }
+    })
+    .await;
+    assert!(others_tagged, "not blocked on the nodes that are up");
+    // The daemon says what node5 lacks: /healthz and `blocks --json` through the API, and check.
+    let lagging = eventually(Duration::from_secs(3), || async {
+        let o = sw(&s, &["blocks", "--json"]);
+        let list: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        list.iter().any(|b| b["key"] == "127.0.0.4" && b["unconfirmed_on"] == serde_json::json!(["node5"]))
+            && list.iter().any(|b| b["key"] == "10.9.0.1" && b.get("unconfirmed_on").is_none())
+    })
+    .await;
+    assert!(lagging, "{}", text(&sw(&s, &["blocks", "--json"])));
+    let o = sw(&s, &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAIL fleet: node5: DOWN for the daemon, 1 key(s) waiting"), "{}", text(&o));
+
+    // Back (a new process: no tags, no ACL entries): it gets both active blocks.
+    nodes[4].restart().unwrap();
+    let c5 = admin(&nodes[4]).await;
+    let caught_up = eventually(Duration::from_secs(5), || async {
+        gpt0(&c5, "10.9.0.1").await == Some(1)
+            && gpt0(&c5, "127.0.0.4").await == Some(1)
+            && acl(&c5, &nodes[4]).await == ["10.9.0.1", "127.0.0.4"]
+    })
+    .await;
+    assert!(caught_up, "node5 did not get the active blocks back");
+    let confirmed = eventually(Duration::from_secs(3), || async {
+        text(&sw(&s, &["check"])).contains("ok   fleet: node5: up, every block and release confirmed")
+    })
+    .await;
+    assert!(confirmed, "{}", text(&sw(&s, &["check"])));
+
+    // An unblock reaches all five.
+    let cs = clients(&nodes).await;
+    let o = sw(&s, &["unblock", "10.9.0.1", "--reason", "done"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(tags(&cs, "10.9.0.1").await, [None; NODES]);
+    assert!(acls_are(&cs, &nodes, &["127.0.0.4"]).await);
+    stop_daemon(d);
+}
