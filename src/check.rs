@@ -177,6 +177,7 @@ fn socket_line(target: &Target, level: &str) -> String {
     match target {
         Target::Unix(p) => format!("stats socket {} mode 600 level {level}", p.display()),
         Target::Tcp { host, port } => format!("stats socket ipv4@{host}:{port} level {level}"),
+        Target::Master(p) => format!("-S {},level,{level} (haproxy's command line)", p.display()),
     }
 }
 

@@ -1,5 +1,8 @@
-//! Where a HAProxy Runtime API listens: `unix:/path/to.sock`, `tcp:host:port`, or a bare path
-//! (a Unix socket). Parsed and checked before any connection is tried.
+//! Where a HAProxy Runtime API listens: `unix:/path/to.sock`, `tcp:host:port`, a bare path (a
+//! Unix socket), or `master:/path/to/master.sock`, the master CLI of a master-worker HAProxy
+//! (`haproxy -W -S ...`), through which each command reaches the current worker as `@1 command`
+//! (so a reload never leaves stickwarden talking to an old worker). Parsed and checked before any
+//! connection is tried.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -14,6 +17,18 @@ pub enum Target {
         host: String,
         port: u16,
     },
+    /// A master CLI socket; commands go to the current worker with `@1`.
+    Master(PathBuf),
+}
+
+impl Target {
+    /// What goes before every command line sent to this target.
+    pub fn command_prefix(&self) -> &'static [u8] {
+        match self {
+            Target::Master(_) => b"@1 ",
+            _ => b"",
+        }
+    }
 }
 
 /// Why a target address was refused.
@@ -25,7 +40,7 @@ pub enum TargetError {
     TcpForm(String),
     #[error("'{0}': port must be a number from 1 to 65535")]
     Port(String),
-    #[error("'{0}': unknown scheme (expected unix: or tcp:)")]
+    #[error("'{0}': unknown scheme (expected unix:, tcp: or master:)")]
     Scheme(String),
 }
 
@@ -35,6 +50,9 @@ impl FromStr for Target {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err(TargetError::Empty);
+        }
+        if let Some(path) = s.strip_prefix("master:") {
+            return if path.is_empty() { Err(TargetError::Empty) } else { Ok(Target::Master(path.into())) };
         }
         if let Some(path) = s.strip_prefix("unix:") {
             return if path.is_empty() { Err(TargetError::Empty) } else { Ok(Target::Unix(path.into())) };
@@ -62,6 +80,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Unix(p) => write!(f, "unix:{}", p.display()),
+            Target::Master(p) => write!(f, "master:{}", p.display()),
             Target::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Target::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
         }
@@ -77,6 +96,11 @@ mod tests {
         assert_eq!("unix:/run/h.sock".parse(), Ok(Target::Unix("/run/h.sock".into())));
         assert_eq!("/run/h.sock".parse(), Ok(Target::Unix("/run/h.sock".into())));
         assert_eq!("rel/h.sock".parse(), Ok(Target::Unix("rel/h.sock".into())));
+        let m: Target = "master:/run/haproxy-master.sock".parse().unwrap();
+        assert_eq!(m, Target::Master("/run/haproxy-master.sock".into()));
+        assert_eq!(m.to_string(), "master:/run/haproxy-master.sock");
+        assert_eq!(m.command_prefix(), b"@1 ");
+        assert_eq!("master:".parse::<Target>(), Err(TargetError::Empty));
         assert_eq!("tcp:127.0.0.1:9999".parse(), Ok(Target::Tcp { host: "127.0.0.1".into(), port: 9999 }));
         let v6: Target = "tcp:[::1]:9999".parse().unwrap();
         assert_eq!(v6, Target::Tcp { host: "::1".into(), port: 9999 });

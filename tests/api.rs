@@ -317,7 +317,7 @@ async fn reconcile_on_demand_and_health_of_each_target() {
     );
 
     let (_, h) = api.call("GET", "/healthz", None, None).await;
-    assert_eq!(h["targets"], json!([{"name": "sandbox", "up": true}]));
+    assert_eq!(h["targets"], json!([{"name": "sandbox", "up": true, "unconfirmed": 0}]));
     sb.stop();
     assert!(
         eventually(Duration::from_secs(3), || async {

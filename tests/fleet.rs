@@ -184,3 +184,68 @@ async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
     assert!(acls_are(&cs, &nodes, &["127.0.0.4"]).await);
     stop_daemon(d);
 }
+
+/// A `master:` target: every command reaches the current worker through the master CLI (`@1`),
+/// errors are told apart without severity prefixes, and after a reload (the master drops its
+/// connections as it re-executes) the same client reaches the new worker, which gets the active
+/// blocks back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_cli_target_reaches_the_current_worker_across_a_reload() {
+    use stickwarden::proto::{ErrorKind, KeyType, TableKey, TableSelect};
+    let sb = haproxy_with(&SandboxOptions { master_worker: true, ..Default::default() });
+    let master = format!("master:{}", sb.dir().join("master.sock").display());
+    // The master listens a moment after the worker answers.
+    let mut m = None;
+    for _ in 0..50 {
+        match Client::connect(master.parse().unwrap(), stickwarden::ClientOptions::default()).await {
+            Ok(c) => {
+                m = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let m = m.expect("the master CLI answers");
+    let c = admin(&sb).await;
+    let worker = c.show_info().await.unwrap().pid().unwrap();
+    assert_eq!(m.show_info().await.unwrap().pid(), Some(worker), "@1 is the worker");
+
+    let key = TableKey::parse(KeyType::Ip, "10.8.0.1").unwrap();
+    m.set_table("ft_web", key.clone(), &[("gpt0".parse().unwrap(), 1)]).await.unwrap();
+    assert_eq!(gpt0(&c, "10.8.0.1").await, Some(1));
+    let kind = |e: stickwarden::ClientError| e.haproxy().map(|h| h.kind);
+    let e = m.show_table("nosuch", TableSelect::All).await.unwrap().for_each(|_| {}).await.unwrap_err();
+    assert_eq!(kind(e), Some(ErrorKind::NoSuchTable));
+    let e = m.set_table("nosuch", key, &[("gpt0".parse().unwrap(), 1)]).await.unwrap_err();
+    assert_eq!(kind(e), Some(ErrorKind::NoSuchTable));
+    let e = m.add_acl(&"/nonexistent.lst".parse().unwrap(), "10.8.0.2".parse().unwrap()).await.unwrap_err();
+    assert_eq!(kind(e), Some(ErrorKind::UnknownAcl));
+
+    // The daemon on the master target: a flooder is blocked, and still blocked after a reload.
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let cfg = std::fs::read_to_string(&s.config).unwrap().replace(&sb.admin(), &master);
+    std::fs::write(&s.config, cfg).unwrap();
+    let d = Daemon::start(&s);
+    flood(&sb, 1, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { get(&sb, 1).await == 403 }).await, "not blocked");
+    sb.reload(worker).unwrap();
+    let c = admin(&sb).await;
+    let new_worker = c.show_info().await.unwrap().pid().unwrap();
+    assert_ne!(new_worker, worker);
+    // The master re-executes itself on a reload and drops its CLI connections; the same client
+    // reconnects, and `@1` is now the new worker.
+    let m_reaches_new = eventually(Duration::from_secs(3), || async {
+        m.show_info().await.ok().and_then(|i| i.pid()) == Some(new_worker)
+    })
+    .await;
+    assert!(m_reaches_new, "the master target does not reach the new worker");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            acl(&c, &sb).await == ["127.0.0.2"] && gpt0(&c, "127.0.0.2").await == Some(1)
+        })
+        .await,
+        "blocks not back on the new worker"
+    );
+    assert_eq!(get(&sb, 1).await, 403);
+    d.stop().await;
+}

@@ -31,7 +31,7 @@ pub(crate) struct Connection {
 async fn connect(target: &Target, connect_timeout: Duration) -> Result<(Reader, Writer), ClientError> {
     let connect = async {
         Ok::<_, std::io::Error>(match target {
-            Target::Unix(path) => {
+            Target::Unix(path) | Target::Master(path) => {
                 let (r, w) = UnixStream::connect(path).await?.into_split();
                 (Box::new(r) as Reader, Box::new(w) as Writer)
             }
@@ -55,7 +55,9 @@ async fn connect(target: &Target, connect_timeout: Duration) -> Result<(Reader, 
 pub(crate) async fn once(target: &Target, line: &[u8], limit: Duration) -> Result<Vec<u8>, ClientError> {
     let (mut reader, mut writer) = connect(target, limit).await?;
     let exchange = async {
-        writer.write_all(line).await?;
+        writer.write_all(&[target.command_prefix(), line].concat()).await?;
+        // Half-close: the master CLI answers a non-interactive `@1` command only then.
+        writer.shutdown().await?;
         let mut out = Vec::new();
         reader.read_to_end(&mut out).await?;
         Ok::<_, std::io::Error>(out)
@@ -72,21 +74,45 @@ impl Connection {
         let (reader, writer) = connect(target, connect_timeout).await?;
         let mut conn = Connection { reader, writer, buf: BytesMut::with_capacity(64 * 1024) };
         let secs = cli_timeout.as_secs().max(1);
-        let setup = format!("prompt\nset severity-output number\nset timeout cli {secs}\n");
-        timeout(connect_timeout, conn.handshake(setup.as_bytes()))
+        // The master CLI takes neither setting (and each `@1` command opens a fresh worker
+        // session, so they would not carry over): its answers are told apart by their text.
+        // The master answers `prompt` with its prompt alone (no empty line), which the framer then
+        // strips before the first answer.
+        let (setup, expected): (String, &[&str]) = match target {
+            Target::Master(_) => ("prompt\n".into(), &[]),
+            _ => (
+                format!("prompt\nset severity-output number\nset timeout cli {secs}\n"),
+                &["prompt", "set severity-output number", "set timeout cli"],
+            ),
+        };
+        timeout(connect_timeout, conn.handshake(setup.as_bytes(), expected))
             .await
             .map_err(|_| ClientError::ConnectTimeout(connect_timeout))??;
         Ok(conn)
     }
 
-    async fn handshake(&mut self, setup: &[u8]) -> Result<(), ClientError> {
+    async fn handshake(&mut self, setup: &[u8], answers: &[&str]) -> Result<(), ClientError> {
         self.writer.write_all(setup).await.map_err(ClientError::Connect)?;
-        for expected in ["prompt", "set severity-output number", "set timeout cli"] {
+        for &expected in answers {
             let body = self.read_whole_answer().await?;
             if !body.is_empty() {
                 return Err(ClientError::Unexpected {
                     command: expected.to_owned(),
                     text: String::from_utf8_lossy(&body).trim_end().to_owned(),
+                });
+            }
+        }
+        if answers.is_empty() {
+            // A master CLI: its prompt must come back, or this is not one.
+            while self.buf.len() < frame::MASTER_PROMPT.len() {
+                if self.reader.read_buf(&mut self.buf).await.map_err(ClientError::Connect)? == 0 {
+                    return Err(ClientError::Disconnected("closed by HAProxy during set-up".into()));
+                }
+            }
+            if !self.buf.starts_with(frame::MASTER_PROMPT) {
+                return Err(ClientError::Unexpected {
+                    command: "prompt".into(),
+                    text: format!("not a master CLI (it answered '{}')", String::from_utf8_lossy(&self.buf).trim_end()),
                 });
             }
         }

@@ -146,6 +146,10 @@ impl Client {
     fn encode(&self, cmd: &Command) -> Result<Vec<u8>, ClientError> {
         let mut line = Vec::with_capacity(64);
         cmd.encode(&mut line, self.opts.max_line)?;
+        let prefix = self.target.command_prefix();
+        if !prefix.is_empty() {
+            line.splice(0..0, prefix.iter().copied());
+        }
         Ok(line)
     }
 

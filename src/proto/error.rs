@@ -123,6 +123,11 @@ pub fn check_answer(body: &[u8]) -> Result<&[u8], HaproxyError> {
         Some((Severity::Info, msg)) if msg.starts_with(b"Unknown command") => Err(error(&body[PREFIX_LEN..])),
         Some((Severity::Info, _)) => Ok(&body[PREFIX_LEN..]),
         None if body.starts_with(b"Unknown command") || body.starts_with(b"Permission denied") => Err(error(body)),
+        // Without severity prefixes (the master CLI cannot set them): a known error text. No
+        // successful answer starts like one (dumps start with `#` or `0x`, `show info` with `Name:`).
+        None if HaproxyError::classify(&String::from_utf8_lossy(&body[..first_end])).kind != ErrorKind::Other => {
+            Err(error(body))
+        }
         None => Ok(body),
     }
 }
@@ -137,6 +142,20 @@ mod tests {
 
     fn kind_of(body: &[u8]) -> ErrorKind {
         check_answer(body).unwrap_err().kind
+    }
+
+    #[test]
+    fn unprefixed_error_texts_are_errors_and_dumps_are_not() {
+        // What the master CLI forwards: no `[3]:` prefix.
+        assert_eq!(check_answer(b"No such table\n").unwrap_err().kind, ErrorKind::NoSuchTable);
+        assert_eq!(
+            check_answer(b"Unknown ACL identifier. Please use #<id> or <file>.\n").unwrap_err().kind,
+            ErrorKind::UnknownAcl
+        );
+        for ok in [&b"# table: t, type: ip, size:1, used:0\n"[..], b"Name: HAProxy\n", b"New version created: 1\n", b""]
+        {
+            assert!(check_answer(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum Step {
     End { body: usize, consumed: usize },
 }
 
+/// The master CLI's prompt (`haproxy -W -S`).
+pub const MASTER_PROMPT: &[u8] = b"master> ";
+
 /// Reads one step at the start of `buf`. `at_answer_start` is true when no byte of the current
 /// answer has been consumed yet (the only place a prompt can be).
 pub fn step(buf: &[u8], at_answer_start: bool) -> Step {
@@ -29,6 +32,8 @@ pub fn step(buf: &[u8], at_answer_start: bool) -> Step {
         match buf {
             [] | [b'>'] => return Step::NeedMore,
             [b'>', b' ', ..] => return Step::Prompt(2),
+            _ if buf.starts_with(MASTER_PROMPT) => return Step::Prompt(MASTER_PROMPT.len()),
+            _ if buf.len() < MASTER_PROMPT.len() && MASTER_PROMPT.starts_with(buf) => return Step::NeedMore,
             _ => {}
         }
     }
@@ -116,6 +121,10 @@ mod tests {
         assert_eq!(step(b"", true), Step::NeedMore);
         assert_eq!(step(b">", true), Step::NeedMore);
         assert_eq!(step(b"> ", true), Step::Prompt(2));
+        // The master CLI's prompt, whole or not yet whole; not a prompt in the middle of an answer.
+        assert_eq!(step(b"master> No such table\n\n", true), Step::Prompt(8));
+        assert_eq!(step(b"mast", true), Step::NeedMore);
+        assert_eq!(step(b"master> x\n", false), Step::Lines(10));
         assert_eq!(step(b"# table", true), Step::NeedMore);
         assert_eq!(step(b"# table: a\n0x1: k", false), Step::Lines(11));
         assert_eq!(step(b"\n", false), Step::End { body: 0, consumed: 1 });
