@@ -221,3 +221,21 @@ async fn operations_guide_commands_run_in_order() {
     let patterns = common::acl(&c, &sb).await;
     assert_eq!(patterns, ["203.0.113.0/24", "203.0.113.7", "203.0.113.9"]);
 }
+
+/// The fleet example of docs/fleet.md loads: three targets (tcp and master forms), merging on,
+/// its column override in force.
+#[test]
+fn fleet_guide_example_loads() {
+    use stickwarden::fleet::MergeMode;
+    let dir = tempfile::tempdir().unwrap();
+    let [cfg] = &fenced(&read_doc("fleet.md"), "toml")[..] else { panic!("one toml block expected") };
+    let cfg = cfg.replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
+    let path = dir.path().join("stickwarden.toml");
+    std::fs::write(&path, format!("{cfg}\n[store]\npath = \"store\"\n")).unwrap();
+    let cfg = stickwarden::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let targets: Vec<String> = cfg.targets.iter().map(|t| t.target.to_string()).collect();
+    assert_eq!(targets, ["tcp:10.0.1.11:9999", "tcp:10.0.1.12:9999", "master:/run/haproxy-master.sock"]);
+    assert!(cfg.merge.enabled);
+    assert_eq!(cfg.merge.mode(&"conn_cur".parse().unwrap()), MergeMode::Sum);
+    assert_eq!(cfg.merge.mode(&"gpt0".parse().unwrap()), MergeMode::Max);
+}

@@ -31,6 +31,19 @@ fn minimal_config_gets_the_documented_defaults() {
 }
 
 #[test]
+fn merging_is_on_with_several_targets_unless_turned_off() {
+    let one = load(MINIMAL, RULE).unwrap();
+    assert!(!one.merge.enabled);
+    let two = format!("{MINIMAL}[[haproxy]]\nname = \"lb2\"\nsocket = \"master:/run/m.sock\"\n");
+    let c = load(&two, RULE).unwrap();
+    assert!(c.merge.enabled);
+    assert_eq!(c.targets[1].target, Target::Master("/run/m.sock".into()));
+    let c = load(&format!("{two}[fleet]\nmerge = false\n[fleet.columns]\ngpt0 = \"sum\"\n"), RULE).unwrap();
+    assert!(!c.merge.enabled);
+    assert_eq!(c.merge.mode(&"gpt0".parse().unwrap()), crate::fleet::MergeMode::Sum);
+}
+
+#[test]
 fn tcp_target_hosts_are_never_blocked() {
     let c = load(&MINIMAL.replace("unix:/run/haproxy/admin.sock", "tcp:127.0.0.1:9999"), RULE).unwrap();
     assert_eq!(c.safety.never_block, [crate::net::parse_net("127.0.0.1").unwrap()]);
@@ -73,6 +86,15 @@ fn every_error_names_file_line_and_column() {
         (
             &format!("{MINIMAL}\n[aggregate]\noffenders = 1\nwindow = \"1m\"\nduration = \"1h\"\n"),
             "DIR/stickwarden.toml:9:13: offenders must be at least 2",
+        ),
+        (
+            &format!("{MINIMAL}\n[fleet]\n[fleet.columns]\nhttp_req_rate = \"avg\"\n"),
+            "DIR/stickwarden.toml:10:17: 'avg': expected \"sum\" or \"max\"",
+        ),
+        (&format!("{MINIMAL}\n[fleet]\nmerge = \"yes\"\n"), "DIR/stickwarden.toml:9:9: invalid type"),
+        (
+            &format!("{MINIMAL}\n[fleet.columns]\n\"http req\" = \"sum\"\n"),
+            "DIR/stickwarden.toml:9:1: 'http req' is not a column name",
         ),
         (
             &format!("{MINIMAL}\n[store]\nretention = \"1h\"\n"),
