@@ -17,6 +17,7 @@ test: haproxy
 ## Criterion benches, then the side-by-side run against socat on a real 1,048,576-entry table.
 bench: bench-socat
 	$(CARGO) bench --bench table_parser
+	$(CARGO) bench --bench fleet_fanout
 
 bench-socat:
 	@scripts/ensure-haproxy.sh --socat

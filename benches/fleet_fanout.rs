@@ -42,6 +42,24 @@ fn bench(c: &mut Criterion) {
     let one = config(shared.path(), &nodes[..1], "one.toml");
     let all = config(shared.path(), &nodes, "all.toml");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let clients: Vec<stickwarden::Client> = rt.block_on(async {
+        let mut v = Vec::new();
+        for sb in &nodes {
+            v.push(stickwarden::Client::connect(sb.admin().parse().unwrap(), Default::default()).await.unwrap());
+        }
+        v
+    });
+    let acl: stickwarden::proto::AclRef = nodes[0].block_acl().display().to_string().parse().unwrap();
+    // Empties every node's ACL (an empty version committed), untimed: an import copies the ACL's
+    // current patterns into its new version, so a growing ACL would slow each round down.
+    let empty_acls = || {
+        rt.block_on(async {
+            for c in &clients {
+                let v = c.prepare_acl(&acl).await.unwrap();
+                c.commit_acl(&acl, v).await.unwrap();
+            }
+        })
+    };
     let mut round = 0u32;
 
     let mut g = c.benchmark_group("fanout_10k_blocks");
@@ -61,6 +79,7 @@ fn bench(c: &mut Criterion) {
                     let cfg = Config::load(path).unwrap();
                     let dir = tempfile::tempdir().unwrap();
                     let store = Store::open(dir.path(), cfg.store.cache_bytes).unwrap();
+                    empty_acls();
                     let op = Manual::Import { keys, duration: Duration::from_secs(3600), reason: "bench".into() };
                     let t0 = Instant::now();
                     let out = rt
