@@ -156,6 +156,9 @@ async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
     })
     .await;
     assert!(lagging, "{}", text(&sw(&s, &["blocks", "--json"])));
+    let o = sw(&s, &["blocks"]);
+    assert!(text(&o).contains("tag+acl (not yet on node5)"), "{}", text(&o));
+    assert!(text(&o).contains("2 active block(s), 1 not yet confirmed by every target"), "{}", text(&o));
     let o = sw(&s, &["check"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("FAIL fleet: node5: DOWN for the daemon, 1 key(s) waiting"), "{}", text(&o));

@@ -211,7 +211,11 @@ pub async fn blocks(a: Access) -> Result<(), Failure> {
         .map(|b| {
             vec![
                 b.key.clone(),
-                if b.dry_run { format!("{} (dry run)", b.action) } else { b.action.clone() },
+                match (b.dry_run, b.unconfirmed_on.is_empty()) {
+                    (true, _) => format!("{} (dry run)", b.action),
+                    (false, true) => b.action.clone(),
+                    (false, false) => format!("{} (not yet on {})", b.action, b.unconfirmed_on.join(", ")),
+                },
                 b.level.to_string(),
                 b.rule.clone(),
                 b.source.clone(),
@@ -223,7 +227,10 @@ pub async fn blocks(a: Access) -> Result<(), Failure> {
         })
         .collect();
     super::print_table(&["KEY", "ACTION", "LEVEL", "RULE", "SOURCE", "ACTOR", "SINCE", "UNTIL", "REASON"], &rows)?;
-    eprintln!("{} active block(s)", list.len());
+    match list.iter().filter(|b| !b.unconfirmed_on.is_empty()).count() {
+        0 => eprintln!("{} active block(s)", list.len()),
+        n => eprintln!("{} active block(s), {n} not yet confirmed by every target", list.len()),
+    }
     Ok(())
 }
 
