@@ -51,6 +51,22 @@ fn bench(c: &mut Criterion) {
         let mut p = EntryParser::new();
         b.iter(|| black_box(parse_all(black_box(&buf), &mut p)))
     });
+    // What the daemon's poll does with each entry of a full dump: the key as an address and every
+    // rule evaluated (the shipped http-flood, scanner and conn-flood rules).
+    let rules = stickwarden::rules::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/rules").as_ref()).unwrap();
+    g.bench_function("parse_and_rules", |b| {
+        let mut p = EntryParser::new();
+        b.iter(|| {
+            let mut matched = 0usize;
+            for line in lines(&buf) {
+                if let Line::Entry(e) = p.parse_line(line) {
+                    let Some(_addr) = e.key_addr() else { continue };
+                    matched += rules.for_table("ft_web").filter(|(_, r)| r.matches(&e)).count();
+                }
+            }
+            black_box(matched)
+        })
+    });
     g.bench_function("parse_and_json", |b| {
         let mut p = EntryParser::new();
         let mut out = Vec::with_capacity(256 * 1024);

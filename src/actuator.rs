@@ -124,7 +124,7 @@ struct Actor {
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Commands of an import sent in one pipelined batch.
-const IMPORT_CHUNK: usize = 4096;
+const IMPORT_CHUNK: usize = 32 * 1024;
 /// How long an in-use entry's clear is retried before it is left to HAProxy's expiry (its tag is 0).
 const CLEAR_PATIENCE: Duration = Duration::from_secs(600);
 

@@ -303,6 +303,32 @@ async fn thousands_of_commands_pipelined_on_one_connection() {
     }
 }
 
+/// A long dump and a long pipelined batch on one connection at once: HAProxy writes the dump while
+/// the batch's commands wait unread, so the client must keep reading while it writes. Both finish,
+/// every command confirmed (no write left blocked until the read timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_dump_and_a_long_pipelined_batch_share_one_connection() {
+    let sb = common::haproxy();
+    let c = common::admin(&sb).await;
+    stickwarden::sandbox::fill_table(&c, "ft_web", 100_000, 10).await.unwrap();
+    let started = std::time::Instant::now();
+    let reader = c.clone();
+    let dumping = tokio::spawn(async move { dump(&reader, "ft_web", TableSelect::All).await.unwrap().len() });
+    let cmds: Vec<_> = (0..50_000u32)
+        .map(|i| stickwarden::proto::Command::SetTable {
+            table: "ft_web".into(),
+            key: TableKey::Ip(stickwarden::sandbox::nth_addr(i)),
+            fields: vec![(field("gpt0"), 2)],
+        })
+        .collect();
+    let results = c.pipeline(&cmds).await;
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(dumping.await.unwrap(), 100_000);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "stalled: {:?}", started.elapsed());
+    let twos = dump(&c, "ft_web", TableSelect::Filters(vec!["data.gpt0 eq 2".parse().unwrap()])).await.unwrap();
+    assert_eq!(twos.len(), 50_000);
+}
+
 #[tokio::test]
 async fn reconnects_after_haproxy_restarts() {
     let mut sb = common::haproxy();

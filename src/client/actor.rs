@@ -47,6 +47,8 @@ struct Pending {
     body: BytesMut,
     /// The asker of a stream went away: read the rest of its answer and drop it.
     discard: bool,
+    /// Length of the command line, counted in flight until its answer ends.
+    len: usize,
 }
 
 pub(crate) struct Actor {
@@ -55,6 +57,8 @@ pub(crate) struct Actor {
     rx: mpsc::Receiver<Request>,
     conn: Option<Connection>,
     pending: VecDeque<Pending>,
+    /// Bytes of the commands in `pending`.
+    in_flight_bytes: usize,
     backoff: Duration,
     next_attempt: Option<Instant>,
     last_error: String,
@@ -76,6 +80,7 @@ impl Actor {
             rx,
             conn: None,
             pending: VecDeque::new(),
+            in_flight_bytes: 0,
             backoff,
             next_attempt: None,
             last_error: String::new(),
@@ -91,6 +96,7 @@ impl Actor {
                     continue;
                 }
             }
+            let room = self.room();
             let conn = self.conn.as_mut().expect("connected above");
             let deadline = Instant::now() + self.opts.read_timeout;
             conn.buf.reserve(READ_CHUNK);
@@ -104,7 +110,7 @@ impl Actor {
                     }
                     Err(e) => self.fail(format!("read failed: {e}")),
                 },
-                req = self.rx.recv(), if self.pending.len() < self.opts.max_in_flight => match req {
+                req = self.rx.recv(), if room => match req {
                     // Asked to start afresh (`Client::reconnect`): once nothing is in flight, the
                     // next command goes on a new connection.
                     Some(req) if self.pending.is_empty() && self.reconnect.swap(false, Ordering::AcqRel) => {
@@ -122,6 +128,11 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Whether another command may be written now.
+    fn room(&self) -> bool {
+        self.pending.len() < self.opts.max_in_flight && self.in_flight_bytes < self.opts.max_in_flight_bytes
     }
 
     /// Connects for `req` unless in a backoff period; answers `req` itself if it cannot.
@@ -166,14 +177,16 @@ impl Actor {
                 }
             } else {
                 out.extend_from_slice(&req.line);
+                self.in_flight_bytes += req.line.len();
                 self.pending.push_back(Pending {
                     reply: req.reply,
                     started: false,
                     body: BytesMut::new(),
                     discard: false,
+                    len: req.line.len(),
                 });
             }
-            if out.len() < WRITE_BATCH && self.pending.len() < self.opts.max_in_flight {
+            if out.len() < WRITE_BATCH && self.room() {
                 next = self.rx.try_recv().ok();
             }
         }
@@ -212,6 +225,7 @@ impl Actor {
                     let chunk = conn.buf.split_to(body).freeze();
                     conn.buf.advance(consumed - body);
                     let done = self.pending.pop_front().expect("front exists");
+                    self.in_flight_bytes -= done.len;
                     match done.reply {
                         Reply::Whole(tx) => {
                             let whole = if done.body.is_empty() {
@@ -270,6 +284,7 @@ impl Actor {
             debug!(target = %self.target, reason = %why, "idle connection dropped");
         }
         self.conn = None;
+        self.in_flight_bytes = 0;
         for p in self.pending.drain(..) {
             let err = ClientError::Disconnected(why.clone());
             match p.reply {

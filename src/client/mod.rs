@@ -40,6 +40,10 @@ pub struct ClientOptions {
     pub max_line: usize,
     /// Commands written but not yet answered, at most.
     pub max_in_flight: usize,
+    /// Bytes of commands written but not yet answered, at most: kept under the socket's send
+    /// buffer, so that writing never waits on HAProxy while HAProxy waits for a long answer (a
+    /// dump) to be read.
+    pub max_in_flight_bytes: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
 }
@@ -51,7 +55,8 @@ impl Default for ClientOptions {
             read_timeout: Duration::from_secs(10),
             cli_timeout: Duration::from_secs(600),
             max_line: crate::proto::command::DEFAULT_MAX_LINE,
-            max_in_flight: 512,
+            max_in_flight: 4096,
+            max_in_flight_bytes: 128 * 1024,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
         }
