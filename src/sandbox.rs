@@ -346,18 +346,6 @@ pub async fn http_burst(src: IpAddr, port: u16, count: usize, concurrency: usize
     Ok(statuses)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 403 Forbidden\r\n\r\n").unwrap(), 403);
-        assert!(parse_status(b"garbage").is_err());
-        assert_eq!(client_addr(1), "127.0.0.2".parse::<IpAddr>().unwrap());
-    }
-}
-
 /// The address of the `i`-th generated entry: 10.0.0.0 plus `i`.
 pub fn nth_addr(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i))
@@ -387,4 +375,16 @@ pub async fn fill_table(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 403 Forbidden\r\n\r\n").unwrap(), 403);
+        assert!(parse_status(b"garbage").is_err());
+        assert_eq!(client_addr(1), "127.0.0.2".parse::<IpAddr>().unwrap());
+    }
 }
