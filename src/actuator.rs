@@ -47,7 +47,8 @@ pub enum Job {
     /// the connection may still reach the old process.
     Forget,
     /// Many blocks at once (re-applying everything after a restart), pipelined: tags and missing
-    /// ACL patterns sent in batches instead of one round trip each. Sessions are not killed.
+    /// ACL patterns sent in batches instead of one round trip each, not rate limited (it restores
+    /// what HAProxy held). Sessions are not killed.
     ApplyMany {
         blocks: Vec<(IpNet, Actions)>,
     },
@@ -233,7 +234,12 @@ impl Actor {
     /// Waits for the rate limiter, and counts the command about to be sent.
     async fn command(&self) {
         self.limiter.until_ready().await;
-        self.metrics.commands.get_or_create(&self.labels).inc();
+        self.count(1);
+    }
+
+    /// Counts commands sent without the rate limiter (putting back what HAProxy lost).
+    fn count(&self, n: u64) {
+        self.metrics.commands.get_or_create(&self.labels).inc_by(n);
     }
 
     /// The table key of a host block in the block table, if it can be tagged there.
@@ -400,10 +406,11 @@ impl Actor {
             cmds.extend(adds.iter().map(|p| Command::AddAcl { acl: acl.clone(), version: None, pattern: *p }));
         }
         let mut first_error = None;
+        // Not rate limited: this is what HAProxy held a moment ago (before a reload or restart),
+        // and every second without it is a second without those blocks. The pipeline's in-flight
+        // bounds pace it to what HAProxy answers.
         for chunk in cmds.chunks(IMPORT_CHUNK) {
-            for _ in chunk {
-                self.command().await;
-            }
+            self.count(chunk.len() as u64);
             for (cmd, result) in chunk.iter().zip(self.client.pipeline(chunk).await) {
                 match result {
                     // An ACL pattern is only known once HAProxy has it: a retry must not add it twice.

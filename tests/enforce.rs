@@ -281,6 +281,16 @@ async fn actuator_is_rate_limited() {
     for i in 0..12 {
         assert_eq!(gpt0(&c, &format!("10.9.0.{i}")).await, Some(1));
     }
+    // Putting back what HAProxy lost is not limited: 200 tags at "4 a second" go at once.
+    let blocks: Vec<_> = (0..200u32)
+        .map(|i| {
+            (stickwarden::net::host_net(stickwarden::sandbox::nth_addr(i).into()), Actions::new(vec![Action::Tag]))
+        })
+        .collect();
+    let started = Instant::now();
+    a.run(Job::ApplyMany { blocks }).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "re-apply was rate limited: {:?}", started.elapsed());
+    assert_eq!(gpt0(&c, "10.0.0.199").await, Some(1));
 }
 
 /// HAProxy refusing one action (here the tag: a column the table does not store) does not keep
