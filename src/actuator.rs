@@ -380,22 +380,20 @@ impl Actor {
     }
 
     async fn apply_many(&mut self, blocks: &[(IpNet, Actions)]) -> Result<(), ClientError> {
-        let mut cmds: Vec<Command> = Vec::new();
-        if let Some(table) = self.block.table.clone() {
-            let field = self.block.tag.clone();
+        // What to send, as keys: the commands themselves are made one batch at a time, so that
+        // 100,000 blocks never hold 200,000 commands in memory at once.
+        let mut tags: Vec<TableKey> = Vec::new();
+        if self.block.table.is_some() {
             for (key, _) in blocks.iter().filter(|(k, a)| a.has(Action::Tag) && crate::net::is_host(k)) {
                 if let Some(k) = self.table_key(key).await? {
-                    cmds.push(Command::SetTable {
-                        table: table.clone(),
-                        key: k,
-                        fields: vec![(field.clone(), u64::from(self.block.tag_value))],
-                    });
+                    tags.push(k);
                 }
             }
         }
-        if let Some(acl) = self.block.acl.clone() {
+        let mut adds: Vec<AclPattern> = Vec::new();
+        if self.block.acl.is_some() {
             let known = self.known_acl().await?;
-            let mut adds: Vec<AclPattern> = blocks
+            adds = blocks
                 .iter()
                 .filter(|(_, a)| a.has(Action::Acl))
                 .map(|(k, _)| Self::pattern(k))
@@ -403,15 +401,29 @@ impl Actor {
                 .collect();
             adds.sort_unstable();
             adds.dedup();
-            cmds.extend(adds.iter().map(|p| Command::AddAcl { acl: acl.clone(), version: None, pattern: *p }));
         }
-        let mut first_error = None;
+        let (table, field, value) = (self.block.table.clone(), self.block.tag.clone(), u64::from(self.block.tag_value));
+        let acl = self.block.acl.clone();
+        let commands = tags
+            .into_iter()
+            .filter_map(move |key| {
+                let table = table.clone()?;
+                Some(Command::SetTable { table, key, fields: vec![(field.clone(), value)] })
+            })
+            .chain(
+                adds.into_iter()
+                    .filter_map(move |pattern| Some(Command::AddAcl { acl: acl.clone()?, version: None, pattern })),
+            );
+        let (mut first_error, mut sent) = (None, 0usize);
         // Not rate limited: this is what HAProxy held a moment ago (before a reload or restart),
         // and every second without it is a second without those blocks. The pipeline's in-flight
         // bounds pace it to what HAProxy answers.
-        for chunk in cmds.chunks(IMPORT_CHUNK) {
+        let mut commands = commands.peekable();
+        while commands.peek().is_some() {
+            let chunk: Vec<Command> = commands.by_ref().take(IMPORT_CHUNK).collect();
             self.count(chunk.len() as u64);
-            for (cmd, result) in chunk.iter().zip(self.client.pipeline(chunk).await) {
+            sent += chunk.len();
+            for (cmd, result) in chunk.iter().zip(self.client.pipeline(&chunk).await) {
                 match result {
                     // An ACL pattern is only known once HAProxy has it: a retry must not add it twice.
                     Ok(()) => {
@@ -426,7 +438,7 @@ impl Actor {
                 }
             }
         }
-        info!(target = %self.name, blocks = blocks.len(), commands = cmds.len(), "blocks re-applied");
+        info!(target = %self.name, blocks = blocks.len(), commands = sent, "blocks re-applied");
         first_error.map_or(Ok(()), Err)
     }
 

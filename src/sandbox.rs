@@ -352,8 +352,8 @@ pub fn nth_addr(i: u32) -> Ipv4Addr {
 }
 
 /// Fills `table` (an `ip` table storing `gpt0`) with `n` entries, [`nth_addr`]`(0..n)`, every
-/// `flag_every`-th with `gpt0 = 1`, through pipelined `set table` (for the benches' million-entry
-/// tables: about five seconds).
+/// `flag_every`-th with `gpt0 = 1` (none when 0), through pipelined `set table` (for the benches'
+/// million-entry tables: about five seconds).
 pub async fn fill_table(
     client: &crate::Client,
     table: &str,
@@ -366,7 +366,7 @@ pub async fn fill_table(
         .map(|i| Cmd::SetTable {
             table: table.to_owned(),
             key: TableKey::Ip(nth_addr(i)),
-            fields: vec![(gpt0.clone(), u64::from(i % flag_every.max(1) == 0))],
+            fields: vec![(gpt0.clone(), u64::from(flag_every > 0 && i % flag_every == 0))],
         })
         .collect();
     for chunk in cmds.chunks(8192) {

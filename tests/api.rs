@@ -232,6 +232,25 @@ async fn block_list_explain_unblock_and_audit_each_visible_in_haproxy() {
     let (_, list) = api.call("GET", "/v1/blocks", Some(VIEWER_TOKEN), None).await;
     let keys: Vec<&str> = list.as_array().unwrap().iter().map(|b| b["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["10.0.0.1", "192.0.2.0/24"]);
+    // The same list as JSON Lines, streamed: one object a line, equal to the array's elements
+    // (remaining_s aside, which can tick between the two reads).
+    let req = Request::builder()
+        .uri("/v1/blocks")
+        .header("authorization", format!("Bearer {VIEWER_TOKEN}"))
+        .header("accept", "application/x-ndjson")
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("remaining_s");
+        v
+    };
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&bytes).lines().map(|l| strip(serde_json::from_str(l).unwrap())).collect();
+    let array: Vec<Value> = list.as_array().unwrap().iter().cloned().map(strip).collect();
+    assert_eq!(lines, array);
     let (s, one) = api.call("GET", "/v1/blocks/192.0.2.0%2F24", Some(VIEWER_TOKEN), None).await;
     assert_eq!((s, one["scope"].as_str()), (StatusCode::OK, Some("cidr")));
     for field in ["key", "scope", "level", "action", "rule", "reason", "source", "actor", "since", "until"] {

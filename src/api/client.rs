@@ -51,46 +51,92 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ApiClientError> {
+        let exchange = async {
+            let resp = self.request(method, path, body, None).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| self.protocol(e.to_string()))?.to_bytes();
+            Ok::<_, ApiClientError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.protocol("no answer within 60 s".into()))??;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unexpected answer: {e}")));
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    /// `GET path` asking for JSON Lines (`application/x-ndjson`), copied to `out` as it arrives:
+    /// a long list is never held whole on either side.
+    pub async fn get_lines(&self, path: &str, out: &mut impl std::io::Write) -> Result<(), ApiClientError> {
+        let resp = tokio::time::timeout(TIMEOUT, self.request(Method::GET, path, None, Some(NDJSON)))
+            .await
+            .map_err(|_| self.protocol("no answer within 60 s".into()))??;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| self.protocol(e.to_string()))?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.protocol(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                out.write_all(data).map_err(|e| self.protocol(format!("cannot write the answer out: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn protocol(&self, message: String) -> ApiClientError {
+        ApiClientError::Protocol { at: self.at.to_string(), message }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        accept: Option<&str>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ApiClientError> {
         let at = self.at.to_string();
-        let protocol = |message: String| ApiClientError::Protocol { at: at.clone(), message };
         let unreachable = |source| ApiClientError::Unreachable { at: at.clone(), source };
         let mut req = Request::builder().method(method).uri(path).header(header::HOST, "stickwarden");
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| protocol(e.to_string()))?;
-        let exchange = async {
-            let resp = match &self.at {
-                Listen::Tcp(addr) => {
-                    let s = tokio::net::TcpStream::connect(addr).await.map_err(unreachable)?;
-                    send(TokioIo::new(s), req).await
-                }
-                Listen::Unix(path) => {
-                    let s = tokio::net::UnixStream::connect(path).await.map_err(unreachable)?;
-                    send(TokioIo::new(s), req).await
-                }
+        let req =
+            req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| self.protocol(e.to_string()))?;
+        match &self.at {
+            Listen::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr).await.map_err(unreachable)?;
+                send(TokioIo::new(s), req).await
             }
-            .map_err(|e| protocol(e.to_string()))?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| protocol(e.to_string()))?.to_bytes();
-            Ok::<_, ApiClientError>((status, bytes))
-        };
-        let (status, bytes) =
-            tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| protocol("no answer within 60 s".into()))??;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| protocol(format!("unexpected answer: {e}")));
+            Listen::Unix(path) => {
+                let s = tokio::net::UnixStream::connect(path).await.map_err(unreachable)?;
+                send(TokioIo::new(s), req).await
+            }
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => Err(ApiClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message }),
-            Err(_) => Err(ApiClientError::Api {
-                status: status.as_u16(),
-                code: "http_error".into(),
-                message: String::from_utf8_lossy(&bytes).trim().to_owned(),
-            }),
-        }
+        .map_err(|e| self.protocol(e.to_string()))
+    }
+}
+
+/// The media type of JSON Lines.
+pub const NDJSON: &str = "application/x-ndjson";
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ApiClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => ApiClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message },
+        Err(_) => ApiClientError::Api {
+            status: status.as_u16(),
+            code: "http_error".into(),
+            message: String::from_utf8_lossy(bytes).trim().to_owned(),
+        },
     }
 }
 

@@ -205,15 +205,74 @@ async fn metrics(State(s): State<ApiState>, caller: Caller) -> Result<Response, 
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 
-async fn list_blocks(State(s): State<ApiState>, caller: Caller) -> Result<Json<Vec<ops::BlockView>>, ApiError> {
+async fn list_blocks(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
+    let ndjson = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains(client::NDJSON));
+    if ndjson {
+        return Ok(stream_blocks(&s));
+    }
     let mut views = ops::blocks(&s.store, now_ms())?;
     for v in &mut views {
         if let Ok(key) = ops::parse_key(&v.key) {
             v.unconfirmed_on = s.handle.lag().lagging_on(&key);
         }
     }
-    Ok(Json(views))
+    Ok(Json(views).into_response())
+}
+
+/// The active blocks as JSON Lines, read from the store a page at a time and sent as they are
+/// written: 100,000 blocks never sit whole in memory, and the work stays on the daemon's thread
+/// in short slices (a worker thread would grow an allocator arena of its own). A store error
+/// mid-way ends the stream early (the status is already sent); it is logged.
+fn stream_blocks(s: &ApiState) -> Response {
+    const PAGE: usize = 2_000;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(2);
+    let (store, lagging, now) = (s.store.clone(), s.handle.lag().lagging(), now_ms());
+    tokio::spawn(async move {
+        let mut after = None;
+        loop {
+            let page = match store.blocks_after(after.as_ref(), PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "listing blocks: store error; answer cut short");
+                    return;
+                }
+            };
+            let mut buf = Vec::with_capacity(page.len() * 400);
+            for b in &page {
+                let mut view = ops::BlockView::of(b, now);
+                view.unconfirmed_on = lagging.get(&b.key).cloned().unwrap_or_default();
+                serde_json::to_writer(&mut buf, &view).expect("views serialize");
+                buf.push(b'\n');
+            }
+            after = page.last().map(|b| b.key);
+            if !buf.is_empty() && tx.send(buf.into()).await.is_err() {
+                return; // the caller went away
+            }
+            if page.len() < PAGE {
+                return;
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, client::NDJSON)], axum::body::Body::from_stream(Chunks(rx))).into_response()
+}
+
+/// A channel of body chunks as the stream axum's body wants.
+struct Chunks(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<bytes::Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|c| c.map(Ok))
+    }
 }
 
 async fn get_block(

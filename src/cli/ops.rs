@@ -198,6 +198,12 @@ fn json_line(v: &impl Serialize) -> Result<(), Failure> {
 
 pub async fn blocks(a: Access) -> Result<(), Failure> {
     let via = a.connect().await?;
+    if let (true, Via::Api(c)) = (a.json, &via) {
+        // JSON Lines straight from the daemon to stdout: nothing parsed, nothing held whole.
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock());
+        c.get_lines("/v1/blocks", &mut out).await.map_err(api_failure)?;
+        return std::io::Write::flush(&mut out).map_err(Failure::runtime);
+    }
     let list: Vec<BlockView> = match &via {
         Via::Api(_) => via.get("/v1/blocks").await?,
         Via::Local(_, store) => ops::blocks(store, now_ms()).map_err(op_failure)?,

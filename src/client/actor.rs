@@ -28,6 +28,8 @@ use crate::target::Target;
 const WRITE_BATCH: usize = 64 * 1024;
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Answers up to this long are copied out of the read buffer rather than sliced from it.
+const SHORT_ANSWER: usize = 4096;
 
 pub(crate) enum Reply {
     Whole(oneshot::Sender<Result<Bytes, ClientError>>),
@@ -222,8 +224,18 @@ impl Actor {
                     }
                 }
                 Step::End { body, consumed } => {
-                    let chunk = conn.buf.split_to(body).freeze();
-                    conn.buf.advance(consumed - body);
+                    // A short answer (most are a lone newline) is copied out, so the read buffer
+                    // stays unshared and is reused; slicing it would pin a fresh 64 KiB buffer
+                    // per read while thousands of pipelined answers wait for their askers.
+                    let chunk = if body <= SHORT_ANSWER {
+                        let copy = Bytes::copy_from_slice(&conn.buf[..body]);
+                        conn.buf.advance(consumed);
+                        copy
+                    } else {
+                        let chunk = conn.buf.split_to(body).freeze();
+                        conn.buf.advance(consumed - body);
+                        chunk
+                    };
                     let done = self.pending.pop_front().expect("front exists");
                     self.in_flight_bytes -= done.len;
                     match done.reply {

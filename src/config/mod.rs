@@ -261,6 +261,11 @@ struct RawAllow {
 /// second on one core; this leaves it room while an import or a burst of blocks goes through.
 pub const DEFAULT_COMMANDS_PER_SECOND: u32 = 20_000;
 
+/// sled's page cache, in MiB. It holds decoded tree nodes, which take about three times their
+/// size on disk: 16 MiB serves the daemon's lookups (an offender per candidate) and keeps a daemon
+/// with 100,000 active blocks and a million offenders in history under 200 MB (docs/BENCHMARKS.md).
+pub const DEFAULT_CACHE_MB: u64 = 16;
+
 /// The API's port when `[api]` does not say where to listen (on 127.0.0.1).
 pub const DEFAULT_API_PORT: u16 = 9180;
 
@@ -401,7 +406,7 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
     }
 
     let store = &raw.store;
-    let cache_mb = store.cache_mb.as_ref().map_or(64, |c| *c.get_ref());
+    let cache_mb = store.cache_mb.as_ref().map_or(DEFAULT_CACHE_MB, |c| *c.get_ref());
     if let Some(c) = store.cache_mb.as_ref().filter(|c| !(1..=65_536).contains(c.get_ref())) {
         return Err(src.error(&c.span(), "cache_mb must be between 1 and 65536"));
     }

@@ -24,7 +24,7 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!((c.block.tag.as_str(), c.block.tag_value), ("gpt0", 1));
     assert_eq!(c.safety.max_blocks_per_minute, 100);
     assert!(c.safety.never_block.is_empty());
-    assert_eq!(c.store.cache_bytes, 64 << 20);
+    assert_eq!(c.store.cache_bytes, 16 << 20);
     assert_eq!(c.store.retention, Duration::from_secs(30 * 86_400));
     assert_eq!(c.rules.policy, crate::rules::Policy::default());
     assert!(!c.dry_run && c.aggregate.is_none() && c.allow.is_empty());

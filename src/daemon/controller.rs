@@ -91,8 +91,9 @@ impl Controller {
             in_flight: Default::default(),
             cfg,
         };
-        for b in c.store.blocks()? {
-            c.index(b);
+        // One at a time into the index: a list of 100,000 blocks would double the memory.
+        for b in c.store.blocks_iter() {
+            c.index(b?);
         }
         Ok(c)
     }
@@ -102,16 +103,17 @@ impl Controller {
     /// are not killed again. Returns how many blocks were sent.
     pub async fn reapply_all(&mut self, only: Option<&str>) -> usize {
         let now = now_ms();
-        let blocks: Vec<Block> = self.active.values().filter(|b| !b.dry_run && b.until > now).cloned().collect();
-        if !blocks.is_empty() {
-            info!(blocks = blocks.len(), target = only.unwrap_or("all"), "re-applying active blocks");
+        // Keys and actions only: a copy of every block would double the memory of the index.
+        let items: Vec<(IpNet, Actions)> =
+            self.active.values().filter(|b| !b.dry_run && b.until > now).map(|b| (b.key, b.actions.clone())).collect();
+        if !items.is_empty() {
+            info!(blocks = items.len(), target = only.unwrap_or("all"), "re-applying active blocks");
         }
         // Pipelined jobs of many blocks: 100,000 blocks go back in seconds, not minutes.
-        for chunk in blocks.chunks(REAPPLY_BATCH) {
-            let items = chunk.iter().map(|b| (b.key, b.actions.clone())).collect();
-            self.dispatch_to(only, None, Job::ApplyMany { blocks: items }, None).await;
+        for chunk in items.chunks(REAPPLY_BATCH) {
+            self.dispatch_to(only, None, Job::ApplyMany { blocks: chunk.to_vec() }, None).await;
         }
-        blocks.len()
+        items.len()
     }
 
     /// A target's HAProxy was reloaded or restarted (`was` -> `now`): it has lost every runtime

@@ -96,6 +96,22 @@ impl Lag {
         self.lock().iter().map(|(n, t)| (n.clone(), t.count())).collect()
     }
 
+    /// Every key some target has not confirmed, with those targets (sorted): a snapshot, for
+    /// listings.
+    pub fn lagging(&self) -> HashMap<IpNet, Vec<String>> {
+        let mut out: HashMap<IpNet, Vec<String>> = HashMap::new();
+        for (name, t) in self.lock().iter() {
+            for k in t.pending.keys().chain(t.failed.iter()) {
+                let names = out.entry(*k).or_default();
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        out.values_mut().for_each(|v| v.sort());
+        out
+    }
+
     /// The targets that have not confirmed the last job for `key`, sorted.
     pub fn lagging_on(&self, key: &IpNet) -> Vec<String> {
         let mut v: Vec<String> = self.lock().iter().filter(|(_, t)| t.has(key)).map(|(n, _)| n.clone()).collect();
@@ -116,6 +132,7 @@ mod tests {
         lag.sent("b", &[k]);
         lag.answered("a", &[k], true);
         assert_eq!(lag.lagging_on(&k), ["b"]);
+        assert_eq!(lag.lagging(), [(k, vec!["b".to_owned()])].into());
         lag.answered("b", &[k], false);
         assert_eq!(lag.unconfirmed()["b"], 1);
         // Block then release queued; the block's answer does not clear the pending release.

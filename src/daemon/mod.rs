@@ -57,6 +57,8 @@ pub(crate) enum Msg {
     Actual(reconcile::Actual),
 }
 
+/// The longest time between two checks of a target's process identity (reload detection).
+const RESTART_CHECK_MAX: Duration = Duration::from_millis(500);
 /// How often blocks are checked for release.
 const TICK: Duration = Duration::from_millis(250);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -170,7 +172,10 @@ pub async fn run_with(
             tokio::spawn(poller::run(name.clone(), client.clone(), table, rules, tx, stop, m));
         }
     }
+    // A reload is looked for at least twice a second: until it is seen, the new process holds no
+    // block at all. (`show info` on a fresh connection costs HAProxy next to nothing.)
     let every = cfg.tables.iter().map(|t| t.interval).min().unwrap_or(crate::config::DEFAULT_POLL_INTERVAL);
+    let every = every.min(RESTART_CHECK_MAX);
     let reconcile_now = Arc::new(tokio::sync::Notify::new());
     for (name, client) in &parts.clients {
         tokio::spawn(restarts::run(name.clone(), client.clone(), every, tx.clone(), stop_rx.clone(), metrics.clone()));

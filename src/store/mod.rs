@@ -198,6 +198,23 @@ impl Store {
         self.blocks.get(&k)?.map(|v| decode("blocks", &k, &v)).transpose()
     }
 
+    /// Every block, read one at a time (for listings too long to hold whole).
+    pub fn blocks_iter(&self) -> impl Iterator<Item = Result<Block, StoreError>> + Send + 'static {
+        self.blocks.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("blocks", &k, &v)))
+    }
+
+    /// Up to `n` blocks in store order, after the one keyed `after` (from the start when `None`):
+    /// a page of a listing read a little at a time.
+    pub fn blocks_after(&self, after: Option<&IpNet>, n: usize) -> Result<Vec<Block>, StoreError> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(key(a)));
+        self.blocks
+            .range::<Vec<u8>, _>((from, Bound::Unbounded))
+            .take(n)
+            .map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("blocks", &k, &v)))
+            .collect()
+    }
+
     pub fn blocks(&self) -> Result<Vec<Block>, StoreError> {
         self.blocks.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("blocks", &k, &v))).collect()
     }
@@ -285,6 +302,27 @@ mod tests {
             counters: vec![("http_req_rate".into(), 120)],
             dry_run: false,
         }
+    }
+
+    #[test]
+    fn blocks_are_read_page_by_page_in_store_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let all: Vec<Block> = (0..25).map(|i| block(&format!("10.0.{}.{}", i / 10, i % 10), 1_000)).collect();
+        s.decide_many(&all, |b| AuditRecord::of(Event::Block, b, 1_000)).unwrap();
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s.blocks_after(after.as_ref(), 10).unwrap();
+            after = page.last().map(|b| b.key);
+            let last = page.len() < 10;
+            paged.extend(page);
+            if last {
+                break;
+            }
+        }
+        assert_eq!(paged, s.blocks().unwrap());
+        assert_eq!(paged.len(), 25);
     }
 
     #[test]
