@@ -14,10 +14,14 @@ demo: haproxy
 test: haproxy
 	$(CARGO) test
 
-## Criterion benches, then the side-by-side run against socat on a real 1,048,576-entry table.
+## Every bench of docs/BENCHMARKS.md: the CLI against socat on a real 1,048,576-entry table, the
+## parser, the daemon's poll and actuation against socat, fleet fan-out, the end-to-end scale run.
 bench: bench-socat
 	$(CARGO) bench --bench table_parser
+	$(CARGO) bench --bench poll_1m
+	$(CARGO) bench --bench actuate_100k
 	$(CARGO) bench --bench fleet_fanout
+	$(CARGO) bench --bench scale
 
 bench-socat:
 	@scripts/ensure-haproxy.sh --socat
