@@ -104,8 +104,10 @@ impl Controller {
     pub async fn reapply_all(&mut self, only: Option<&str>) -> usize {
         let now = now_ms();
         // Keys and actions only: a copy of every block would double the memory of the index.
-        let items: Vec<(IpNet, Actions)> =
+        let mut items: Vec<(IpNet, Actions)> =
             self.active.values().filter(|b| !b.dry_run && b.until > now).map(|b| (b.key, b.actions.clone())).collect();
+        // In key order: the same order every time, whatever the index's.
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if !items.is_empty() {
             info!(blocks = items.len(), target = only.unwrap_or("all"), "re-applying active blocks");
         }

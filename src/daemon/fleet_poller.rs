@@ -179,14 +179,14 @@ async fn look_up_missing(
 ) -> usize {
     let mut wanted: Vec<Vec<IpAddr>> = vec![Vec::new(); nodes.len()];
     let mut n = 0;
-    for (addr, m) in merged.iter() {
+    'addresses: for (addr, m) in merged.iter() {
         if rules.iter().all(|r| r.matches_by(|c| m.get(columns, &c.column))) {
             continue;
         }
         for i in m.missing().filter(|i| up[*i]) {
             if n == MAX_LOOKUPS {
                 warn!(table, max = MAX_LOOKUPS, "too many candidates to look up on every node this poll; the rest are merged from the nodes that reported them");
-                break;
+                break 'addresses;
             }
             wanted[i].push(*addr);
             n += 1;
