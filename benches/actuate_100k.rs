@@ -90,55 +90,47 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("apply_100k_blocks");
     g.sample_size(10);
+    // Every round: the table and ACL emptied and `before` (untimed), the work (timed), a check
+    // (untimed).
+    let rounds = |iters: u64, before: &dyn Fn(), work: &mut dyn FnMut(), check: &dyn Fn()| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            reset(&sock, &acl);
+            before();
+            let t = Instant::now();
+            work();
+            total += t.elapsed();
+            check();
+        }
+        total
+    };
+    let full = || check(&rt);
     g.bench_function("socat_pipelined_feed", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                reset(&sock, &acl);
-                let t = Instant::now();
-                socat(&sock, &feed);
-                total += t.elapsed();
-                check(&rt);
-            }
-            total
-        })
+        b.iter_custom(|iters| rounds(iters, &|| {}, &mut || socat(&sock, &feed), &full))
     });
     g.bench_function("actuator_apply_many", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                reset(&sock, &acl);
-                // A fresh actuator state: what it knows of the ACL is from before the reset.
-                rt.block_on(actuator.run(Job::Forget)).unwrap();
-                let t = Instant::now();
-                rt.block_on(actuator.run(Job::ApplyMany { blocks: blocks.clone() })).unwrap();
-                total += t.elapsed();
-                check(&rt);
-            }
-            total
+            // A fresh actuator state: what it knows of the ACL is from before the reset.
+            let forget = || rt.block_on(actuator.run(Job::Forget)).unwrap();
+            let mut apply = || rt.block_on(actuator.run(Job::ApplyMany { blocks: blocks.clone() })).unwrap();
+            rounds(iters, &forget, &mut apply, &full)
         })
     });
     g.bench_function("one_connection_per_command_2k", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                reset(&sock, &acl);
-                let t = Instant::now();
-                for i in 0..NAIVE / 2 {
-                    let a = nth_addr(i);
-                    for line in [format!("set table ft_web key {a} data.gpt0 1\n"), format!("add acl {acl} {a}\n")] {
-                        let mut s = UnixStream::connect(&sock).unwrap();
-                        s.write_all(line.as_bytes()).unwrap();
-                        s.shutdown(std::net::Shutdown::Write).unwrap();
-                        let mut out = Vec::new();
-                        s.read_to_end(&mut out).unwrap();
-                        assert_eq!(out, b"\n");
-                    }
+        let mut naive = || {
+            for i in 0..NAIVE / 2 {
+                let a = nth_addr(i);
+                for line in [format!("set table ft_web key {a} data.gpt0 1\n"), format!("add acl {acl} {a}\n")] {
+                    let mut s = UnixStream::connect(&sock).unwrap();
+                    s.write_all(line.as_bytes()).unwrap();
+                    s.shutdown(std::net::Shutdown::Write).unwrap();
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out).unwrap();
+                    assert_eq!(out, b"\n");
                 }
-                total += t.elapsed();
             }
-            total
-        })
+        };
+        b.iter_custom(|iters| rounds(iters, &|| {}, &mut naive, &|| {}))
     });
     g.finish();
 }

@@ -117,14 +117,7 @@ async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
     let s = fleet_setup(&nodes, &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
     let sock = with_api(&s);
     let d = spawn_daemon(&s);
-    let sock_path = sock.trim_start_matches("unix:").to_owned();
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let p = sock_path.clone();
-            async move { std::path::Path::new(&p).exists() }
-        })
-        .await
-    );
+    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
 
     let o = sw(&s, &["block", "10.9.0.1", "--for", "2h", "--reason", "fleet test"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

@@ -37,14 +37,8 @@ async fn cli_through_the_daemon_block_list_explain_unblock_audit() {
     let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
     let sock = with_api(&s);
     let d = spawn_daemon(&s);
+    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
     let sock_path = sock.trim_start_matches("unix:").to_owned();
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let p = sock_path.clone();
-            async move { std::path::Path::new(&p).exists() }
-        })
-        .await
-    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&sock_path).unwrap().permissions().mode() & 0o777, 0o600, "the API socket is private");
 

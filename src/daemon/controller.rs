@@ -107,7 +107,7 @@ impl Controller {
         let mut items: Vec<(IpNet, Actions)> =
             self.active.values().filter(|b| !b.dry_run && b.until > now).map(|b| (b.key, b.actions.clone())).collect();
         // In key order: the same order every time, whatever the index's.
-        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        items.sort_unstable_by_key(|a| a.0);
         if !items.is_empty() {
             info!(blocks = items.len(), target = only.unwrap_or("all"), "re-applying active blocks");
         }

@@ -188,6 +188,16 @@ pub fn with_api(s: &Setup) -> String {
     sock
 }
 
+/// Whether the API's Unix socket (`unix:/path`, as [`with_api`] returns it) appears within 5 s.
+pub async fn api_socket_appears(sock: &str) -> bool {
+    let path = std::path::PathBuf::from(sock.trim_start_matches("unix:"));
+    eventually(std::time::Duration::from_secs(5), || {
+        let p = path.clone();
+        async move { p.exists() }
+    })
+    .await
+}
+
 /// `stickwarden run` on the setup, as a real process (for SIGKILL and SIGTERM).
 pub fn spawn_daemon(s: &Setup) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
