@@ -405,6 +405,19 @@ async fn frozen_haproxy_hits_the_read_timeout() {
     };
     let key = TableKey::parse(KeyType::Ip, "10.9.9.9").unwrap();
     signal("-STOP");
+    // The stop is asynchronous: wait until the kernel shows the process stopped (state T).
+    let stat = format!("/proc/{}/stat", sb.pid());
+    let stopped = || {
+        std::fs::read_to_string(&stat)
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('T')))
+    };
+    for _ in 0..100 {
+        if stopped() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(stopped(), "haproxy did not stop");
     let started = std::time::Instant::now();
     let res = c.set_table("ft_web", key, &[(field("gpt0"), 1)]).await;
     let elapsed = started.elapsed();

@@ -3,10 +3,11 @@
 //! Requests arrive over a bounded channel; the actor writes them in batches without waiting for
 //! answers, remembers who asked in a queue, and matches answers to askers in order as they are
 //! framed. A streamed answer (a table dump) is handed on in chunks of whole lines through a bounded
-//! channel, so a slow reader slows the socket, not memory. The number of commands in flight is
-//! capped, which also bounds what is written while HAProxy is busy answering, so the two sides can
-//! never block each other. On any failure every pending asker gets an error, the connection is
-//! dropped, and the next request reconnects after an exponential backoff.
+//! channel, so a slow reader slows the socket, not memory. Commands are written from the same
+//! `select!` that reads answers, so the two sides never wait on each other (HAProxy writing a long
+//! dump while our next commands wait unread); the commands in flight are capped in number and
+//! bytes, which bounds what is buffered. On any failure every pending asker gets an error, the
+//! connection is dropped, and the next request reconnects after an exponential backoff.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, warn};
 
 use super::connection::Connection;
@@ -61,6 +62,11 @@ pub(crate) struct Actor {
     pending: VecDeque<Pending>,
     /// Bytes of the commands in `pending`.
     in_flight_bytes: usize,
+    /// Command bytes queued and not yet written. They are written from the same `select!` that
+    /// reads, so a long answer HAProxy is writing never waits on a write of ours (and small
+    /// writes, which cost the socket's send buffer far more than their length, cannot fill it
+    /// while we stop reading).
+    out: BytesMut,
     backoff: Duration,
     next_attempt: Option<Instant>,
     last_error: String,
@@ -83,6 +89,7 @@ impl Actor {
             conn: None,
             pending: VecDeque::new(),
             in_flight_bytes: 0,
+            out: BytesMut::new(),
             backoff,
             next_attempt: None,
             last_error: String::new(),
@@ -112,6 +119,11 @@ impl Actor {
                     }
                     Err(e) => self.fail(format!("read failed: {e}")),
                 },
+                wrote = conn.writer.write(&self.out), if !self.out.is_empty() => match wrote {
+                    Ok(0) => self.fail("connection closed by HAProxy".into()),
+                    Ok(n) => self.out.advance(n),
+                    Err(e) => self.fail(format!("write failed: {e}")),
+                },
                 req = self.rx.recv(), if room => match req {
                     // Asked to start afresh (`Client::reconnect`): once nothing is in flight, the
                     // next command goes on a new connection.
@@ -120,7 +132,7 @@ impl Actor {
                         self.conn = None;
                         self.ensure_connected(req).await;
                     }
-                    Some(req) => self.write(req).await,
+                    Some(req) => self.queue(req),
                     None if self.pending.is_empty() => return,
                     // Every handle is gone: answer what is in flight, then stop.
                     None => self.drain().await,
@@ -153,7 +165,7 @@ impl Actor {
                 self.conn = Some(conn);
                 self.backoff = self.opts.backoff_min;
                 self.next_attempt = None;
-                self.write(req).await;
+                self.queue(req);
                 true
             }
             Err(e) => {
@@ -167,10 +179,11 @@ impl Actor {
         }
     }
 
-    /// Writes `first` and whatever else is already queued, up to the batch and in-flight limits.
-    async fn write(&mut self, first: Request) {
-        let mut out = Vec::with_capacity(first.line.len());
+    /// Queues `first` and whatever else is already asked for, up to the batch and in-flight
+    /// limits, for the loop to write.
+    fn queue(&mut self, first: Request) {
         let mut next = Some(first);
+        let mut batch = 0;
         while let Some(req) = next.take() {
             if req.line.is_empty() {
                 // A connection probe: being here means we are connected.
@@ -178,7 +191,8 @@ impl Actor {
                     let _ = tx.send(Ok(Bytes::new()));
                 }
             } else {
-                out.extend_from_slice(&req.line);
+                self.out.extend_from_slice(&req.line);
+                batch += req.line.len();
                 self.in_flight_bytes += req.line.len();
                 self.pending.push_back(Pending {
                     reply: req.reply,
@@ -188,18 +202,9 @@ impl Actor {
                     len: req.line.len(),
                 });
             }
-            if out.len() < WRITE_BATCH && self.room() {
+            if batch < WRITE_BATCH && self.room() {
                 next = self.rx.try_recv().ok();
             }
-        }
-        if out.is_empty() {
-            return;
-        }
-        let conn = self.conn.as_mut().expect("write only when connected");
-        match timeout(self.opts.read_timeout, conn.writer.write_all(&out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.fail(format!("write failed: {e}")),
-            Err(_) => self.fail(format!("write blocked for {:?}", self.opts.read_timeout)),
         }
     }
 
@@ -277,13 +282,21 @@ impl Actor {
         while !self.pending.is_empty() {
             let Some(conn) = self.conn.as_mut() else { return };
             conn.buf.reserve(READ_CHUNK);
-            match timeout(self.opts.read_timeout, conn.reader.read_buf(&mut conn.buf)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    if let Err(e) = self.deliver().await {
-                        return self.fail(e);
+            let deadline = Instant::now() + self.opts.read_timeout;
+            tokio::select! {
+                read = conn.reader.read_buf(&mut conn.buf) => match read {
+                    Ok(n) if n > 0 => {
+                        if let Err(e) = self.deliver().await {
+                            return self.fail(e);
+                        }
                     }
-                }
-                _ => return self.fail("connection lost while draining".into()),
+                    _ => return self.fail("connection lost while draining".into()),
+                },
+                wrote = conn.writer.write(&self.out), if !self.out.is_empty() => match wrote {
+                    Ok(n) if n > 0 => self.out.advance(n),
+                    _ => return self.fail("connection lost while draining".into()),
+                },
+                _ = sleep_until(deadline) => return self.fail("connection lost while draining".into()),
             }
         }
     }
@@ -297,6 +310,7 @@ impl Actor {
         }
         self.conn = None;
         self.in_flight_bytes = 0;
+        self.out.clear();
         for p in self.pending.drain(..) {
             let err = ClientError::Disconnected(why.clone());
             match p.reply {

@@ -40,9 +40,8 @@ pub struct ClientOptions {
     pub max_line: usize,
     /// Commands written but not yet answered, at most.
     pub max_in_flight: usize,
-    /// Bytes of commands written but not yet answered, at most: kept under the socket's send
-    /// buffer, so that writing never waits on HAProxy while HAProxy waits for a long answer (a
-    /// dump) to be read.
+    /// Bytes of commands queued or written but not yet answered, at most: bounds what sits in
+    /// buffers while HAProxy is busy with a long answer.
     pub max_in_flight_bytes: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
