@@ -78,7 +78,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn traffic(client: &Client, queries: &[Vec<Filter>]) -> (u64, u64) {
     let (mut bytes, mut entries) = (0, 0);
     for q in queries {
-        let select = if q.is_empty() { TableSelect::All } else { TableSelect::Filters(q.clone()) };
+        let select = TableSelect::query(q);
         let stats = client.show_table("ft_web", select).await.unwrap().for_each(|_: TableItem<'_>| {}).await.unwrap();
         (bytes, entries) = (bytes + stats.bytes, entries + stats.entries);
     }

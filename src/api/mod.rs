@@ -215,13 +215,7 @@ async fn list_blocks(
     if ndjson {
         return Ok(stream_blocks(&s));
     }
-    let mut views = ops::blocks(&s.store, now_ms())?;
-    for v in &mut views {
-        if let Ok(key) = ops::parse_key(&v.key) {
-            v.unconfirmed_on = s.handle.lag().lagging_on(&key);
-        }
-    }
-    Ok(Json(views).into_response())
+    Ok(Json(ops::blocks_unconfirmed(&s.store, now_ms(), &s.handle.lag().lagging())?).into_response())
 }
 
 /// The active blocks as JSON Lines, read from the store a page at a time and sent as they are

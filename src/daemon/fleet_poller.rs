@@ -144,7 +144,7 @@ async fn poll_node(
     let mut out = NodeValues::new();
     let mut scanned = 0;
     for q in queries {
-        let select = if q.is_empty() { TableSelect::All } else { TableSelect::Filters(q.clone()) };
+        let select = TableSelect::query(q);
         let stats = client
             .show_table(table, select)
             .await?
@@ -229,23 +229,5 @@ async fn look_up_missing(
 
 /// The merged addresses that match at least one rule of `table`, as observations.
 fn observe(rules: &RuleSet, table: &str, columns: &Columns, merged: &HashMap<IpAddr, Merged>) -> Vec<Observation> {
-    let mut out = Vec::new();
-    for (addr, m) in merged {
-        let read = |c: &crate::rules::Condition| m.get(columns, &c.column);
-        let matched: Vec<usize> = rules.for_table(table).filter(|(_, r)| r.matches_by(read)).map(|(i, _)| i).collect();
-        if matched.is_empty() {
-            continue;
-        }
-        let mut counters: Vec<(String, i64)> = Vec::new();
-        for c in matched.iter().flat_map(|&i| rules.rules[i].conditions()) {
-            if counters.iter().any(|(n, _)| n == c.column.as_str()) {
-                continue;
-            }
-            if let Some(v) = read(c) {
-                counters.push((c.column.to_string(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
-            }
-        }
-        out.push(Observation { addr: *addr, rules: matched, counters });
-    }
-    out
+    merged.iter().filter_map(|(addr, m)| Observation::of(*addr, rules, table, |c| m.get(columns, &c.column))).collect()
 }

@@ -20,7 +20,7 @@ use crate::columns;
 use crate::config::TableConfig;
 use crate::metrics::Metrics;
 use crate::proto::{DataField, ErrorKind, Filter, TableSelect};
-use crate::rules::{filters, Rule, RuleSet};
+use crate::rules::{filters, Condition, Rule, RuleSet};
 
 /// An entry that matched at least one rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,32 @@ pub struct Observation {
     pub rules: Vec<usize>,
     /// The values of the columns those rules read.
     pub counters: Vec<(String, i64)>,
+}
+
+impl Observation {
+    /// The observation of `addr` if it matches a rule of `table`, each condition's column read by
+    /// `read` (from one entry, or from the values merged across a fleet).
+    pub fn of(
+        addr: IpAddr,
+        rules: &RuleSet,
+        table: &str,
+        read: impl Fn(&Condition) -> Option<i128>,
+    ) -> Option<Observation> {
+        let matched: Vec<usize> = rules.for_table(table).filter(|(_, r)| r.matches_by(&read)).map(|(i, _)| i).collect();
+        if matched.is_empty() {
+            return None;
+        }
+        let mut counters: Vec<(String, i64)> = Vec::new();
+        for c in matched.iter().flat_map(|&i| rules.rules[i].conditions()) {
+            if counters.iter().any(|(n, _)| n == c.column.as_str()) {
+                continue;
+            }
+            if let Some(v) = read(c) {
+                counters.push((c.column.to_string(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
+            }
+        }
+        Some(Observation { addr, rules: matched, counters })
+    }
 }
 
 pub(super) async fn run(
@@ -137,27 +163,21 @@ pub async fn poll(
     let mut seen: HashSet<IpAddr> = HashSet::new();
     let mut scanned = 0;
     for q in queries {
-        let select = if q.is_empty() { TableSelect::All } else { TableSelect::Filters(q.clone()) };
+        let select = TableSelect::query(q);
         let dump = client.show_table(table, select).await?;
         let stats = dump
             .for_each(|item| {
                 if let TableItem::Entry(e) = item {
                     let Some(addr) = e.key_addr() else { return };
-                    let matched: Vec<usize> =
-                        rules.for_table(table).filter(|(_, r)| r.matches(&e)).map(|(i, _)| i).collect();
-                    if matched.is_empty() || (queries.len() > 1 && !seen.insert(addr)) {
+                    if queries.len() > 1 && seen.contains(&addr) {
                         return;
                     }
-                    let mut counters: Vec<(String, i64)> = Vec::new();
-                    for c in matched.iter().flat_map(|&i| rules.rules[i].conditions()) {
-                        if counters.iter().any(|(n, _)| n == c.column.as_str()) {
-                            continue;
+                    if let Some(o) = Observation::of(addr, rules, table, |c| c.read(&e)) {
+                        if queries.len() > 1 {
+                            seen.insert(addr);
                         }
-                        if let Some(v) = c.read(&e) {
-                            counters.push((c.column.to_string(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
-                        }
+                        out.push(o);
                     }
-                    out.push(Observation { addr, rules: matched, counters });
                 }
             })
             .await?;

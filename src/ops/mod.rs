@@ -251,9 +251,24 @@ pub struct Outcome {
 
 /// Active blocks, oldest first.
 pub fn blocks(store: &Store, now: Millis) -> Result<Vec<BlockView>, OpError> {
+    blocks_unconfirmed(store, now, &Default::default())
+}
+
+/// [`blocks`], each with the targets that have not confirmed it (the running daemon's view).
+pub fn blocks_unconfirmed(
+    store: &Store,
+    now: Millis,
+    unconfirmed: &std::collections::HashMap<IpNet, Vec<String>>,
+) -> Result<Vec<BlockView>, OpError> {
     let mut list = store.blocks()?;
     list.sort_by_key(|b| (b.since, b.key));
-    Ok(list.iter().map(|b| BlockView::of(b, now)).collect())
+    Ok(list
+        .iter()
+        .map(|b| BlockView {
+            unconfirmed_on: unconfirmed.get(&b.key).cloned().unwrap_or_default(),
+            ..BlockView::of(b, now)
+        })
+        .collect())
 }
 
 /// Offences, blocks and releases of one address (and of the networks around it).

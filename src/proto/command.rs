@@ -232,6 +232,17 @@ pub enum TableSelect {
     Key(TableKey),
 }
 
+impl TableSelect {
+    /// The dump of a query: the whole table when it has no filter.
+    pub fn query(filters: &[Filter]) -> TableSelect {
+        if filters.is_empty() {
+            TableSelect::All
+        } else {
+            TableSelect::Filters(filters.to_vec())
+        }
+    }
+}
+
 /// One Runtime API command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
