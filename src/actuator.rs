@@ -447,7 +447,7 @@ impl Actor {
         self.command().await;
         let sessions = self.client.show_sess().await?;
         let mut killed = 0;
-        for s in sessions.iter().filter(|s| s.client_ip().is_some_and(|ip: IpAddr| key.contains(&ip.to_canonical()))) {
+        for s in sessions.iter().filter(|s| s.client_ip().is_some_and(|ip: IpAddr| crate::net::covers_addr(key, ip))) {
             self.command().await;
             match self.client.shutdown_session(s.ptr).await {
                 Ok(()) => killed += 1,

@@ -25,12 +25,8 @@ pub struct Allowlist {
 
 impl Allowlist {
     pub fn new(cfg: &Config, stored: &[AllowEntry]) -> Allowlist {
-        let mut entries: Vec<Allowed> = cfg
-            .safety
-            .never_block
-            .iter()
-            .map(|n| Allowed { net: *n, until: None, reason: "never_block".into() })
-            .collect();
+        let mut entries: Vec<Allowed> =
+            cfg.safety.never_block.iter().map(|p| Allowed { net: p.net, until: None, reason: p.why.clone() }).collect();
         entries.extend(cfg.allow.iter().map(|a| Allowed { net: a.net, until: a.until, reason: a.reason.clone() }));
         entries.extend(stored.iter().map(|a| Allowed { net: a.net, until: a.until, reason: a.reason.clone() }));
         Allowlist { entries }
@@ -42,13 +38,12 @@ impl Allowlist {
 
     /// The reason `addr` is allowlisted at `now`, if it is.
     pub fn allows(&self, addr: IpAddr, now: Millis) -> Option<&str> {
-        let addr = addr.to_canonical();
-        self.live(now).find(|e| e.net.contains(&addr)).map(|e| e.reason.as_str())
+        self.live(now).find(|e| crate::net::covers_addr(&e.net, addr)).map(|e| e.reason.as_str())
     }
 
     /// The reason blocking `net` would touch an allowlisted address, if it would.
     pub fn overlaps(&self, net: &IpNet, now: Millis) -> Option<&str> {
-        self.live(now).find(|e| e.net.contains(net) || net.contains(&e.net)).map(|e| e.reason.as_str())
+        self.live(now).find(|e| crate::net::overlaps(&e.net, net)).map(|e| e.reason.as_str())
     }
 }
 
@@ -83,5 +78,10 @@ mod tests {
         assert!(l.overlaps(&crate::net::parse_net("10.0.0.128/25").unwrap(), 0).is_some());
         assert!(l.overlaps(&crate::net::parse_net("192.0.2.0/24").unwrap(), 4_000).is_some());
         assert!(l.overlaps(&crate::net::parse_net("192.0.2.0/24").unwrap(), 6_000).is_none());
+        // IPv6 networks that hold ::ffff:0:0/96 reach the allowed IPv4 clients too.
+        for wide in ["::/0", "::/1", "::/64", "::ffff:0:0/96", "::ffff:10.0.0.0/120"] {
+            assert!(l.overlaps(&wide.parse().unwrap(), 0).is_some(), "{wide}");
+        }
+        assert!(l.overlaps(&"2001:db8:1::/48".parse().unwrap(), 0).is_none());
     }
 }

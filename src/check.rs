@@ -1,9 +1,11 @@
 //! What `stickwarden check` verifies on each HAProxy target before the daemon relies on it: the
 //! connection, the watched and block tables (present, keyed by address, storing every column the
 //! rules read and the tag), the block ACL (loaded from its file), and the socket's level (operator
-//! for tables, admin for `shutdown session` and for ACL changes on HAProxy 3.4+). Every probe is
-//! read-only: filtered `show table` with a filter no entry matches, `show acl`, and a `shutdown
-//! session` of a pointer that cannot be a session, which only tells the level.
+//! for tables, admin for `shutdown session`, and whatever this HAProxy asks for ACL commands:
+//! nothing more than operator up to 3.3, admin from 3.4, a change that may be backported, so it is
+//! asked, never inferred from the version). Every probe is read-only: filtered `show table` with a
+//! filter no entry matches, `show acl` (which 3.4+ refuses below admin, like every ACL command),
+//! and a `shutdown session` of a pointer that cannot be a session, which only tells the level.
 
 use std::collections::BTreeSet;
 
@@ -131,6 +133,7 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
     }
 
     let uses_acl = cfg.rules.policy.uses(Action::Acl) || cfg.aggregate.is_some();
+    let mut acl_refused = false;
     if let Some(acl) = cfg.block.acl.as_ref().filter(|_| uses_acl) {
         match client.list_acls().await {
             Ok(list) if list.iter().any(|a| a.file.as_deref() == Some(&acl.to_string())) => {
@@ -140,52 +143,52 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
                 "ACL file {acl} is not loaded by HAProxy: reference it with `acl blocked src -f {acl}` and \
                  `http-request deny if blocked` (see docs/haproxy.md); the file must exist, even empty"
             ))),
+            // Said once, with the line to change, by the level finding below.
+            Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::PermissionDenied) => acl_refused = true,
             Err(e) => out.push(Finding::fail(format!("cannot list ACLs: {e}"))),
         }
     }
-
-    // admin is needed to kill sessions, and for ACL changes from HAProxy 3.4 on.
-    let acl_needs_admin = uses_acl && version_at_least(&version, 3, 4);
-    let needs_admin = cfg.rules.policy.uses(Action::Kill) || acl_needs_admin;
-    match client.shutdown_session(1).await {
-        Ok(()) => {}
-        Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::NoSuchSession) => {
-            out.push(Finding::ok("socket level admin"))
-        }
-        Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::PermissionDenied) => {
-            let why = if cfg.rules.policy.uses(Action::Kill) {
-                "the ladder's \"kill\" step"
-            } else {
-                "ACL changes on HAProxy 3.4+"
-            };
-            if needs_admin {
-                out.push(Finding::fail(format!(
-                    "the socket is below level admin, which {why} needs: change its line to `{}`",
-                    socket_line(&t.target, "admin")
-                )));
-            } else {
-                out.push(Finding::ok("socket level operator (enough: no kill step)"));
-            }
-        }
-        Err(e) => out.push(Finding::fail(format!("level probe failed: {e}"))),
-    }
+    out.push(level_finding(cfg, t, &client, acl_refused, &version).await);
     out
 }
 
+/// The one finding about the socket's level, in every case: admin; or below admin, and whether
+/// that is enough for the ladder's kill step and for the ACL commands this HAProxy refused.
+async fn level_finding(cfg: &Config, t: &TargetConfig, client: &Client, acl_refused: bool, version: &str) -> Finding {
+    let admin = match client.shutdown_session(1).await {
+        // No such session, or (should a version ever answer nothing) accepted: admin either way.
+        Ok(()) => true,
+        Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::NoSuchSession) => true,
+        Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::PermissionDenied) => false,
+        Err(e) => return Finding::fail(format!("socket level: the probe failed: {e}")),
+    };
+    if admin {
+        return Finding::ok("socket level admin");
+    }
+    let mut needs = Vec::new();
+    if cfg.rules.policy.uses(Action::Kill) {
+        needs.push("the ladder's \"kill\" step".to_owned());
+    }
+    if acl_refused {
+        needs.push(format!("ACL commands on this HAProxy ({version}, which refused `show acl`)"));
+    }
+    if needs.is_empty() {
+        return Finding::ok("socket level operator (enough: no kill step, and this HAProxy allows ACL commands at it)");
+    }
+    Finding::fail(format!(
+        "the socket is below level admin, which {} need: change its line to `{}`",
+        needs.join(" and "),
+        socket_line(&t.target, "admin")
+    ))
+}
+
 /// The `stats socket` line that gives `level`.
-fn socket_line(target: &Target, level: &str) -> String {
+pub fn socket_line(target: &Target, level: &str) -> String {
     match target {
         Target::Unix(p) => format!("stats socket {} mode 600 level {level}", p.display()),
         Target::Tcp { host, port } => format!("stats socket ipv4@{host}:{port} level {level}"),
         Target::Master(p) => format!("-S {},level,{level} (haproxy's command line)", p.display()),
     }
-}
-
-/// `3.4.0-1` >= 3.4
-fn version_at_least(v: &str, major: u32, minor: u32) -> bool {
-    let mut it = v.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
-    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-    (a, b) >= (major, minor)
 }
 
 /// Runs [`check_target`] on every target; returns every finding with its target's name.
@@ -202,10 +205,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_and_socket_lines() {
-        assert!(version_at_least("3.4.0-1", 3, 4));
-        assert!(version_at_least("10.0", 3, 4));
-        assert!(!version_at_least("2.6.12-1+deb12u4", 3, 4));
+    fn socket_lines() {
         assert_eq!(
             socket_line(&"unix:/run/h.sock".parse().unwrap(), "admin"),
             "stats socket /run/h.sock mode 600 level admin"

@@ -359,9 +359,9 @@ pub fn allow_list(cfg: &Config, store: &Store) -> Result<Vec<AllowView>, OpError
         .safety
         .never_block
         .iter()
-        .map(|n| AllowView {
-            key: crate::net::display(n),
-            reason: "never_block".into(),
+        .map(|p| AllowView {
+            key: crate::net::display(&p.net),
+            reason: p.why.clone(),
             actor: "config".into(),
             until: None,
         })

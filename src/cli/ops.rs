@@ -58,6 +58,9 @@ pub struct BlockArgs {
     duration: String,
     #[arg(long)]
     reason: String,
+    /// Allow a network broader than `[safety] max_prefix_v4`/`max_prefix_v6` (never all of IPv4 or IPv6).
+    #[arg(long)]
+    allow_broad: bool,
     #[command(flatten)]
     access: Access,
 }
@@ -98,6 +101,9 @@ pub struct ImportArgs {
     duration: String,
     #[arg(long)]
     reason: String,
+    /// Allow networks broader than `[safety] max_prefix_v4`/`max_prefix_v6` (never all of IPv4 or IPv6).
+    #[arg(long)]
+    allow_broad: bool,
     #[command(flatten)]
     access: Access,
 }
@@ -385,7 +391,7 @@ fn print_outcome(o: &Outcome, json: bool) -> Result<(), Failure> {
 }
 
 pub async fn block(a: BlockArgs) -> Result<(), Failure> {
-    let req = BlockRequest { key: a.key, duration: a.duration, reason: a.reason };
+    let req = BlockRequest { key: a.key, duration: a.duration, reason: a.reason, allow_broad: a.allow_broad };
     let op = req.check().map_err(op_failure)?;
     let via = a.access.connect().await?;
     print_outcome(&via.act("/v1/blocks", &req, op).await?, a.access.json)
@@ -409,8 +415,12 @@ pub async fn allow(a: AllowArgs) -> Result<(), Failure> {
 pub async fn import(a: ImportArgs) -> Result<(), Failure> {
     let text = std::fs::read_to_string(&a.file)
         .map_err(|e| Failure::usage(anyhow!("{}: cannot read: {e}", a.file.display())))?;
-    let req =
-        ImportRequest { entries: text.lines().map(str::to_owned).collect(), duration: a.duration, reason: a.reason };
+    let req = ImportRequest {
+        entries: text.lines().map(str::to_owned).collect(),
+        duration: a.duration,
+        reason: a.reason,
+        allow_broad: a.allow_broad,
+    };
     let progress = !a.access.json && crate::output::progress::on_terminal();
     let mut bar = crate::output::progress::Bar::new("lines checked", req.entries.len(), progress);
     let op = req.check_with(|done| bar.set(done)).map_err(|e| match e {

@@ -8,6 +8,7 @@
 pub(crate) mod error;
 pub(crate) mod values;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -126,8 +127,60 @@ pub struct BlockConfig {
 pub struct Safety {
     /// Circuit breaker: no new automatic block once this many happened in the last minute.
     pub max_blocks_per_minute: u32,
-    /// Never blocked, whatever the rules say (HAProxy hosts, monitoring); tcp targets' hosts added.
-    pub never_block: Vec<IpNet>,
+    /// Never blocked, whatever the rules say: the configured `never_block`, the hosts of tcp
+    /// targets, and this host's loopback (`127.0.0.1`, `::1`), each with why.
+    pub never_block: Vec<Protected>,
+    /// The broadest IPv4 block allowed without an explicit override: prefix length at least this.
+    pub max_prefix_v4: u8,
+    /// The broadest IPv6 block allowed without an explicit override.
+    pub max_prefix_v6: u8,
+}
+
+/// A network no block may touch, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    pub net: IpNet,
+    pub why: String,
+}
+
+/// Default of `[safety] max_prefix_v4`: a /16 (65,536 addresses) at the broadest.
+pub const DEFAULT_MAX_PREFIX_V4: u8 = 16;
+/// Default of `[safety] max_prefix_v6`: a /32 (one provider's allocation) at the broadest.
+pub const DEFAULT_MAX_PREFIX_V6: u8 = 32;
+
+impl Safety {
+    /// Whether a block of `net` is narrow enough. Blocks reaching every IPv4 client (`0.0.0.0/0`,
+    /// `::/0`, `::/64`...) or every IPv6 one are refused even with `allow_broad`; broader than
+    /// `max_prefix_v4`/`max_prefix_v6` only with it. Measured by [`crate::net::breadth`], so an
+    /// IPv6 network holding part of `::ffff:0:0/96` counts by the IPv4 range it reaches.
+    pub fn check_breadth(&self, net: &IpNet, allow_broad: bool) -> Result<(), String> {
+        let shown = crate::net::display(net);
+        if crate::net::reaches_all_ipv4(net) {
+            return Err(format!(
+                "{shown} would block every IPv4 client (HAProxy matches them as ::ffff:a.b.c.d): never allowed"
+            ));
+        }
+        let (v4, v6) = crate::net::breadth(net);
+        if v6 == Some(0) {
+            return Err(format!("{shown} would block every IPv6 client: never allowed"));
+        }
+        if allow_broad {
+            return Ok(());
+        }
+        if let Some(len) = v4.filter(|l| *l < self.max_prefix_v4) {
+            return Err(format!(
+                "{shown} reaches an IPv4 /{len}, broader than [safety] max_prefix_v4 = {}: split it, or override explicitly (--allow-broad, \"allow_broad\": true)",
+                self.max_prefix_v4
+            ));
+        }
+        if v6.is_some_and(|l| l < self.max_prefix_v6) {
+            return Err(format!(
+                "{shown} is broader than [safety] max_prefix_v6 = {}: split it, or override explicitly (--allow-broad, \"allow_broad\": true)",
+                self.max_prefix_v6
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +280,8 @@ struct RawSafety {
     max_blocks_per_minute: Option<Spanned<u32>>,
     #[serde(default)]
     never_block: Vec<Net>,
+    max_prefix_v4: Option<Spanned<u8>>,
+    max_prefix_v6: Option<Spanned<u8>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,14 +410,16 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         ));
     }
 
-    let mut never_block: Vec<IpNet> = raw.safety.never_block.iter().map(|n| n.0).collect();
-    for t in &targets {
-        if let Target::Tcp { host, port } = &t.target {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host, *port)) {
-                never_block.extend(addrs.map(|a| crate::net::host_net(a.ip())));
-            }
-        }
+    let never_block = protected(&raw.safety.never_block, &targets);
+    let max_prefix_v4 = raw.safety.max_prefix_v4.as_ref().map_or(DEFAULT_MAX_PREFIX_V4, |m| *m.get_ref());
+    if let Some(m) = raw.safety.max_prefix_v4.as_ref().filter(|m| !(1..=32).contains(m.get_ref())) {
+        return Err(src.error(&m.span(), "max_prefix_v4 must be between 1 and 32 (0 would allow blocking all of IPv4)"));
+    }
+    let max_prefix_v6 = raw.safety.max_prefix_v6.as_ref().map_or(DEFAULT_MAX_PREFIX_V6, |m| *m.get_ref());
+    if let Some(m) = raw.safety.max_prefix_v6.as_ref().filter(|m| !(1..=128).contains(m.get_ref())) {
+        return Err(
+            src.error(&m.span(), "max_prefix_v6 must be between 1 and 128 (0 would allow blocking all of IPv6)")
+        );
     }
     let max_blocks_per_minute = raw.safety.max_blocks_per_minute.as_ref().map_or(100, |m| *m.get_ref());
     if let Some(m) = raw.safety.max_blocks_per_minute.as_ref().filter(|m| *m.get_ref() == 0) {
@@ -378,6 +435,24 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
             }
             if !(1..=128).contains(a.ipv6_prefix.get_ref()) {
                 return Err(src.error(&a.ipv6_prefix.span(), "ipv6_prefix must be between 1 and 128"));
+            }
+            if *a.ipv4_prefix.get_ref() < max_prefix_v4 {
+                return Err(src.error(
+                    &a.ipv4_prefix.span(),
+                    format!(
+                        "ipv4_prefix /{} is broader than [safety] max_prefix_v4 = {max_prefix_v4}",
+                        a.ipv4_prefix.get_ref()
+                    ),
+                ));
+            }
+            if *a.ipv6_prefix.get_ref() < max_prefix_v6 {
+                return Err(src.error(
+                    &a.ipv6_prefix.span(),
+                    format!(
+                        "ipv6_prefix /{} is broader than [safety] max_prefix_v6 = {max_prefix_v6}",
+                        a.ipv6_prefix.get_ref()
+                    ),
+                ));
             }
             if *a.offenders.get_ref() < 2 {
                 return Err(src.error(&a.offenders.span(), "offenders must be at least 2"));
@@ -477,10 +552,35 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         targets,
         tables,
         block,
-        safety: Safety { max_blocks_per_minute, never_block },
+        safety: Safety { max_blocks_per_minute, never_block, max_prefix_v4, max_prefix_v6 },
         aggregate,
         allow,
     })
+}
+
+/// What no block may touch: the configured `never_block`, this host's loopback (the controller
+/// itself, and HAProxy when it is local) and the addresses of every tcp target, with `localhost`
+/// standing for both `127.0.0.1` and `::1` whatever the resolver says.
+fn protected(configured: &[Net], targets: &[TargetConfig]) -> Vec<Protected> {
+    let entry = |net: IpNet, why: &str| Protected { net, why: why.to_owned() };
+    let mut out: Vec<Protected> = configured.iter().map(|n| entry(n.0, "never_block")).collect();
+    let loopback = [IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)];
+    out.extend(loopback.iter().map(|a| entry(crate::net::host_net(*a), "this host's loopback")));
+    for t in targets {
+        let Target::Tcp { host, port } = &t.target else { continue };
+        let why = format!("HAProxy target {}", t.name);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut addrs: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, *port))
+            .map(|a| a.map(|a| a.ip()).collect())
+            .unwrap_or_default();
+        if host.eq_ignore_ascii_case("localhost") {
+            addrs.extend(loopback);
+        }
+        out.extend(addrs.into_iter().map(|a| entry(crate::net::host_net(a), &why)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.net));
+    out
 }
 
 fn check_block(src: &Source<'_>, b: &RawBlock, tables: &[TableConfig]) -> Result<BlockConfig, ConfigError> {

@@ -23,7 +23,10 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.block.table.as_deref(), Some("ft_web"));
     assert_eq!((c.block.tag.as_str(), c.block.tag_value), ("gpt0", 1));
     assert_eq!(c.safety.max_blocks_per_minute, 100);
-    assert!(c.safety.never_block.is_empty());
+    // With nothing configured, this host's loopback is still protected.
+    let nets: Vec<String> = c.safety.never_block.iter().map(|p| crate::net::display(&p.net)).collect();
+    assert_eq!(nets, ["127.0.0.1", "::1"]);
+    assert_eq!((c.safety.max_prefix_v4, c.safety.max_prefix_v6), (16, 32));
     assert_eq!(c.store.cache_bytes, 16 << 20);
     assert_eq!(c.store.retention, Duration::from_secs(30 * 86_400));
     assert_eq!(c.rules.policy, crate::rules::Policy::default());
@@ -45,8 +48,70 @@ fn merging_is_on_with_several_targets_unless_turned_off() {
 
 #[test]
 fn tcp_target_hosts_are_never_blocked() {
-    let c = load(&MINIMAL.replace("unix:/run/haproxy/admin.sock", "tcp:127.0.0.1:9999"), RULE).unwrap();
-    assert_eq!(c.safety.never_block, [crate::net::parse_net("127.0.0.1").unwrap()]);
+    let c = load(&MINIMAL.replace("unix:/run/haproxy/admin.sock", "tcp:192.0.2.80:9999"), RULE).unwrap();
+    let nets: Vec<(String, &str)> =
+        c.safety.never_block.iter().map(|p| (crate::net::display(&p.net), p.why.as_str())).collect();
+    assert_eq!(
+        nets,
+        [
+            ("127.0.0.1".into(), "this host's loopback"),
+            ("::1".into(), "this host's loopback"),
+            ("192.0.2.80".into(), "HAProxy target lb1")
+        ]
+    );
+    // `localhost` protects both loopback addresses whatever /etc/hosts says.
+    let c = load(&MINIMAL.replace("unix:/run/haproxy/admin.sock", "tcp:localhost:9999"), RULE).unwrap();
+    for a in ["127.0.0.1", "::1"] {
+        assert!(c.safety.never_block.iter().any(|p| p.net == crate::net::parse_net(a).unwrap()), "{a}");
+    }
+}
+
+#[test]
+fn blocks_broader_than_the_safety_limits_are_refused() {
+    let c = load(
+        &format!(
+            "{MINIMAL}
+[safety]
+max_prefix_v4 = 20
+"
+        ),
+        RULE,
+    )
+    .unwrap();
+    let check = |s: &str, broad: bool| c.safety.check_breadth(&crate::net::parse_net(s).unwrap(), broad);
+    assert!(check("10.0.16.0/20", false).is_ok());
+    assert!(check("10.0.0.0/19", false).unwrap_err().contains("max_prefix_v4 = 20"));
+    assert!(check("10.0.0.0/8", true).is_ok());
+    assert!(check("2001:db8::/32", false).is_ok());
+    assert!(check("2001:db8::/31", false).unwrap_err().contains("max_prefix_v6 = 32"));
+    // IPv6 networks are measured by the IPv4 range they reach.
+    assert!(check("::ffff:0:0/97", false).unwrap_err().contains("IPv4 /1"));
+    for all in ["0.0.0.0/0", "::/0", "::/1", "::/64", "::/96", "::ffff:0:0/96"] {
+        assert!(check(all, true).unwrap_err().contains("never allowed"), "{all}");
+    }
+    assert!(load(
+        &format!(
+            "{MINIMAL}
+[safety]
+max_prefix_v4 = 0
+"
+        ),
+        RULE
+    )
+    .unwrap_err()
+    .contains(":9:17: max_prefix_v4"));
+    let agg = format!(
+        "{MINIMAL}
+[aggregate]
+ipv4_prefix = 8
+offenders = 3
+window = \"1m\"
+duration = \"1h\"
+"
+    );
+    assert!(load(&agg, RULE)
+        .unwrap_err()
+        .contains(":9:15: ipv4_prefix /8 is broader than [safety] max_prefix_v4 = 16"));
 }
 
 #[test]

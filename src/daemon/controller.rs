@@ -92,10 +92,29 @@ impl Controller {
             cfg,
         };
         // One at a time into the index: a list of 100,000 blocks would double the memory.
+        let now = now_ms();
         for b in c.store.blocks_iter() {
-            c.index(b?);
+            let mut b = b?;
+            // A block that now reaches a protected address (a never_block entry or allowlist added
+            // since, or one stored before the containment rule) is never re-applied: it ends at
+            // the first tick, its audit record saying why.
+            if let Some(why) = c.unsafe_reach(&b.key, now) {
+                warn!(key = %net::display(&b.key), protected = %why, "stored block reaches a protected address; releasing it");
+                c.unblocked_by.insert(b.key, (AUTO_ACTOR.into(), format!("reaches a protected address ({why})")));
+                b.until = b.until.min(now);
+            }
+            c.index(b);
         }
         Ok(c)
+    }
+
+    /// Why a block of `key` must not be in force, if it must not: it reaches every IPv4 client,
+    /// or an allowlisted or protected address.
+    fn unsafe_reach(&self, key: &IpNet, now: Millis) -> Option<String> {
+        if net::reaches_all_ipv4(key) {
+            return Some("every IPv4 client".into());
+        }
+        self.allow.overlaps(key, now).map(str::to_owned)
     }
 
     /// Re-applies every block still in force, on every target (`only`: on that one): after a
@@ -142,7 +161,7 @@ impl Controller {
     }
 
     fn blocked(&self, addr: IpAddr) -> bool {
-        self.active.contains_key(&net::host_net(addr)) || self.nets.iter().any(|n| n.contains(&addr))
+        self.active.contains_key(&net::host_net(addr)) || self.nets.iter().any(|n| net::covers_addr(n, addr))
     }
 
     /// Scores the observations of a poll that started at `polled_at` and acts on the decisions.
@@ -416,7 +435,7 @@ impl Controller {
             Job::Forget => "forget",
             Job::ApplyMany { .. } => "reapply",
         };
-        let lag = self.lag.clone();
+        let (lag, cfg) = (self.lag.clone(), self.cfg.clone());
         tokio::spawn(async move {
             // Each target's answer is recorded as it comes: a node that is down does not hide
             // the confirmations of the others.
@@ -433,7 +452,7 @@ impl Controller {
             while let Some(Ok((target, r))) = answers.join_next().await {
                 match r {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => failures.push(format!("{target}: {e}")),
+                    Ok(Err(e)) => failures.push(format!("{target}: {e}{}", level_advice(&cfg, &target, &e))),
                     Err(_) => failures.push(format!("{target}: actuator stopped")),
                 }
             }
@@ -527,6 +546,20 @@ impl Controller {
             info!(offenders = o, audit_records = a, "pruned history");
         }
         Ok(())
+    }
+}
+
+/// For a refusal for want of level: the `stats socket` line that would allow it.
+fn level_advice(cfg: &Config, target: &str, e: &crate::client::ClientError) -> String {
+    let denied = e.haproxy().is_some_and(|h| h.kind == crate::proto::ErrorKind::PermissionDenied);
+    match cfg.targets.iter().find(|t| t.name == target) {
+        Some(t) if denied => {
+            format!(
+                " (the socket's level is too low for this: change its line to `{}`)",
+                crate::check::socket_line(&t.target, "admin")
+            )
+        }
+        _ => String::new(),
     }
 }
 

@@ -34,7 +34,8 @@ impl Controller {
         let now = now_ms();
         let mut reply = ManualReply { outcome: Outcome::default(), pending: Vec::new() };
         match op {
-            Manual::Block { key, duration, reason } => {
+            Manual::Block { key, duration, reason, allow_broad } => {
+                self.cfg.safety.check_breadth(&key, allow_broad).map_err(|m| OpError::bad("too_broad", m))?;
                 self.manual_block(key, duration, reason, actor, now, &mut reply).await?
             }
             Manual::Unblock { key, reason, grace } => {
@@ -63,14 +64,15 @@ impl Controller {
                 };
                 self.add_allow(entry, now)?;
                 reply.outcome.allowed.push(net::display(&key));
-                let covered: Vec<IpNet> =
-                    self.active.keys().filter(|k| k.contains(&key) || key.contains(*k)).copied().collect();
+                let covered: Vec<IpNet> = self.active.keys().filter(|k| net::overlaps(k, &key)).copied().collect();
                 for k in covered {
                     self.unblock(k, actor, &format!("allowlisted: {reason}"), &mut reply).await?;
                 }
             }
             Manual::Disallow { key, reason } => {
-                if self.cfg.allow.iter().any(|a| a.net == key) || self.cfg.safety.never_block.contains(&key) {
+                if self.cfg.allow.iter().any(|a| a.net == key)
+                    || self.cfg.safety.never_block.iter().any(|p| p.net == key)
+                {
                     return Err(OpError::Conflict(format!(
                         "{} is allowlisted in {}: remove it there",
                         net::display(&key),
@@ -86,7 +88,11 @@ impl Controller {
                 self.allow = Allowlist::new(&self.cfg, &self.store.allows()?);
                 reply.outcome.allowed.push(net::display(&key));
             }
-            Manual::Import { keys, duration, reason } => {
+            Manual::Import { keys, duration, reason, allow_broad } => {
+                // Every entry is checked before anything is recorded: one too broad refuses the file.
+                for k in &keys {
+                    self.cfg.safety.check_breadth(k, allow_broad).map_err(|m| OpError::bad("too_broad", m))?;
+                }
                 self.import(keys, duration, reason, actor, now, &mut reply).await?
             }
         }

@@ -111,6 +111,9 @@ pub struct BlockRequest {
     pub key: String,
     pub duration: String,
     pub reason: String,
+    /// Allows a network broader than `[safety] max_prefix_v4`/`max_prefix_v6`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_broad: bool,
 }
 
 /// `POST /v1/unblock`
@@ -143,16 +146,19 @@ pub struct ImportRequest {
     pub entries: Vec<String>,
     pub duration: String,
     pub reason: String,
+    /// Allows networks broader than `[safety] max_prefix_v4`/`max_prefix_v6`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_broad: bool,
 }
 
 /// A checked operator action, ready for the controller.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manual {
-    Block { key: IpNet, duration: Duration, reason: String },
+    Block { key: IpNet, duration: Duration, reason: String, allow_broad: bool },
     Unblock { key: IpNet, reason: String, grace: Option<Duration> },
     Allow { key: IpNet, duration: Option<Duration>, reason: String },
     Disallow { key: IpNet, reason: String },
-    Import { keys: Vec<IpNet>, duration: Duration, reason: String },
+    Import { keys: Vec<IpNet>, duration: Duration, reason: String, allow_broad: bool },
 }
 
 impl BlockRequest {
@@ -161,6 +167,7 @@ impl BlockRequest {
             key: parse_key(&self.key)?,
             duration: parse_duration(&self.duration)?,
             reason: check_reason(&self.reason)?,
+            allow_broad: self.allow_broad,
         })
     }
 }
@@ -225,7 +232,7 @@ impl ImportRequest {
         if keys.is_empty() {
             return Err(OpError::bad("invalid_request", "no address or CIDR to import"));
         }
-        Ok(Manual::Import { keys, duration, reason })
+        Ok(Manual::Import { keys, duration, reason, allow_broad: self.allow_broad })
     }
 }
 
@@ -276,8 +283,12 @@ pub fn history(store: &Store, addr: IpAddr, now: Millis) -> Result<HistoryView, 
     let key = crate::net::host_net(addr);
     let offender = store.offender(addr)?;
     let block = store.blocks()?.into_iter().find(|b| b.covers(addr)).map(|b| BlockView::of(&b, now));
-    let events =
-        store.audit_since(0)?.iter().filter(|r| r.key.is_some_and(|k| k.contains(&addr))).map(AuditView::of).collect();
+    let events = store
+        .audit_since(0)?
+        .iter()
+        .filter(|r| r.key.is_some_and(|k| crate::net::covers_addr(&k, addr)))
+        .map(AuditView::of)
+        .collect();
     Ok(HistoryView::new(key, offender.as_ref(), block, events))
 }
 
@@ -330,7 +341,7 @@ pub fn audit(store: &Store, q: &AuditQuery, now: Millis) -> Result<Vec<AuditView
     Ok(store
         .audit_since(since)?
         .iter()
-        .filter(|r| key.is_none_or(|k| r.key.is_some_and(|rk| rk.contains(&k) || k.contains(&rk))))
+        .filter(|r| key.is_none_or(|k| r.key.is_some_and(|rk| crate::net::overlaps(&rk, &k))))
         .filter(|r| q.actor.as_ref().is_none_or(|a| &r.actor == a))
         .filter(|r| event.is_none_or(|e| r.event == e))
         .map(AuditView::of)
@@ -345,7 +356,8 @@ mod tests {
     fn requests_are_checked_with_stable_codes() {
         let bad = |r: Result<Manual, OpError>| r.map(|_| ()).unwrap_err().code();
         let block = |key: &str, duration: &str, reason: &str| {
-            BlockRequest { key: key.into(), duration: duration.into(), reason: reason.into() }.check()
+            BlockRequest { key: key.into(), duration: duration.into(), reason: reason.into(), allow_broad: false }
+                .check()
         };
         assert!(block("10.0.0.1", "1h", "abuse").is_ok());
         assert_eq!(bad(block("10.0.0.300", "1h", "abuse")), "invalid_address");
@@ -361,6 +373,7 @@ mod tests {
                 entries: entries.iter().map(|s| s.to_string()).collect(),
                 duration: "1h".into(),
                 reason: "list".into(),
+                allow_broad: false,
             }
             .check()
         };

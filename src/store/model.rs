@@ -96,7 +96,7 @@ impl Block {
     }
 
     pub fn covers(&self, addr: IpAddr) -> bool {
-        self.key.contains(&addr.to_canonical())
+        crate::net::covers_addr(&self.key, addr)
     }
 }
 

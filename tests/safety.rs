@@ -1,0 +1,119 @@
+//! The safety promises, tried as a careless operator and a hostile client would, against the real
+//! `stickwarden run` and a real HAProxy: no block may reach every IPv4 client through an IPv6
+//! network (`::/0` holds `::ffff:0:0/96`), blocks broader than `[safety]` allows need an explicit
+//! override, this host's loopback is protected with nothing configured, and a stored block that
+//! reaches a protected address is released, never re-applied.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+fn sw(s: &Setup, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(args)
+        .env("STICKWARDEN_CONFIG", &s.config)
+        .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
+        .env_remove("STICKWARDEN_API")
+        .output()
+        .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_block_reaches_every_ipv4_client_through_ipv6_and_broad_blocks_need_an_override() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    // No allowlist, no never_block: the protection must come from the containment rule itself.
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let sock = with_api(&s);
+    let d = spawn_daemon(&s);
+    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
+    assert_eq!(get(&sb, 1).await, 200);
+
+    for wide in ["::/0", "::/1", "::/64", "::/80", "::ffff:0:0/96", "0.0.0.0/0"] {
+        for args in [
+            vec!["block", wide, "--for", "1h", "--reason", "careless"],
+            vec!["block", wide, "--for", "1h", "--reason", "careless", "--allow-broad"],
+        ] {
+            let o = sw(&s, &args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", out(&o));
+            assert!(out(&o).contains("never allowed") || out(&o).contains("loopback"), "{args:?}: {}", out(&o));
+        }
+    }
+    // The same through an import file: one bad line refuses the whole file.
+    let list = s.dir.path().join("list.txt");
+    std::fs::write(&list, "10.20.0.1\n::/0\n10.20.0.2\n").unwrap();
+    let o = sw(&s, &["import", list.to_str().unwrap(), "--for", "1h", "--reason", "feed"]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(out(&o).contains("never allowed"), "{}", out(&o));
+
+    // Nothing reached HAProxy or the store; the loopback client still passes.
+    assert!(acl(&c, &sb).await.is_empty());
+    let o = sw(&s, &["blocks", "--json"]);
+    assert_eq!((o.status.code(), o.stdout.len()), (Some(0), 0), "{}", out(&o));
+    assert_eq!(get(&sb, 1).await, 200, "a refused block must not deny anyone");
+
+    // Broader than max_prefix_v4 (16 by default): refused without the override, taken with it.
+    let o = sw(&s, &["block", "10.0.0.0/8", "--for", "1h", "--reason", "broad"]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(out(&o).contains("max_prefix_v4 = 16"), "{}", out(&o));
+    let o = sw(&s, &["block", "2001:d00::/24", "--for", "1h", "--reason", "broad"]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(out(&o).contains("max_prefix_v6 = 32"), "{}", out(&o));
+    assert!(acl(&c, &sb).await.is_empty());
+    let o = sw(&s, &["block", "10.0.0.0/8", "--for", "1h", "--reason", "broad", "--allow-broad"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(acl(&c, &sb).await, ["10.0.0.0/8"]);
+    // The loopback is protected with nothing configured: neither it nor a network holding it.
+    for protected in ["127.0.0.1", "127.0.0.0/24", "::1", "::ffff:127.0.0.1"] {
+        let o = sw(&s, &["block", protected, "--for", "1h", "--reason", "oops"]);
+        assert_eq!(o.status.code(), Some(1), "{protected}: {}", out(&o));
+        assert!(out(&o).contains("loopback"), "{protected}: {}", out(&o));
+    }
+    assert_eq!(acl(&c, &sb).await, ["10.0.0.0/8"]);
+    stop_daemon(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_block_that_reaches_a_protected_address_is_released_not_reapplied() {
+    use stickwarden::store::{AuditRecord, Block, Event, Origin};
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let cfg = stickwarden::config::Config::load(&s.config).unwrap();
+    let store = stickwarden::store::Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
+    // A block of ::/0 as an older version could record it, and a legitimate one beside it.
+    let now = stickwarden::time::now_ms();
+    for key in ["::/0", "10.30.0.0/24"] {
+        let b = Block {
+            key: key.parse().unwrap(),
+            level: 0,
+            actions: stickwarden::rules::Actions::new(vec![stickwarden::rules::Action::Acl]),
+            rule: "manual".into(),
+            reason: "stored".into(),
+            source: Origin::Manual,
+            actor: "old".into(),
+            since: now,
+            until: now + 3_600_000,
+            counters: Vec::new(),
+            dry_run: false,
+        };
+        store.decide(&b, None, AuditRecord::of(Event::Block, &b, now)).unwrap();
+    }
+    let d = Daemon::start_on(&s, store);
+    assert!(
+        eventually(Duration::from_secs(10), || async { d.store.blocks().unwrap().len() == 1 }).await,
+        "the ::/0 block was not released"
+    );
+    assert!(eventually(Duration::from_secs(5), || async { acl(&c, &sb).await == ["10.30.0.0/24"] }).await);
+    assert_eq!(get(&sb, 2).await, 200, "the loopback clients must still pass");
+    let released = d.store.audit_since(0).unwrap().into_iter().find(|r| r.event == Event::Release).unwrap();
+    assert!(released.reason.contains("every IPv4 client"), "{}", released.reason);
+    d.stop().await;
+}
