@@ -222,6 +222,10 @@ fn write_config(dir: &Path, sb: &Sandbox) -> std::path::PathBuf {
         format!("[[token]]\nname = \"bench\"\nrole = \"operator\"\ntoken = \"{TOKEN}\"\n"),
     )
     .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("tokens.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let cfg = dir.join("stickwarden.toml");
     std::fs::write(
         &cfg,

@@ -278,7 +278,8 @@ fn haproxy_version(bin: &Path) -> io::Result<String> {
     Ok(text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown").to_owned())
 }
 
-fn free_port() -> io::Result<u16> {
+/// A loopback TCP port nothing listens on (yet).
+pub fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -8,7 +8,13 @@
 //! ```
 //!
 //! A presented token is compared with every configured one in constant time (`subtle`), and is
-//! never logged. The file is checked like the configuration: errors name file, line and column.
+//! never logged. The file is checked like the configuration: errors name file, line and column,
+//! and a file that group or others may read is refused, as ssh refuses a private key.
+//!
+//! Before the CLI sends its token anywhere, the listener proves it is the daemon: the CLI sends a
+//! fresh random nonce to `GET /v1/identity`, the daemon answers HMAC-SHA256(token, nonce) for each
+//! of its tokens, and the CLI sends its token only when one of them is the one it computes itself.
+//! An impostor on the API's port or path knows no token, so it learns nothing and gets nothing.
 
 use std::path::Path;
 
@@ -67,6 +73,19 @@ pub const MIN_SECRET: usize = 16;
 
 impl Tokens {
     pub fn load(path: &Path) -> Result<Tokens, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    message: format!(
+                        "the tokens file may be read by group or others (mode {mode:04o}): run `chmod 600 {}`",
+                        path.display()
+                    ),
+                });
+            }
+        }
         let text = read(path)?;
         let src = Source { path, text: &text };
         let raw: RawFile = src.parse()?;
@@ -112,6 +131,11 @@ impl Tokens {
         found
     }
 
+    /// The proof of knowing each token, for `nonce`: what `GET /v1/identity` answers.
+    pub fn proofs(&self, nonce: &str) -> Vec<String> {
+        self.tokens.iter().map(|t| proof(&t.secret, nonce)).collect()
+    }
+
     #[cfg(test)]
     pub fn from_list(list: &[(&str, Role, &str)]) -> Tokens {
         Tokens {
@@ -123,14 +147,39 @@ impl Tokens {
     }
 }
 
+/// HMAC-SHA256 of `nonce` (with a fixed context, so the proof serves nothing else) keyed by
+/// `secret`, in lowercase hex.
+pub fn proof(secret: &[u8], nonce: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"stickwarden identity v1\n");
+    mac.update(nonce.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `nonce` is what the CLI sends: 32 random bytes in lowercase hex.
+pub fn valid_nonce(nonce: &str) -> bool {
+    nonce.len() == 64 && nonce.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A fresh nonce from the kernel's random source.
+pub fn new_nonce() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Tokens, String> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tokens.toml");
         std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         Tokens::load(&p).map_err(|e| e.to_string().replace(&dir.path().display().to_string(), "DIR"))
     }
 
@@ -147,5 +196,35 @@ mod tests {
         assert!(load("").unwrap_err().contains("no [[token]]"));
         // The secret never shows in debug output.
         assert!(!format!("{t:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_tokens_file_readable_by_others_is_refused_with_the_chmod_to_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens.toml");
+        std::fs::write(&p, "[[token]]\nname = \"a\"\nrole = \"viewer\"\ntoken = \"0123456789abcdef\"\n").unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Tokens::load(&p).unwrap_err().to_string();
+            assert!(e.contains(&format!("(mode {mode:04o}): run `chmod 600 {}`", p.display())), "{e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(Tokens::load(&p).is_ok());
+    }
+
+    #[test]
+    fn identity_proofs_depend_on_token_and_nonce() {
+        let t =
+            Tokens::from_list(&[("a", Role::Viewer, "0123456789abcdef"), ("b", Role::Operator, "fedcba9876543210")]);
+        let n = new_nonce().unwrap();
+        assert!(valid_nonce(&n) && !valid_nonce("xyz") && !valid_nonce(&n.to_uppercase()));
+        let p = t.proofs(&n);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0], proof(b"0123456789abcdef", &n));
+        assert_ne!(p[0], proof(b"0123456789abcdef", &new_nonce().unwrap()));
+        assert!(!p.contains(&proof(b"0123456789abcdeX", &n)));
+        // RFC 4231 shape: 32 bytes, hex.
+        assert_eq!(p[1].len(), 64);
     }
 }

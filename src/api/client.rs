@@ -22,6 +22,12 @@ pub enum ApiClientError {
     Api { status: u16, code: String, message: String },
     #[error("API at {at}: {message}")]
     Protocol { at: String, message: String },
+    /// What answers there could not prove it knows the token: not this daemon.
+    #[error(
+        "the process answering at {at} could not prove it is the stickwarden daemon (it does not know \
+         the token): nothing was sent to it; check [api] listen and what listens there"
+    )]
+    Impostor { at: String },
 }
 
 pub struct ApiClient {
@@ -87,6 +93,32 @@ impl ApiClient {
         Ok(())
     }
 
+    /// Makes the listener prove it knows this client's token (`GET /v1/identity` with a fresh
+    /// nonce, no token sent) before any request carries the token. Without a token there is
+    /// nothing to protect: only that something answers is checked.
+    pub async fn prove(&self) -> Result<(), ApiClientError> {
+        let nonce = super::auth::new_nonce().map_err(|e| self.protocol(format!("no random nonce: {e}")))?;
+        let path = format!("/v1/identity?nonce={nonce}");
+        let exchange = async {
+            let resp = self.request_with(Method::GET, &path, None, None, false).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| self.protocol(e.to_string()))?.to_bytes();
+            Ok::<_, ApiClientError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.protocol("no answer within 60 s".into()))??;
+        let Some(token) = &self.token else { return Ok(()) };
+        let expected = super::auth::proof(token.as_bytes(), &nonce);
+        let proven = status.is_success()
+            && serde_json::from_slice::<super::IdentityView>(&bytes).is_ok_and(|v| v.proofs.contains(&expected));
+        if proven {
+            Ok(())
+        } else {
+            Err(ApiClientError::Impostor { at: self.at.to_string() })
+        }
+    }
+
     fn protocol(&self, message: String) -> ApiClientError {
         ApiClientError::Protocol { at: self.at.to_string(), message }
     }
@@ -98,10 +130,21 @@ impl ApiClient {
         body: Option<Vec<u8>>,
         accept: Option<&str>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ApiClientError> {
+        self.request_with(method, path, body, accept, true).await
+    }
+
+    async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        accept: Option<&str>,
+        with_token: bool,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ApiClientError> {
         let at = self.at.to_string();
         let unreachable = |source| ApiClientError::Unreachable { at: at.clone(), source };
         let mut req = Request::builder().method(method).uri(path).header(header::HOST, "stickwarden");
-        if let Some(t) = &self.token {
+        if let Some(t) = self.token.as_ref().filter(|_| with_token) {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         if let Some(a) = accept {

@@ -5,6 +5,7 @@
 //! | route | role | what |
 //! |---|---|---|
 //! | `GET /healthz` | none | liveness, and each target up or down |
+//! | `GET /v1/identity?nonce=` | none | the daemon's proof of knowing the tokens ([`auth`]) |
 //! | `GET /metrics` | viewer | Prometheus text |
 //! | `GET /v1/blocks`, `GET /v1/blocks/{key}` | viewer | active blocks |
 //! | `POST /v1/blocks` | operator | manual block (`BlockRequest`) |
@@ -15,13 +16,16 @@
 //! | `GET /v1/audit?since=&key=&actor=&event=` | viewer | the audit log |
 //! | `POST /v1/reconcile` | operator | compare every target with the active blocks now |
 //!
-//! Keys in paths are percent-encoded (`10.0.0.0%2F24`).
+//! Keys in paths are percent-encoded (`10.0.0.0%2F24`). A request body must arrive within
+//! [`BODY_TIMEOUT`] (408 `request_timeout`) and stay within [`MAX_BODY`], or [`MAX_IMPORT_BODY`]
+//! for `/v1/import` (413 `too_large`).
 
 pub mod auth;
 pub mod client;
 pub mod serve;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -112,8 +116,46 @@ impl From<OpError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return too_large(MAX_BODY);
+        }
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
     }
+}
+
+/// Largest request body, but for imports.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest import body: [`ops::MAX_IMPORT`] entries of the longest form (an IPv6 CIDR, quoted,
+/// with its comma) fit.
+pub const MAX_IMPORT_BODY: usize = 64 * 1024 * 1024;
+/// A request body must have arrived whole within this time.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the request body is larger than {limit} bytes"))
+}
+
+/// Reads the whole body before any handler runs, within its size limit and [`BODY_TIMEOUT`]: a
+/// client trickling a body, or sending more than is allowed, is answered and dropped without
+/// holding a handler.
+async fn read_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let limit = if req.uri().path() == "/v1/import" { MAX_IMPORT_BODY } else { MAX_BODY };
+    let (parts, body) = req.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit).into_response();
+    }
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit).into_response(),
+        Ok(Err(e)) => return ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()).into_response(),
+        Err(_) => {
+            let m = format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs());
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", m).into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 impl From<QueryRejection> for ApiError {
@@ -160,6 +202,7 @@ impl FromRequestParts<ApiState> for Caller {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/v1/identity", get(identity))
         .route("/metrics", get(metrics))
         .route("/v1/blocks", get(list_blocks).post(block))
         .route("/v1/blocks/{key}", get(get_block))
@@ -172,6 +215,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/reconcile", post(reconcile))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // The body is read and bounded by read_body; axum's own 2 MB default would refuse imports.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(read_body))
         .with_state(state)
 }
 
@@ -187,6 +233,28 @@ async fn healthz(State(s): State<ApiState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(serde_json::json!({ "status": "ok", "targets": targets, "time": rfc3339(now_ms()) }))
+}
+
+#[derive(Debug, Deserialize)]
+struct IdentityQuery {
+    nonce: String,
+}
+
+/// What `GET /v1/identity` answers: HMAC-SHA256(token, nonce) for every token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdentityView {
+    pub proofs: Vec<String>,
+}
+
+async fn identity(
+    State(s): State<ApiState>,
+    q: Result<Query<IdentityQuery>, QueryRejection>,
+) -> Result<Json<IdentityView>, ApiError> {
+    let Query(q) = q?;
+    if !auth::valid_nonce(&q.nonce) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "nonce: 64 lowercase hex digits"));
+    }
+    Ok(Json(IdentityView { proofs: s.tokens.proofs(&q.nonce) }))
 }
 
 async fn reconcile(

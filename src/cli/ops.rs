@@ -147,16 +147,22 @@ fn api_failure(e: ApiClientError) -> Failure {
 
 impl Access {
     /// The API if a daemon answers there; otherwise the store and targets of the configuration.
+    /// Whatever answers must first prove it is the daemon ([`ApiClient::prove`]) before the token
+    /// is sent; the config's Unix socket is preferred to its TCP addresses.
     async fn connect(&self) -> Result<Via, Failure> {
         if let Some(at) = &self.api {
             let at: Listen = at.parse().map_err(|m: String| Failure::usage(anyhow!(m)))?;
-            return Ok(Via::Api(ApiClient::new(at, self.token.clone())));
+            let client = ApiClient::new(at, self.token.clone());
+            client.prove().await.map_err(api_failure)?;
+            return Ok(Via::Api(client));
         }
         let cfg = Config::load(&self.config).map_err(|e| Failure { code: EXIT_CONFIG, error: e.into() })?;
-        if let Some(at) = cfg.api.as_ref().and_then(|a| a.listen.first()) {
+        let listen = cfg.api.as_ref().map(|a| a.listen.as_slice()).unwrap_or_default();
+        let preferred = listen.iter().find(|l| matches!(l, Listen::Unix(_))).or(listen.first());
+        if let Some(at) = preferred {
             let client = ApiClient::new(at.clone(), self.token.clone());
-            match client.get::<serde_json::Value>("/healthz").await {
-                Ok(_) => return Ok(Via::Api(client)),
+            match client.prove().await {
+                Ok(()) => return Ok(Via::Api(client)),
                 Err(ApiClientError::Unreachable { .. }) => {}
                 Err(e) => return Err(api_failure(e)),
             }

@@ -33,7 +33,10 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
         .map_err(Failure::runtime)?;
     let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
     let bound = match &cfg.api {
-        Some(api) => Some((crate::api::serve::bind(&api.listen).await.map_err(Failure::runtime)?, api.tokens.clone())),
+        Some(api) => {
+            let cap = crate::api::serve::connection_cap(api.max_connections, cfg.targets.len());
+            Some((crate::api::serve::bind(&api.listen).await.map_err(Failure::runtime)?, api.tokens.clone(), cap))
+        }
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
@@ -45,7 +48,7 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
     let shared = Arc::new(cfg.clone());
     let (api_store, api_metrics) = (store.clone(), metrics.clone());
     let on_start = move |handle, clients| {
-        if let Some((bound, tokens)) = bound {
+        if let Some((bound, tokens, cap)) = bound {
             let state = ApiState {
                 cfg: shared,
                 store: api_store,
@@ -55,7 +58,7 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
                 metrics: api_metrics,
             };
             let mut stop = stop_rx;
-            tokio::spawn(crate::api::serve::serve(crate::api::router(state), bound, async move {
+            tokio::spawn(crate::api::serve::serve(crate::api::router(state), bound, cap, async move {
                 let _ = stop.wait_for(|s| *s).await;
             }));
         }

@@ -53,7 +53,12 @@ pub struct Config {
 pub struct ApiConfig {
     pub listen: Vec<Listen>,
     pub tokens: std::sync::Arc<crate::api::auth::Tokens>,
+    /// Open API connections at most (lowered to fit the file descriptor limit).
+    pub max_connections: usize,
 }
+
+/// Default of `[api] max_connections`.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 256;
 
 /// Where the API listens: a TCP address, or a Unix socket (created with mode 0600).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +243,7 @@ struct RawFleet {
 struct RawApi {
     listen: Option<Vec<Spanned<String>>>,
     tokens: Spanned<String>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -518,8 +524,12 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
             if listen.is_empty() {
                 return Err(src.error(&a.tokens.span(), "[api] listen is empty: remove [api] to run without the API"));
             }
+            let max_connections = a.max_connections.as_ref().map_or(DEFAULT_API_MAX_CONNECTIONS, |m| *m.get_ref());
+            if let Some(m) = a.max_connections.as_ref().filter(|m| !(1..=65_536).contains(m.get_ref())) {
+                return Err(src.error(&m.span(), "max_connections must be between 1 and 65536"));
+            }
             let tokens = crate::api::auth::Tokens::load(&base.join(a.tokens.get_ref()))?;
-            Some(ApiConfig { listen, tokens: std::sync::Arc::new(tokens) })
+            Some(ApiConfig { listen, tokens: std::sync::Arc::new(tokens), max_connections })
         }
     };
 

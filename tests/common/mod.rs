@@ -181,11 +181,18 @@ pub fn with_api(s: &Setup) -> String {
         ),
     )
     .unwrap();
+    private(&tokens);
     let sock = format!("unix:{}", s.dir.path().join("api.sock").display());
     let mut cfg = std::fs::read_to_string(&s.config).unwrap();
     cfg.push_str(&format!("\n[api]\nlisten = [\"{sock}\"]\ntokens = \"tokens.toml\"\n"));
     std::fs::write(&s.config, cfg).unwrap();
     sock
+}
+
+/// Mode 0600, as a tokens file must have.
+pub fn private(path: impl AsRef<std::path::Path>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Whether the API's Unix socket (`unix:/path`, as [`with_api`] returns it) appears within 5 s.
