@@ -12,6 +12,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| args.default_log_level().into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: not in journald or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A closed stderr (a log pipe gone) must not take the daemon down: tracing's own report of
         // the failed write would be an eprintln!, which panics on a closed stderr.
         .log_internal_errors(false)
@@ -27,8 +29,9 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(stickwarden::cli::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(failure) if failure.is_quiet() => std::process::ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("stickwarden: {:#}", failure.error);
+            eprintln!("stickwarden: {}", stickwarden::cli::describe(&failure.error));
             std::process::ExitCode::from(failure.code as u8)
         }
     }

@@ -15,9 +15,14 @@ pub fn ms(d: Duration) -> Millis {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-/// `2026-11-23T23:40:01Z` (seconds precision, UTC).
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const LAST_WRITABLE: Millis = 253_402_300_799_999;
+
+/// `2026-11-23T23:40:01.250Z` (millisecond precision, UTC): a release at `until` never looks
+/// late against what was shown. Instants past year 9999 (which no checked input can reach) are
+/// shown as the last writable one rather than panicking.
 pub fn rfc3339(t: Millis) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(t)).to_string()
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.min(LAST_WRITABLE))).to_string()
 }
 
 /// Parses `2026-11-23T23:40:01Z` (also without the `Z`, or with a space instead of the `T`).
@@ -32,16 +37,20 @@ pub fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(u64::from(d.subsec_millis() > 0)))).to_string()
 }
 
-/// `in 14m`, `3h ago`, `now`: an instant relative to `now`, to the largest unit.
+/// `in 14m`, `3h ago`, `now`: an instant relative to `now`, to the largest unit. A future instant
+/// is rounded up (`until` 14m30s away shows `in 15m`), a past one down, so a release is never
+/// shown as due before it is.
 pub fn relative(t: Millis, now: Millis) -> String {
     let (d, future) = if t >= now { (t - now, true) } else { (now - t, false) };
-    let s = d / 1000;
-    let text = match s {
-        0 => return "now".into(),
-        1..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86_399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
+    let unit = |ms: u64| if future { d.div_ceil(ms) } else { d / ms };
+    if d == 0 || (!future && d < 1000) {
+        return "now".into();
+    }
+    let text = match d {
+        ..60_000 => format!("{}s", unit(1000)),
+        60_000..3_600_000 => format!("{}m", unit(60_000)),
+        3_600_000..86_400_000 => format!("{}h", unit(3_600_000)),
+        _ => format!("{}d", unit(86_400_000)),
     };
     if future {
         format!("in {text}")
@@ -62,7 +71,16 @@ mod tests {
     #[test]
     fn rfc3339_round_trip() {
         let t = parse_rfc3339("2026-11-23T23:40:01Z").unwrap();
-        assert_eq!(rfc3339(t), "2026-11-23T23:40:01Z");
+        assert_eq!(rfc3339(t), "2026-11-23T23:40:01.000Z");
+        assert_eq!(rfc3339(t + 250), "2026-11-23T23:40:01.250Z");
+        assert_eq!(parse_rfc3339(&rfc3339(t + 250)), Ok(t + 250));
+        // Far beyond any checked input: shown, never a panic.
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+        // Rounded up in the future, down in the past.
+        assert_eq!(relative(1_000 + 14 * 60_000 + 1, 1_000), "in 15m");
+        assert_eq!(relative(1_500, 1_000), "in 1s");
+        assert_eq!(relative(1_000, 1_500), "now");
+        assert_eq!(relative(0, 119_999), "1m ago");
         assert!(parse_rfc3339("tomorrow").is_err());
         assert_eq!(human(Duration::from_secs(3660)), "1h 1m");
         assert_eq!(relative(1_000 + 14 * 60_000, 1_000), "in 14m");

@@ -117,3 +117,84 @@ async fn a_stored_block_that_reaches_a_protected_address_is_released_not_reappli
     assert!(released.reason.contains("every IPv4 client"), "{}", released.reason);
     d.stop().await;
 }
+
+/// Bounded values and clean output: a bidi override in a reason is shown escaped, times carry
+/// milliseconds, a reader closing the pipe ends a listing quietly, the log has no colour codes
+/// off a terminal, an error says its cause once, and an absurd duration is refused with its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_is_clean_and_values_are_bounded() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let sock = with_api(&s);
+    let log = s.dir.path().join("daemon.log");
+    let d = std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .env("STICKWARDEN_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
+
+    let o = sw(&s, &["block", "10.60.0.1", "--for", "90m", "--reason", "ticket \u{202e}kcolb\u{202c} 42"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    for listing in [vec!["blocks"], vec!["audit"], vec!["history", "10.60.0.1"]] {
+        let o = sw(&s, &listing);
+        assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(!text.contains('\u{202e}'), "{listing:?}: raw override shown: {text}");
+        assert!(text.contains("ticket \\u{202e}kcolb\\u{202c} 42") || listing[0] == "history", "{listing:?}: {text}");
+    }
+    let o = sw(&s, &["blocks", "--json"]);
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for field in ["since", "until"] {
+        let t = b[field].as_str().unwrap();
+        assert!(t.len() == 24 && t.ends_with('Z') && t.as_bytes()[19] == b'.', "{field}: {t}");
+    }
+    // JSON keeps the reason as it was given.
+    assert_eq!(b["reason"], "ticket \u{202e}kcolb\u{202c} 42");
+
+    // The reader goes away before the listing is written: exit 0, nothing on stderr.
+    for listing in [vec!["blocks"], vec!["blocks", "--json"], vec!["audit", "--json"]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+            .args(&listing)
+            .env("STICKWARDEN_CONFIG", &s.config)
+            .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{listing:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stderr.is_empty(), "{listing:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    // Durations past their ceiling: 400 through the API, exit 2 on the command line.
+    let o = sw(&s, &["block", "10.60.0.2", "--for", "20000y", "--reason", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(out(&o).contains("at most"), "{}", out(&o));
+    stop_daemon(d);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("manual block"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file: {text:?}");
+
+    // A cause said once.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["check", "--config", "/nonexistent/stickwarden.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    // A ladder step of 20000 years is refused where it is written.
+    std::fs::write(s.dir.path().join("rules/policy.toml"), policy("{ action = [\"tag\"], duration = \"20000y\" }"))
+        .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["check", "--config", s.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", out(&o));
+    assert!(out(&o).contains("policy.toml:6:") && out(&o).contains("at most 3650d"), "{}", out(&o));
+}

@@ -22,6 +22,9 @@ pub enum ApiClientError {
     Api { status: u16, code: String, message: String },
     #[error("API at {at}: {message}")]
     Protocol { at: String, message: String },
+    /// Writing the answer out failed (standard output closed, disk full).
+    #[error("cannot write the answer out: {0}")]
+    Output(std::io::Error),
     /// What answers there could not prove it knows the token: not this daemon.
     #[error(
         "the process answering at {at} could not prove it is the stickwarden daemon (it does not know \
@@ -87,7 +90,7 @@ impl ApiClient {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| self.protocol(e.to_string()))?;
             if let Some(data) = frame.data_ref() {
-                out.write_all(data).map_err(|e| self.protocol(format!("cannot write the answer out: {e}")))?;
+                out.write_all(data).map_err(ApiClientError::Output)?;
             }
         }
         Ok(())

@@ -70,18 +70,18 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
     let cfg = Config::load(&cfg).map_err(Failure::runtime)?;
     let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
 
-    println!("== sandbox HAProxy {} (pid {}) on 127.0.0.1:{}", sb.version, sb.pid(), sb.web_port);
-    println!("   Runtime API: {}", sb.admin());
-    println!("== controller: rules {}", cfg.rules.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "));
-    println!("   ladder: tag 8s -> tag+acl 12s -> tag+acl+kill 20s, doubling after; poll every 500ms");
-    println!("   store: {}", cfg.store.path.display());
+    say!("== sandbox HAProxy {} (pid {}) on 127.0.0.1:{}", sb.version, sb.pid(), sb.web_port)?;
+    say!("   Runtime API: {}", sb.admin())?;
+    say!("== controller: rules {}", cfg.rules.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "))?;
+    say!("   ladder: tag 8s -> tag+acl 12s -> tag+acl+kill 20s, doubling after; poll every 500ms")?;
+    say!("   store: {}", cfg.store.path.display())?;
     let (abuser, normal, allowed) =
         (sandbox::client_addr(ABUSER), sandbox::client_addr(NORMAL), sandbox::client_addr(ALLOWED));
-    println!(
+    say!(
         "== clients: {abuser} abusive ({} req/s), {normal} normal (2 req/s), {allowed} abusive but allowlisted",
         a.rate
-    );
-    println!();
+    )?;
+    say!()?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(crate::daemon::run(cfg, store.clone(), async move {
@@ -94,7 +94,7 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
         tokio::spawn(client(sb.web_port, n, rate.max(1), deadline, counts.clone()));
     }
 
-    println!("{:>4}  {:<22} {:<22} {:<22} blocked", "t", abuser.to_string(), normal.to_string(), allowed.to_string());
+    say!("{:>4}  {:<22} {:<22} {:<22} blocked", "t", abuser.to_string(), normal.to_string(), allowed.to_string())?;
     let started = Instant::now();
     let mut last_id = None;
     let held = tokio::spawn(hold_connection(sb.tcp_port, started));
@@ -113,14 +113,14 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
                 parts.join(" ")
             }
         };
-        println!(
+        say!(
             "{:>3}s  {:<22} {:<22} {:<22} {}",
             started.elapsed().as_secs(),
             col(ABUSER),
             col(NORMAL),
             col(ALLOWED),
             blocked(&store)
-        );
+        )?;
     }
     print_decisions(&store, last_id, started).map_err(Failure::runtime)?;
     let closed_at = if held.is_finished() {
@@ -130,23 +130,23 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
         None
     };
     match closed_at {
-        Some(at) => println!("\n{abuser}'s held connection through ft_tcp was closed by the kill step at {at}s"),
-        None => println!("\n{abuser}'s held connection through ft_tcp is still open (no kill step reached)"),
+        Some(at) => say!("\n{abuser}'s held connection through ft_tcp was closed by the kill step at {at}s")?,
+        None => say!("\n{abuser}'s held connection through ft_tcp is still open (no kill step reached)")?,
     }
 
     if a.hold.unwrap_or_else(|| std::io::stdout().is_terminal()) {
-        println!("\nHAProxy and the controller keep running until Ctrl-C. Try, in another terminal:");
-        println!("   cargo run -q -- table --haproxy {} ft_web", sb.admin());
-        println!(
+        say!("\nHAProxy and the controller keep running until Ctrl-C. Try, in another terminal:")?;
+        say!("   cargo run -q -- table --haproxy {} ft_web", sb.admin())?;
+        say!(
             "   echo 'show acl {}' | socat stdio {}",
             sb.block_acl().display(),
             sb.admin().trim_start_matches("unix:")
-        );
+        )?;
         tokio::signal::ctrl_c().await.map_err(Failure::runtime)?;
     }
     let _ = stop_tx.send(());
     daemon.await.map_err(Failure::runtime)?.map_err(Failure::runtime)?;
-    println!("\ndemo done.");
+    say!("\ndemo done.")?;
     Ok(())
 }
 
@@ -195,7 +195,8 @@ fn print_decisions(
     let since = now_ms().saturating_sub(started.elapsed().as_millis() as u64 + 1000);
     let mut last = last_id;
     for r in store.audit_since(since)?.into_iter().filter(|r| last_id.is_none_or(|l| r.id > l)) {
-        println!("      >> {}", describe(&r));
+        // The demo's running commentary: a closed stdout ends it at its next line.
+        let _ = say!("      >> {}", describe(&r));
         last = Some(r.id);
     }
     Ok(last)

@@ -2,6 +2,13 @@
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input, 64 bad configuration). Input is
 //! validated before any socket is opened, so a malformed address or filter changes nothing.
 
+/// `println!` for the subcommands: a standard output closed by the reader (`| head -1`) ends the
+/// command quietly ([`Failure::output`]) instead of panicking.
+macro_rules! say {
+    () => { $crate::cli::say_line(format_args!("")) };
+    ($($t:tt)*) => { $crate::cli::say_line(format_args!($($t)*)) };
+}
+
 mod demo;
 mod ops;
 mod run;
@@ -84,12 +91,56 @@ impl Failure {
     pub fn runtime(error: impl Into<anyhow::Error>) -> Failure {
         Failure { code: EXIT_RUNTIME, error: error.into() }
     }
+
+    /// A write to standard output failed. When the reader went away (`| head -1`) that is no
+    /// failure: the command stops, and exits 0 without a word ([`Failure::is_quiet`]).
+    pub fn output(e: std::io::Error) -> Failure {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Failure { code: EXIT_QUIET, error: e.into() };
+        }
+        Failure::runtime(anyhow::Error::from(e).context("cannot write to standard output"))
+    }
+
+    /// Whether this ends the command without an error (standard output closed by its reader).
+    pub fn is_quiet(&self) -> bool {
+        self.code == EXIT_QUIET
+    }
+}
+
+/// An error and its causes, each said once: a message that already ends with its cause's text
+/// (`cannot read x: No such file (os error 2)`) is not followed by that cause again.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// The code of a quiet stop: the reader of standard output went away.
+const EXIT_QUIET: i32 = 0;
+
+/// One line on standard output ([`say!`]), every part of it between line breaks made
+/// [`printable`](crate::output::printable): a reason or key cannot move the cursor or reorder text.
+pub(crate) fn say_line(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    let text = args.to_string();
+    let safe: Vec<_> = text.split('\n').map(crate::output::printable).collect();
+    let mut out = std::io::stdout().lock();
+    out.write_all(safe.join("\n").as_bytes()).and_then(|()| out.write_all(b"\n")).map_err(Failure::output)
 }
 
 /// Prints a listing for people on standard output (see `output::columns`).
 pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), Failure> {
     let colour = crate::output::columns::colour();
-    crate::output::columns::write_table(&mut std::io::stdout().lock(), headers, rows, colour).map_err(Failure::runtime)
+    crate::output::columns::write_table(&mut std::io::stdout().lock(), headers, rows, colour).map_err(Failure::output)
 }
 
 impl From<ClientError> for Failure {

@@ -137,6 +137,10 @@ fn op_failure(e: OpError) -> Failure {
 }
 
 fn api_failure(e: ApiClientError) -> Failure {
+    let e = match e {
+        ApiClientError::Output(io) => return Failure::output(io),
+        other => other,
+    };
     let code = if e.is_bad_input() { EXIT_USAGE } else { EXIT_RUNTIME };
     let hint = match &e {
         ApiClientError::Api { status: 401, .. } => " (set STICKWARDEN_TOKEN or --token)",
@@ -204,8 +208,8 @@ fn seg(key: &str) -> String {
 
 fn json_line(v: &impl Serialize) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, v).map_err(Failure::runtime)?;
-    writeln!(out).map_err(Failure::runtime)
+    serde_json::to_writer(&mut out, v).map_err(|e| Failure::output(e.into()))?;
+    writeln!(out).map_err(Failure::output)
 }
 
 pub async fn blocks(a: Access) -> Result<(), Failure> {
@@ -214,7 +218,7 @@ pub async fn blocks(a: Access) -> Result<(), Failure> {
         // JSON Lines straight from the daemon to stdout: nothing parsed, nothing held whole.
         let mut out = std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock());
         c.get_lines("/v1/blocks", &mut out).await.map_err(api_failure)?;
-        return std::io::Write::flush(&mut out).map_err(Failure::runtime);
+        return std::io::Write::flush(&mut out).map_err(Failure::output);
     }
     let list: Vec<BlockView> = match &via {
         Via::Api(_) => via.get("/v1/blocks").await?,
@@ -263,7 +267,7 @@ pub async fn history(a: KeyArgs) -> Result<(), Failure> {
         return json_line(&h);
     }
     let now = now_ms();
-    println!(
+    say!(
         "{}: {}",
         h.key,
         h.block.as_ref().map_or("not blocked".to_owned(), |b| format!(
@@ -271,12 +275,12 @@ pub async fn history(a: KeyArgs) -> Result<(), Failure> {
             b.action,
             relative_text(&b.until, now)
         ))
-    );
-    println!(
+    )?;
+    say!(
         "offences kept: {}; last seen {}",
         h.offences.len(),
         h.last_seen.as_deref().map_or("never".into(), |t| relative_text(t, now))
-    );
+    )?;
     print_audit(&h.events)
 }
 
@@ -319,9 +323,9 @@ pub async fn explain(a: KeyArgs) -> Result<(), Failure> {
         return json_line(&x);
     }
     let now = now_ms();
-    println!("{}: {}", x.key, x.verdict);
+    say!("{}: {}", x.key, x.verdict)?;
     if let Some(b) = &x.block {
-        println!(
+        say!(
             "  block: {} level {} by {} ({}), until {}: {}",
             b.action,
             b.level,
@@ -329,28 +333,30 @@ pub async fn explain(a: KeyArgs) -> Result<(), Failure> {
             b.rule,
             relative_text(&b.until, now),
             b.reason
-        );
+        )?;
     }
     if let Some(r) = &x.allowlisted {
-        println!("  allowlisted: {r}");
+        say!("  allowlisted: {r}")?;
     }
-    println!(
+    say!(
         "  score {:.1} of {} ; {} offence(s) within the forgiveness window",
-        x.score, x.threshold, x.offences_in_window
-    );
-    println!(
+        x.score,
+        x.threshold,
+        x.offences_in_window
+    )?;
+    say!(
         "  next offence: level {} ({}) for {}",
         x.next_level,
         x.next_action,
         crate::time::human(std::time::Duration::from_secs(x.next_duration_s))
-    );
+    )?;
     for t in &x.tables {
         match (&t.error, t.found) {
-            (Some(e), _) => println!("  {} {}: cannot read: {e}", t.target, t.table),
-            (None, false) => println!("  {} {}: no entry", t.target, t.table),
+            (Some(e), _) => say!("  {} {}: cannot read: {e}", t.target, t.table)?,
+            (None, false) => say!("  {} {}: no entry", t.target, t.table)?,
             (None, true) => {
                 let counters: Vec<String> = t.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!("  {} {}: {}", t.target, t.table, counters.join(" "));
+                say!("  {} {}: {}", t.target, t.table, counters.join(" "))?;
                 for r in &t.rules {
                     let conds: Vec<String> = r
                         .conditions
@@ -364,7 +370,7 @@ pub async fn explain(a: KeyArgs) -> Result<(), Failure> {
                         })
                         .collect();
                     let dry = if r.dry_run { " (dry run)" } else { "" };
-                    println!("    {} {}{dry}: {}", if r.matched { "MATCH" } else { "no   " }, r.rule, conds.join(", "));
+                    say!("    {} {}{dry}: {}", if r.matched { "MATCH" } else { "no   " }, r.rule, conds.join(", "))?;
                 }
             }
         }
@@ -378,16 +384,16 @@ fn print_outcome(o: &Outcome, json: bool) -> Result<(), Failure> {
     } else {
         let now = now_ms();
         for b in &o.blocked {
-            println!("blocked {} ({}) until {} ({})", b.key, b.action, b.until, relative_text(&b.until, now));
+            say!("blocked {} ({}) until {} ({})", b.key, b.action, b.until, relative_text(&b.until, now))?;
         }
         for k in &o.released {
-            println!("released {k}");
+            say!("released {k}")?;
         }
         for k in &o.allowed {
-            println!("allowlist: {k}");
+            say!("allowlist: {k}")?;
         }
         for (k, why) in &o.skipped {
-            println!("skipped {k}: {why}");
+            say!("skipped {k}: {why}")?;
         }
     }
     if o.failures.is_empty() {
@@ -444,9 +450,9 @@ pub async fn import(a: ImportArgs) -> Result<(), Failure> {
     let label = format!("recording {n} blocks and applying them (one ACL version, committed at once)");
     let outcome = crate::output::progress::spin(&label, progress, via.act("/v1/import", &req, op)).await?;
     if !a.access.json {
-        println!("imported {} of {n} ({} skipped)", outcome.blocked.len(), outcome.skipped.len());
+        say!("imported {} of {n} ({} skipped)", outcome.blocked.len(), outcome.skipped.len())?;
         for (k, why) in &outcome.skipped {
-            println!("skipped {k}: {why}");
+            say!("skipped {k}: {why}")?;
         }
         let only_failures = Outcome { failures: outcome.failures.clone(), ..Default::default() };
         return print_outcome(&only_failures, false);

@@ -124,16 +124,16 @@ async fn fleet_findings(cfg: &crate::config::Config) -> Vec<crate::check::Findin
 
 pub async fn check(a: ConfigArgs) -> Result<(), Failure> {
     let cfg = load(&a)?;
-    println!("ok   config {} ({} rules from {})", cfg.path.display(), cfg.rules.rules.len(), cfg.rules_dir.display());
+    say!("ok   config {} ({} rules from {})", cfg.path.display(), cfg.rules.rules.len(), cfg.rules_dir.display())?;
     let findings = crate::check::check_all(&cfg).await;
     let mut failed = 0;
     for (target, f) in &findings {
         failed += usize::from(!f.ok);
-        println!("{} {target}: {}", if f.ok { "ok  " } else { "FAIL" }, f.what);
+        say!("{} {target}: {}", if f.ok { "ok  " } else { "FAIL" }, f.what)?;
     }
     for f in fleet_findings(&cfg).await {
         failed += usize::from(!f.ok);
-        println!("{} fleet: {}", if f.ok { "ok  " } else { "FAIL" }, f.what);
+        say!("{} fleet: {}", if f.ok { "ok  " } else { "FAIL" }, f.what)?;
     }
     if failed > 0 {
         return Err(Failure::runtime(anyhow::anyhow!("{failed} check(s) failed")));

@@ -29,7 +29,7 @@ pub fn run(a: SimulateArgs) -> Result<(), Failure> {
     let decisions = crate::simulate::simulate(&rules, &a.dumps, interval).map_err(Failure::usage)?;
     if a.json {
         for d in &decisions {
-            println!("{}", serde_json::to_string(d).map_err(Failure::runtime)?);
+            say!("{}", serde_json::to_string(d).map_err(Failure::runtime)?)?;
         }
         return Ok(());
     }

@@ -86,7 +86,7 @@ max_prefix_v4 = 20
     assert!(check("2001:db8::/31", false).unwrap_err().contains("max_prefix_v6 = 32"));
     // IPv6 networks are measured by the IPv4 range they reach.
     assert!(check("::ffff:0:0/97", false).unwrap_err().contains("IPv4 /1"));
-    for all in ["0.0.0.0/0", "::/0", "::/1", "::/64", "::/96", "::ffff:0:0/96"] {
+    for all in ["0.0.0.0/0", "::/0", "::/1", "::/64", "::/80", "::ffff:0:0/96"] {
         assert!(check(all, true).unwrap_err().contains("never allowed"), "{all}");
     }
     assert!(load(

@@ -3,7 +3,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// A positive duration written the human way: `500ms`, `10s`, `15m`, `1h 30m`, `7d`.
+/// The longest duration a configuration or rules file may give (ladder steps, `max_duration`,
+/// windows, retention...): ten years. Anything longer is a typo, and would overflow instants.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// A positive duration written the human way: `500ms`, `10s`, `15m`, `1h 30m`, `7d`, at most
+/// [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Dur(pub Duration);
@@ -16,6 +21,9 @@ impl TryFrom<String> for Dur {
             .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 10s, 15m, 1h, 7d"))?;
         if d.is_zero() {
             return Err(format!("'{s}': a duration must be greater than zero"));
+        }
+        if d > MAX_DURATION {
+            return Err(format!("'{s}': a duration is at most 3650d (10 years)"));
         }
         Ok(Dur(d))
     }
@@ -34,7 +42,7 @@ impl TryFrom<String> for Net {
     }
 }
 
-/// An RFC 3339 time, as milliseconds since the epoch.
+/// An RFC 3339 time, as milliseconds since the epoch, at most [`MAX_DURATION`] from now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Time(pub crate::time::Millis);
@@ -43,6 +51,10 @@ impl TryFrom<String> for Time {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        crate::time::parse_rfc3339(&s).map(Time)
+        let t = crate::time::parse_rfc3339(&s)?;
+        if t > crate::time::now_ms().saturating_add(crate::time::ms(MAX_DURATION)) {
+            return Err(format!("'{s}' is more than 10 years from now"));
+        }
+        Ok(Time(t))
     }
 }

@@ -9,8 +9,10 @@ pub fn colour() -> bool {
 }
 
 pub fn write_table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>], colour: bool) -> io::Result<()> {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| r.iter().map(|c| super::printable(c).into_owned()).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
@@ -33,7 +35,7 @@ pub fn write_table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>],
     } else {
         writeln!(out, "{head}")?;
     }
-    for r in rows {
+    for r in &rows {
         writeln!(out, "{}", line(&mut r.iter().map(String::as_str)))?;
     }
     Ok(())

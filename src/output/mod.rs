@@ -12,6 +12,28 @@ use std::io::{self, Write};
 use crate::client::TableItem;
 use crate::proto::table::{Entry, TableHeader, Value};
 
+/// `text` safe to show on a terminal: control characters and the bidirectional-override and
+/// isolate characters (which can make `10.0.0.1 allow` display as something else) are written as
+/// `\u{...}` escapes. Reasons and keys in human output go through it; JSON escapes on its own.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Rows held back to compute column widths.
 pub const ALIGN_SAMPLE: usize = 1000;
 
@@ -193,6 +215,17 @@ impl Aligned {
             }
             out.push(b'\n');
         }
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        assert_eq!(super::printable("plain reason, é 漢"), "plain reason, é 漢");
+        assert_eq!(super::printable("a\u{202e}kcolb\u{202c}b"), "a\\u{202e}kcolb\\u{202c}b");
+        assert_eq!(super::printable("x\ny\x1b[31m"), "x\\u{000a}y\\u{001b}[31m");
+        assert_eq!(super::printable("\u{2066}\u{2069}\u{200f}"), "\\u{2066}\\u{2069}\\u{200f}");
     }
 }
 

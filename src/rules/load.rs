@@ -259,6 +259,20 @@ mod tests {
             ),
             ("[score]\nthreshold = 0\nhalf_life = \"1m\"\n", "DIR/r.toml:2:13: threshold must be"),
             ("[[rule]]\nname = \"x\"\n", "DIR/r.toml:1:1: missing field `table`"),
+            // Durations have a ceiling: no wrap to a 0 s block, no instant past year 9999.
+            (
+                "[ladder]\nforgiveness = \"1h\"\nsteps = [{ action = [\"tag\"], duration = \"500000000000y\" }]\n",
+                "DIR/r.toml:3:",
+            ),
+            (
+                "[ladder]\nforgiveness = \"1h\"\nsteps = [{ action = [\"tag\"], duration = \"20000y\" }]\n",
+                "DIR/r.toml:3:41: '20000y': a duration is at most 3650d (10 years)",
+            ),
+            (
+                "[ladder]\nforgiveness = \"1h\"\nmax_duration = \"11y\"\nsteps = [{ action = [\"tag\"], duration = \"1h\" }]\n",
+                "DIR/r.toml:3:16: '11y': a duration is at most 3650d (10 years)",
+            ),
+            ("[score]\nthreshold = 1\nhalf_life = \"10000000d\"\n", "DIR/r.toml:3:13: '10000000d': a duration is at most"),
         ];
         for (text, want) in cases {
             let got = load(&[("a.toml", FLOOD), ("r.toml", text)]).unwrap_err();
