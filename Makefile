@@ -1,7 +1,11 @@
 # One command per job; .ci/run calls the same targets a person does.
 CARGO ?= cargo
 
-.PHONY: demo test bench bench-socat lint haproxy fuzz
+.PHONY: demo test test-integration test-versions bench bench-socat lint haproxy fuzz
+
+# The HAProxy builds beside the repository (3.0.0, 3.4.0, 3.5-dev5; see ../shared/haproxy/README.md).
+HAPROXY_BUILDS ?= ../shared/haproxy
+HAPROXY_VERSIONS ?= 3.0.0 3.4.0 3.5-dev5
 
 haproxy:
 	@scripts/ensure-haproxy.sh
@@ -10,9 +14,24 @@ haproxy:
 demo: haproxy
 	$(CARGO) run --release -- demo
 
-## Unit tests (captured HAProxy answers) and integration tests (a real haproxy, real HTTP).
+## Unit tests (captured HAProxy answers) and integration tests (a real haproxy, real HTTP), on
+## $$HAPROXY when set, else Debian's haproxy.
 test: haproxy
 	$(CARGO) test
+
+## The integration tests on one HAProxy build: make test-integration HAPROXY=/path/to/haproxy
+test-integration:
+	@test -n "$(HAPROXY)" || { echo "usage: make test-integration HAPROXY=/path/to/haproxy" >&2; exit 2; }
+	HAPROXY=$(HAPROXY) scripts/ensure-haproxy.sh
+	HAPROXY=$(HAPROXY) $(CARGO) test --test '*'
+
+## The whole suite on Debian's HAProxy (2.6.12), then the integration tests on every build of
+## $(HAPROXY_BUILDS): every supported version.
+test-versions: test
+	for v in $(HAPROXY_VERSIONS); do \
+	  echo "== HAProxy $$v"; \
+	  HAPROXY=$(abspath $(HAPROXY_BUILDS))/$$v/haproxy $(CARGO) test --test '*' || exit 1; \
+	done
 
 ## Every bench of docs/BENCHMARKS.md: the CLI against socat on a real 1,048,576-entry table, the
 ## parser, the daemon's poll and actuation against socat, fleet fan-out, the end-to-end scale run.

@@ -304,7 +304,7 @@ async fn allow_releases_what_it_covers_and_import_is_atomic_in_the_acl() {
     assert_eq!(acl(&c, &sb).await, ["10.2.0.0/16"]);
     let (_, list) = api.call("GET", "/v1/allow", Some(VIEWER_TOKEN), None).await;
     let keys: Vec<&str> = list.as_array().unwrap().iter().map(|a| a["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["198.51.100.0/24", "10.1.0.0/24"]);
+    assert_eq!(keys, ["127.0.0.1", "::1", "198.51.100.0/24", "10.1.0.0/24"]);
 
     let (s, v) = api.op("POST", "/v1/allow/remove", Some(json!({"key": "198.51.100.0/24", "reason": "r"}))).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "conflict"), "config entries stay");

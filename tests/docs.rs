@@ -156,7 +156,7 @@ async fn documented_haproxy_and_stickwarden_configs_work_together() {
     let conf_doc = read_doc("configuration.md");
     let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
     std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
-    private(&format!("{d}/tokens.toml"));
+    common::private(format!("{d}/tokens.toml"));
     let cfg = cfg
         .replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
         .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))

@@ -176,20 +176,23 @@ async fn dry_run_changes_nothing_in_haproxy_but_audits_what_it_would_do() {
 async fn subnet_aggregation_puts_the_prefix_in_the_acl() {
     let sb = haproxy();
     let c = admin(&sb).await;
-    let agg = "[aggregate]\nipv4_prefix = 24\noffenders = 2\nwindow = \"1m\"\nduration = \"1h\"\n";
+    // A /30 of loopback clients: a /24 would hold 127.0.0.1, this host's loopback, which no block
+    // may reach (the aggregation is refused then).
+    let agg = "[aggregate]\nipv4_prefix = 30\noffenders = 2\nwindow = \"1m\"\nduration = \"1h\"\n";
     let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), agg);
     let d = Daemon::start(&s);
 
-    flood(&sb, 1, 150).await;
-    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
+    flood(&sb, 5, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.6").await == Some(1) }).await);
     assert!(acl(&c, &sb).await.is_empty(), "one offender is not a subnet");
-    flood(&sb, 2, 150).await;
-    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.0/24"] }).await);
-    // The whole prefix is denied now, a client that never offended included.
-    assert_eq!(get(&sb, 5).await, 403);
+    flood(&sb, 6, 150).await;
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.4/30"] }).await);
+    // The whole prefix is denied now, a client that never offended included; outside it, not.
+    assert_eq!(get(&sb, 3).await, 403);
+    assert_eq!(get(&sb, 1).await, 200);
 
     let store = d.stop().await;
-    let agg = events(&store, "127.0.0.0/24");
+    let agg = events(&store, "127.0.0.4/30");
     assert_eq!(agg, [(Event::Block, "subnet-aggregate".to_owned(), 0)]);
 }
 

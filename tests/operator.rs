@@ -58,7 +58,7 @@ async fn cli_through_the_daemon_block_list_explain_unblock_audit() {
         (Some("10.3.0.1"), Some("ops"), Some("manual"))
     );
     let o = sw(&s, &["blocks"], Some(VIEWER_TOKEN));
-    assert!(out(&o).contains("KEY") && out(&o).contains("in 1h") && out(&o).contains("incident 7"), "{}", out(&o));
+    assert!(out(&o).contains("KEY") && out(&o).contains("in 2h") && out(&o).contains("incident 7"), "{}", out(&o));
     let o = sw(&s, &["unblock", "10.3.0.1", "--reason", "x"], Some(VIEWER_TOKEN));
     assert_eq!(o.status.code(), Some(1));
     assert!(out(&o).contains("forbidden"), "{}", out(&o));

@@ -293,6 +293,11 @@ impl Controller {
             warn!(%prefix, allowlisted = reason, "not blocking the prefix: it overlaps the allowlist");
             return Ok(None);
         }
+        // An IPv6 client in ::/64 has a prefix that holds ::ffff:0:0/96: every IPv4 client.
+        if let Err(why) = self.cfg.safety.check_breadth(&prefix, false) {
+            warn!(%prefix, why, "not blocking the prefix");
+            return Ok(None);
+        }
         if !self.breaker_check(now)? {
             return Ok(None);
         }
