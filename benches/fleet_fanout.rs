@@ -80,7 +80,12 @@ fn bench(c: &mut Criterion) {
                     let dir = tempfile::tempdir().unwrap();
                     let store = Store::open(dir.path(), cfg.store.cache_bytes).unwrap();
                     empty_acls();
-                    let op = Manual::Import { keys, duration: Duration::from_secs(3600), reason: "bench".into() };
+                    let op = Manual::Import {
+                        keys,
+                        duration: Duration::from_secs(3600),
+                        reason: "bench".into(),
+                        allow_broad: false,
+                    };
                     let t0 = Instant::now();
                     let out = rt
                         .block_on(stickwarden::daemon::run_once(cfg, store, op, "bench", Duration::from_secs(120)))
