@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
@@ -57,20 +56,6 @@ async fn acls_are(clients: &[Client], nodes: &[Sandbox], want: &[&str]) -> bool 
     true
 }
 
-fn sw(s: &Setup, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
-        .args(args)
-        .env("STICKWARDEN_CONFIG", &s.config)
-        .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
-        .env_remove("STICKWARDEN_API")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abuser_under_the_threshold_on_each_node_but_over_it_in_total_is_blocked_on_all_five() {
     let (_shared, nodes) = fleet(NODES);
@@ -120,13 +105,13 @@ async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
     assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
 
     let o = sw(&s, &["block", "10.9.0.1", "--for", "2h", "--reason", "fleet test"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert_eq!(tags(&cs, "10.9.0.1").await, [Some(1); NODES]);
     assert!(acls_are(&cs, &nodes, &["10.9.0.1"]).await);
     let o = sw(&s, &["check"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(text(&o).contains("ok   fleet: 5 targets; observations merged"), "{}", text(&o));
-    assert!(text(&o).contains("ok   fleet: node5: up, every block and release confirmed"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(out(&o).contains("ok   fleet: 5 targets; observations merged"), "{}", out(&o));
+    assert!(out(&o).contains("ok   fleet: node5: up, every block and release confirmed"), "{}", out(&o));
 
     // Node 5 goes down; an abuser of the other four is blocked meanwhile.
     nodes[4].stop();
@@ -148,13 +133,13 @@ async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
             && list.iter().any(|b| b["key"] == "10.9.0.1" && b.get("unconfirmed_on").is_none())
     })
     .await;
-    assert!(lagging, "{}", text(&sw(&s, &["blocks", "--json"])));
+    assert!(lagging, "{}", out(&sw(&s, &["blocks", "--json"])));
     let o = sw(&s, &["blocks"]);
-    assert!(text(&o).contains("tag+acl (not yet on node5)"), "{}", text(&o));
-    assert!(text(&o).contains("2 active block(s), 1 not yet confirmed by every target"), "{}", text(&o));
+    assert!(out(&o).contains("tag+acl (not yet on node5)"), "{}", out(&o));
+    assert!(out(&o).contains("2 active block(s), 1 not yet confirmed by every target"), "{}", out(&o));
     let o = sw(&s, &["check"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("FAIL fleet: node5: DOWN for the daemon, 1 key(s) waiting"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(out(&o).contains("FAIL fleet: node5: DOWN for the daemon, 1 key(s) waiting"), "{}", out(&o));
 
     // Back (a new process: no tags, no ACL entries): it gets both active blocks.
     nodes[4].restart().unwrap();
@@ -167,15 +152,15 @@ async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
     .await;
     assert!(caught_up, "node5 did not get the active blocks back");
     let confirmed = eventually(Duration::from_secs(3), || async {
-        text(&sw(&s, &["check"])).contains("ok   fleet: node5: up, every block and release confirmed")
+        out(&sw(&s, &["check"])).contains("ok   fleet: node5: up, every block and release confirmed")
     })
     .await;
-    assert!(confirmed, "{}", text(&sw(&s, &["check"])));
+    assert!(confirmed, "{}", out(&sw(&s, &["check"])));
 
     // An unblock reaches all five.
     let cs = clients(&nodes).await;
     let o = sw(&s, &["unblock", "10.9.0.1", "--reason", "done"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert_eq!(tags(&cs, "10.9.0.1").await, [None; NODES]);
     assert!(acls_are(&cs, &nodes, &["127.0.0.4"]).await);
     stop_daemon(d);

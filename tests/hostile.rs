@@ -5,25 +5,11 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn sw(s: &Setup, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
-        .args(args)
-        .env("STICKWARDEN_CONFIG", &s.config)
-        .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
-        .env_remove("STICKWARDEN_API")
-        .output()
-        .unwrap()
-}
-
-fn out(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 /// Adds a TCP listener on a free loopback port to the setup's `[api]` (after its Unix socket).
 fn with_tcp_api(s: &Setup) -> u16 {

@@ -5,23 +5,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-
-fn sw(s: &Setup, args: &[&str], token: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_stickwarden"));
-    c.args(args).env("STICKWARDEN_CONFIG", &s.config).env_remove("STICKWARDEN_API").env_remove("STICKWARDEN_TOKEN");
-    if let Some(t) = token {
-        c.env("STICKWARDEN_TOKEN", t);
-    }
-    c.output().unwrap()
-}
-
-fn out(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&o.stdout)
@@ -42,14 +29,14 @@ async fn cli_through_the_daemon_block_list_explain_unblock_audit() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&sock_path).unwrap().permissions().mode() & 0o777, 0o600, "the API socket is private");
 
-    let o = sw(&s, &["block", "10.3.0.1", "--for", "2h", "--reason", "incident 7"], Some(OPERATOR_TOKEN));
+    let o = sw_with(&s, &["block", "10.3.0.1", "--for", "2h", "--reason", "incident 7"], Some(OPERATOR_TOKEN));
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert!(out(&o).contains("blocked 10.3.0.1 (tag+acl) until"), "{}", out(&o));
     assert_eq!(gpt0(&c, "10.3.0.1").await, Some(1));
     assert_eq!(acl(&c, &sb).await, ["10.3.0.1"]);
 
     // A viewer may read, not act; no token at all is refused with a hint.
-    let o = sw(&s, &["blocks", "--json"], Some(VIEWER_TOKEN));
+    let o = sw_with(&s, &["blocks", "--json"], Some(VIEWER_TOKEN));
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     let list = json_lines(&o);
     assert_eq!(list.len(), 1);
@@ -57,26 +44,26 @@ async fn cli_through_the_daemon_block_list_explain_unblock_audit() {
         (list[0]["key"].as_str(), list[0]["actor"].as_str(), list[0]["source"].as_str()),
         (Some("10.3.0.1"), Some("ops"), Some("manual"))
     );
-    let o = sw(&s, &["blocks"], Some(VIEWER_TOKEN));
+    let o = sw_with(&s, &["blocks"], Some(VIEWER_TOKEN));
     assert!(out(&o).contains("KEY") && out(&o).contains("in 2h") && out(&o).contains("incident 7"), "{}", out(&o));
-    let o = sw(&s, &["unblock", "10.3.0.1", "--reason", "x"], Some(VIEWER_TOKEN));
+    let o = sw_with(&s, &["unblock", "10.3.0.1", "--reason", "x"], Some(VIEWER_TOKEN));
     assert_eq!(o.status.code(), Some(1));
     assert!(out(&o).contains("forbidden"), "{}", out(&o));
-    let o = sw(&s, &["blocks"], None);
+    let o = sw_with(&s, &["blocks"], None);
     assert_eq!(o.status.code(), Some(1));
     assert!(out(&o).contains("set STICKWARDEN_TOKEN"), "{}", out(&o));
 
-    let o = sw(&s, &["explain", "10.3.0.1"], Some(VIEWER_TOKEN));
+    let o = sw_with(&s, &["explain", "10.3.0.1"], Some(VIEWER_TOKEN));
     assert!(out(&o).starts_with("10.3.0.1: blocked"), "{}", out(&o));
     assert!(out(&o).contains("sandbox ft_web: ") && out(&o).contains(" gpt0=1 "), "{}", out(&o));
     assert!(out(&o).contains("no    http-flood: http_req_rate gt 100 [0: no]"), "{}", out(&o));
 
-    let o = sw(&s, &["unblock", "10.3.0.1", "--reason", "resolved"], Some(OPERATOR_TOKEN));
+    let o = sw_with(&s, &["unblock", "10.3.0.1", "--reason", "resolved"], Some(OPERATOR_TOKEN));
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert!(acl(&c, &sb).await.is_empty());
     assert_eq!(gpt0(&c, "10.3.0.1").await, None);
 
-    let o = sw(&s, &["audit", "--since", "1h", "--json"], Some(VIEWER_TOKEN));
+    let o = sw_with(&s, &["audit", "--since", "1h", "--json"], Some(VIEWER_TOKEN));
     let ev: Vec<(String, String, String)> = json_lines(&o)
         .iter()
         .map(|r| {
@@ -104,31 +91,31 @@ async fn cli_without_a_daemon_works_on_the_store_and_haproxy_directly() {
     let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
     with_api(&s); // configured, but nothing listens: the CLI falls back to the store
 
-    let o = sw(&s, &["block", "10.4.0.1", "--for", "30m", "--reason", "daemon down"], None);
+    let o = sw_with(&s, &["block", "10.4.0.1", "--for", "30m", "--reason", "daemon down"], None);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert_eq!(gpt0(&c, "10.4.0.1").await, Some(1));
     assert_eq!(acl(&c, &sb).await, ["10.4.0.1"]);
-    let list = json_lines(&sw(&s, &["blocks", "--json"], None));
+    let list = json_lines(&sw_with(&s, &["blocks", "--json"], None));
     assert_eq!(list.len(), 1);
     assert!(list[0]["actor"].as_str().unwrap().starts_with("cli:"), "{}", list[0]);
 
     let file = s.dir.path().join("list.txt");
     std::fs::write(&file, "# feed\n10.5.0.1\n10.6.0.0/16\n\n10.5.0.1\n").unwrap();
-    let o = sw(&s, &["import", file.to_str().unwrap(), "--for", "1h", "--reason", "feed"], None);
+    let o = sw_with(&s, &["import", file.to_str().unwrap(), "--for", "1h", "--reason", "feed"], None);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert!(out(&o).contains("imported 2 of 2"), "{}", out(&o));
     assert_eq!(acl(&c, &sb).await, ["10.4.0.1", "10.5.0.1", "10.6.0.0/16"]);
 
-    let o = sw(&s, &["allow", "10.6.0.0/16", "--reason", "partner"], None);
+    let o = sw_with(&s, &["allow", "10.6.0.0/16", "--reason", "partner"], None);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert!(out(&o).contains("released 10.6.0.0/16"), "{}", out(&o));
     assert_eq!(acl(&c, &sb).await, ["10.4.0.1", "10.5.0.1"]);
 
-    let o = sw(&s, &["unblock", "10.4.0.1", "--reason", "ok"], None);
+    let o = sw_with(&s, &["unblock", "10.4.0.1", "--reason", "ok"], None);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert_eq!(acl(&c, &sb).await, ["10.5.0.1"]);
     assert_eq!(gpt0(&c, "10.4.0.1").await, None);
-    let o = sw(&s, &["history", "10.4.0.1", "--json"], None);
+    let o = sw_with(&s, &["history", "10.4.0.1", "--json"], None);
     let h = &json_lines(&o)[0];
     let ev: Vec<&str> = h["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(ev, ["block", "release"]);
@@ -143,14 +130,14 @@ async fn cli_without_a_daemon_works_on_the_store_and_haproxy_directly() {
         })
         .await
     );
-    let list = json_lines(&sw(&s, &["blocks", "--json"], Some(VIEWER_TOKEN)));
+    let list = json_lines(&sw_with(&s, &["blocks", "--json"], Some(VIEWER_TOKEN)));
     let keys: Vec<&str> = list.iter().map(|b| b["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["10.5.0.1"]);
     // Without the API, the CLI cannot open the store behind the daemon's back: it says why.
     let text = std::fs::read_to_string(&s.config).unwrap();
     let no_api = s.dir.path().join("no-api.toml");
     std::fs::write(&no_api, &text[..text.find("[api]").unwrap()]).unwrap();
-    let o = sw(&s, &["blocks", "--config", no_api.to_str().unwrap()], None);
+    let o = sw_with(&s, &["blocks", "--config", no_api.to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
     assert!(out(&o).contains("is `stickwarden run` running?"), "{}", out(&o));
     stop_daemon(d);
@@ -186,7 +173,7 @@ async fn bad_input_on_every_subcommand_exits_2_and_changes_nothing() {
         (vec!["blocks", "--api", "ftp://x"], "expected host:port"),
     ];
     for (args, want) in cases {
-        let o = sw(&s, &args, None);
+        let o = sw_with(&s, &args, None);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", out(&o));
         assert!(out(&o).contains(want), "{args:?}: {}", out(&o));
     }

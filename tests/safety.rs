@@ -6,24 +6,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-
-fn sw(s: &Setup, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stickwarden"))
-        .args(args)
-        .env("STICKWARDEN_CONFIG", &s.config)
-        .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
-        .env_remove("STICKWARDEN_API")
-        .output()
-        .unwrap()
-}
-
-fn out(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_block_reaches_every_ipv4_client_through_ipv6_and_broad_blocks_need_an_override() {

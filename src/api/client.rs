@@ -60,15 +60,7 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ApiClientError> {
-        let exchange = async {
-            let resp = self.request(method, path, body, None).await?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| self.protocol(e.to_string()))?.to_bytes();
-            Ok::<_, ApiClientError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| self.protocol("no answer within 60 s".into()))??;
+        let (status, bytes) = self.exchange(method, path, body, true).await?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unexpected answer: {e}")));
         }
@@ -102,15 +94,7 @@ impl ApiClient {
     pub async fn prove(&self) -> Result<(), ApiClientError> {
         let nonce = super::auth::new_nonce().map_err(|e| self.protocol(format!("no random nonce: {e}")))?;
         let path = format!("/v1/identity?nonce={nonce}");
-        let exchange = async {
-            let resp = self.request_with(Method::GET, &path, None, None, false).await?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| self.protocol(e.to_string()))?.to_bytes();
-            Ok::<_, ApiClientError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| self.protocol("no answer within 60 s".into()))??;
+        let (status, bytes) = self.exchange(Method::GET, &path, None, false).await?;
         let Some(token) = &self.token else { return Ok(()) };
         let expected = super::auth::proof(token.as_bytes(), &nonce);
         let proven = status.is_success()
@@ -120,6 +104,23 @@ impl ApiClient {
         } else {
             Err(ApiClientError::Impostor { at: self.at.to_string() })
         }
+    }
+
+    /// One request and its whole answer, within [`TIMEOUT`].
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        with_token: bool,
+    ) -> Result<(StatusCode, Bytes), ApiClientError> {
+        let exchange = async {
+            let resp = self.request_with(method, path, body, None, with_token).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| self.protocol(e.to_string()))?.to_bytes();
+            Ok::<_, ApiClientError>((status, bytes))
+        };
+        tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| self.protocol("no answer within 60 s".into()))?
     }
 
     fn protocol(&self, message: String) -> ApiClientError {

@@ -165,6 +165,27 @@ pub async fn flood(sb: &Sandbox, n: u8, count: usize) -> Vec<(u16, usize)> {
     stickwarden::sandbox::http_burst(stickwarden::sandbox::client_addr(n), sb.web_port, count, 10).await.unwrap()
 }
 
+/// `stickwarden ARGS` with the setup's configuration and `token` (`None`: no token at all),
+/// never an API address from the environment.
+pub fn sw_with(s: &Setup, args: &[&str], token: Option<&str>) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"));
+    c.args(args).env("STICKWARDEN_CONFIG", &s.config).env_remove("STICKWARDEN_API").env_remove("STICKWARDEN_TOKEN");
+    if let Some(t) = token {
+        c.env("STICKWARDEN_TOKEN", t);
+    }
+    c.output().unwrap()
+}
+
+/// [`sw_with`] as the operator.
+pub fn sw(s: &Setup, args: &[&str]) -> std::process::Output {
+    sw_with(s, args, Some(OPERATOR_TOKEN))
+}
+
+/// Standard output and standard error of a command, for messages and assertions.
+pub fn out(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
 /// Tokens of the API tests: `ops` (operator) and `view` (viewer).
 pub const OPERATOR_TOKEN: &str = "operator-secret-0123456789";
 pub const VIEWER_TOKEN: &str = "viewer-secret-0123456789ab";
