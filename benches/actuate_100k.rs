@@ -79,9 +79,9 @@ fn bench(c: &mut Criterion) {
         tag_value: 1,
         acl: Some(acl.parse().unwrap()),
     };
+    let place = stickwarden::store::Place::of(&block, &Actions::new(vec![Action::Tag, Action::Acl]));
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let actuator =
-        rt.block_on(async { Actuator::spawn(&target, client.clone(), &block, stop_rx, Arc::new(Metrics::new())) });
+    let actuator = rt.block_on(async { Actuator::spawn(&target, client.clone(), stop_rx, Arc::new(Metrics::new())) });
     let check = |rt: &tokio::runtime::Runtime| {
         let used = rt.block_on(client.list_tables()).unwrap().into_iter().find(|t| t.name == "ft_web").unwrap().used;
         let acl_len = rt.block_on(client.show_acl(&acl.parse().unwrap())).unwrap().len();
@@ -112,7 +112,8 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| {
             // A fresh actuator state: what it knows of the ACL is from before the reset.
             let forget = || rt.block_on(actuator.run(Job::Forget)).unwrap();
-            let mut apply = || rt.block_on(actuator.run(Job::ApplyMany { blocks: blocks.clone() })).unwrap();
+            let mut apply =
+                || rt.block_on(actuator.run(Job::ApplyMany { blocks: blocks.clone(), place: place.clone() })).unwrap();
             rounds(iters, &forget, &mut apply, &full)
         })
     });

@@ -271,6 +271,7 @@ fn populate(path: &Path) {
             until: now + 2 * 3_600_000,
             counters: vec![("http_req_rate".into(), 150)],
             dry_run: false,
+            place: None,
         })
         .collect();
     store.decide_many(&blocks, |b| AuditRecord::of(Event::Block, b, now)).unwrap();

@@ -3,12 +3,15 @@
 //!
 //! Apply: `set table` the tag, `add acl` the address or CIDR (once: the ACL's contents are read
 //! first, because HAProxy does not refuse duplicates), and for a kill step `show sess` then
-//! `shutdown session` of each live session from the blocked address. Release undoes exactly that:
-//! the tag set back to 0 and the entry cleared (an entry in use is cleared later), `del acl`.
+//! `shutdown session` of each live session from the blocked address. Release undoes exactly that,
+//! where the block recorded it was done ([`Place`]: the table, column and value of the tag, the
+//! ACL file), whatever the configuration says by then: the tag set back to 0 and the entry
+//! cleared (an entry in use is cleared later), `del acl`. A table or ACL that no longer exists in
+//! HAProxy has nothing left to undo.
 //! Every answer is checked; connection failures are retried with backoff until they succeed or the
 //! daemon stops, and HAProxy's refusals are returned to the caller, who audits them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -20,10 +23,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::client::{Client, ClientError};
-use crate::config::{BlockConfig, TargetConfig};
+use crate::config::TargetConfig;
 use crate::metrics::{JobLabels, Metrics};
-use crate::proto::{AclPattern, Command, DataField, ErrorKind, KeyType, TableKey};
+use crate::proto::{AclPattern, AclRef, Command, DataField, ErrorKind, KeyType, TableKey};
 use crate::rules::{Action, Actions};
+use crate::store::{Place, TagPlace};
 
 /// What to do, to which key.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,15 +37,18 @@ pub enum Job {
         key: IpNet,
         actions: Actions,
         kill: bool,
+        place: Place,
     },
     Release {
         key: IpNet,
         actions: Actions,
+        place: Place,
     },
-    /// Adds many keys to the ACL atomically: a new version of the ACL holding its current
-    /// patterns and these, committed at once (`prepare acl` / `add acl @v` / `commit acl`).
+    /// Adds many keys to the ACL file `acl` atomically: a new version of the ACL holding its
+    /// current patterns and these, committed at once (`prepare acl` / `add acl @v` / `commit acl`).
     ImportAcl {
         keys: Vec<IpNet>,
+        acl: String,
     },
     /// HAProxy was replaced (reload, restart): what was read from the old process is stale, and
     /// the connection may still reach the old process.
@@ -51,18 +58,29 @@ pub enum Job {
     /// what HAProxy held). Sessions are not killed.
     ApplyMany {
         blocks: Vec<(IpNet, Actions)>,
+        place: Place,
     },
 }
 
 type Reply = oneshot::Sender<Result<(), ClientError>>;
 
-/// A handle on one target's actuator. Clones share it.
+/// A handle on one target's actuator. Clones share it. An actor that stopped on its own (a
+/// panic) is started again by the next [`Actuator::submit`]; the jobs it held answer
+/// [`ClientError::Stopped`], a failure like any other: unconfirmed, audited, retried.
 #[derive(Clone)]
 pub struct Actuator {
     pub name: String,
+    inner: Arc<std::sync::Mutex<Running>>,
+    start: Arc<dyn Fn() -> Running + Send + Sync>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The running actor: its queue, and a way to stop it.
+struct Running {
     /// Unbounded: a target that is down must never hold up the controller, which serves the
     /// other targets; what queues is one job per decision taken meanwhile.
     tx: mpsc::UnboundedSender<(Job, Reply)>,
+    task: tokio::task::AbortHandle,
 }
 
 impl Actuator {
@@ -70,34 +88,52 @@ impl Actuator {
     pub fn spawn(
         target: &TargetConfig,
         client: Client,
-        block: &BlockConfig,
         shutdown: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> Actuator {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let quota = Quota::per_second(NonZeroU32::new(target.commands_per_second).unwrap_or(NonZeroU32::MIN));
-        let actor = Actor {
-            name: target.name.clone(),
-            client,
-            limiter: RateLimiter::direct(quota),
-            block: block.clone(),
-            key_type: None,
-            acl_known: None,
-            pending_clears: Vec::new(),
-            shutdown,
-            labels: Metrics::target(&target.name),
-            metrics,
+        let (name, cps, stopping) = (target.name.clone(), target.commands_per_second, shutdown.clone());
+        let start = move || {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let quota = Quota::per_second(NonZeroU32::new(cps).unwrap_or(NonZeroU32::MIN));
+            let actor = Actor {
+                name: name.clone(),
+                client: client.clone(),
+                limiter: RateLimiter::direct(quota),
+                key_types: HashMap::new(),
+                acl_known: HashMap::new(),
+                pending_clears: Vec::new(),
+                shutdown: shutdown.clone(),
+                labels: Metrics::target(&name),
+                metrics: metrics.clone(),
+            };
+            Running { tx, task: tokio::spawn(actor.run(rx)).abort_handle() }
         };
-        tokio::spawn(actor.run(rx));
-        Actuator { name: target.name.clone(), tx }
+        let running = start();
+        Actuator {
+            name: target.name.clone(),
+            inner: Arc::new(std::sync::Mutex::new(running)),
+            start: Arc::new(start),
+            shutdown: stopping,
+        }
     }
 
     /// Queues `job` (jobs run in the order they are submitted); the receiver gets its outcome once
-    /// HAProxy confirmed or refused it.
+    /// HAProxy confirmed or refused it. An actor found stopped is started again first.
     pub fn submit(&self, job: Job) -> Result<oneshot::Receiver<Result<(), ClientError>>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((job, tx)).map_err(|_| ClientError::Stopped)?;
+        let mut running = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if running.tx.is_closed() && !*self.shutdown.borrow() {
+            tracing::error!(target = %self.name, "the actuator had stopped; starting it again");
+            *running = (self.start)();
+        }
+        running.tx.send((job, tx)).map_err(|_| ClientError::Stopped)?;
         Ok(rx)
+    }
+
+    /// Stops the actor at once, as a crash would: what it holds answers `Stopped`, and the next
+    /// job starts it again. For tests of exactly that.
+    pub fn abort(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).task.abort();
     }
 
     /// Runs `job` and waits for its outcome.
@@ -110,13 +146,12 @@ struct Actor {
     name: String,
     client: Client,
     limiter: DefaultDirectRateLimiter,
-    block: BlockConfig,
-    /// The block table's key type, read once per connection.
-    key_type: Option<KeyType>,
-    /// The ACL's patterns as last read, kept up to date by our own adds and deletes.
-    acl_known: Option<HashSet<AclPattern>>,
-    /// Entries whose tag is already 0 but that were in use when cleared: (key, first try).
-    pending_clears: Vec<(TableKey, Instant)>,
+    /// Each tag table's key type, read once per connection.
+    key_types: HashMap<String, KeyType>,
+    /// Each ACL's patterns as last read, kept up to date by our own adds and deletes.
+    acl_known: HashMap<String, HashSet<AclPattern>>,
+    /// Entries whose tag is already 0 but that were in use when cleared: (table, key, first try).
+    pending_clears: Vec<(String, TableKey, Instant)>,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     labels: crate::metrics::TargetLabels,
@@ -162,15 +197,24 @@ impl Actor {
 
     async fn run_with_retry(&mut self, job: &Job) -> Result<(), ClientError> {
         let mut delay = RETRY_MIN;
+        let mut revivals = self.client.revivals();
         loop {
             match self.perform(job).await {
                 Err(e) if e.is_transient() && !*self.shutdown.borrow() => {
                     warn!(target = %self.name, ?job, error = %e, retry_in = ?delay, "HAProxy unreachable, retrying");
                     // HAProxy may come back as a new process: read its state afresh.
-                    self.key_type = None;
-                    self.acl_known = None;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
+                    self.key_types.clear();
+                    self.acl_known.clear();
+                    // Word that HAProxy answers again ends the wait: a node back from a long
+                    // outage gets its jobs at once, not after the rest of a 10 s backoff.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => delay = (delay * 2).min(RETRY_MAX),
+                        _ = revivals.changed() => {
+                            debug!(target = %self.name, "HAProxy answers again: retrying now");
+                            delay = RETRY_MIN;
+                        }
+                        _ = self.shutdown.changed() => {}
+                    }
                 }
                 other => return other,
             }
@@ -193,35 +237,44 @@ impl Actor {
                 Ok(()) => Ok(()),
             }
         };
+        let unplaced =
+            |what: &str| ClientError::Unplaced(format!("the block has no {what} recorded: nothing to do it on"));
         match job {
-            Job::Apply { key, actions, kill } => {
+            Job::Apply { key, actions, kill, place } => {
                 if actions.has(Action::Tag) {
-                    keep(self.set_tag(key, self.block.tag_value).await.map(drop))?;
+                    match &place.tag {
+                        Some(tag) => keep(self.set_tag(tag, key, tag.value).await.map(drop))?,
+                        None if crate::net::is_host(key) => keep(Err(unplaced("tag table")))?,
+                        None => {} // networks are blocked through the ACL only
+                    }
                 }
                 if actions.has(Action::Acl) {
-                    keep(self.add_acl(key).await)?;
+                    match &place.acl {
+                        Some(acl) => keep(self.add_acl(acl, key).await)?,
+                        None => keep(Err(unplaced("ACL file")))?,
+                    }
                 }
                 if *kill && actions.has(Action::Kill) {
                     keep(self.kill(key).await)?;
                 }
             }
-            Job::ImportAcl { keys } => return self.import_acl(keys).await,
-            Job::ApplyMany { blocks } => return self.apply_many(blocks).await,
+            Job::ImportAcl { keys, acl } => return self.import_acl(acl, keys).await,
+            Job::ApplyMany { blocks, place } => return self.apply_many(blocks, place).await,
             Job::Forget => {
                 // After a master-worker reload the connection still reaches the old worker.
                 self.client.reconnect();
-                self.key_type = None;
-                self.acl_known = None;
+                self.key_types.clear();
+                self.acl_known.clear();
                 self.pending_clears.clear();
             }
-            Job::Release { key, actions } => {
-                if actions.has(Action::Acl) {
-                    keep(self.del_acl(key).await)?;
+            Job::Release { key, actions, place } => {
+                if let (true, Some(acl)) = (actions.has(Action::Acl), &place.acl) {
+                    keep(gone_is_done(self.del_acl(acl, key).await))?;
                 }
-                if actions.has(Action::Tag) {
-                    let untagged = self.set_tag(key, 0).await;
+                if let (true, Some(tag)) = (actions.has(Action::Tag), &place.tag) {
+                    let untagged = gone_is_done(self.set_tag(tag, key, 0).await);
                     if let Ok(Some(k)) = untagged {
-                        keep(self.clear(k).await)?;
+                        keep(self.clear(&tag.table, k).await)?;
                     } else {
                         keep(untagged.map(drop))?;
                     }
@@ -242,18 +295,17 @@ impl Actor {
         self.metrics.commands.get_or_create(&self.labels).inc_by(n);
     }
 
-    /// The table key of a host block in the block table, if it can be tagged there.
-    async fn table_key(&mut self, key: &IpNet) -> Result<Option<TableKey>, ClientError> {
-        let Some(table) = &self.block.table else { return Ok(None) };
+    /// The key of a host block in `table`, if it can be tagged there.
+    async fn table_key(&mut self, table: &str, key: &IpNet) -> Result<Option<TableKey>, ClientError> {
         if !crate::net::is_host(key) {
             return Ok(None); // networks are blocked through the ACL only
         }
-        let ty = match self.key_type {
-            Some(t) => t,
+        let ty = match self.key_types.get(table) {
+            Some(t) => *t,
             None => {
                 self.command().await;
                 let t = self.client.table_key_type(table).await?;
-                self.key_type = Some(t);
+                self.key_types.insert(table.to_owned(), t);
                 t
             }
         };
@@ -266,23 +318,21 @@ impl Actor {
         }
     }
 
-    /// Sets the tag; returns the key it used.
-    async fn set_tag(&mut self, key: &IpNet, value: u32) -> Result<Option<TableKey>, ClientError> {
-        let Some(k) = self.table_key(key).await? else { return Ok(None) };
-        let table = self.block.table.clone().expect("checked by table_key");
-        let field: DataField = self.block.tag.clone();
+    /// Sets the tag to `value` where `tag` says; returns the key it used.
+    async fn set_tag(&mut self, tag: &TagPlace, key: &IpNet, value: u32) -> Result<Option<TableKey>, ClientError> {
+        let Some(k) = self.table_key(&tag.table, key).await? else { return Ok(None) };
+        let field: DataField = tag.column.parse()?;
         self.command().await;
-        self.client.set_table(&table, k.clone(), &[(field, u64::from(value))]).await?;
+        self.client.set_table(&tag.table, k.clone(), &[(field, u64::from(value))]).await?;
         Ok(Some(k))
     }
 
-    async fn clear(&mut self, k: TableKey) -> Result<(), ClientError> {
-        let table = self.block.table.clone().expect("a tagged key has a table");
+    async fn clear(&mut self, table: &str, k: TableKey) -> Result<(), ClientError> {
         self.command().await;
-        match self.client.clear_table_key(&table, k.clone()).await {
+        match self.client.clear_table_key(table, k.clone()).await {
             Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::EntryInUse) => {
                 debug!(target = %self.name, key = %k, "entry in use; clearing it later");
-                self.pending_clears.push((k, Instant::now()));
+                self.pending_clears.push((table.to_owned(), k, Instant::now()));
                 Ok(())
             }
             other => other,
@@ -290,16 +340,15 @@ impl Actor {
     }
 
     async fn retry_clears(&mut self) {
-        let table = self.block.table.clone().expect("a tagged key has a table");
         let pending = std::mem::take(&mut self.pending_clears);
-        for (k, first) in pending {
+        for (table, k, first) in pending {
             self.command().await;
             match self.client.clear_table_key(&table, k.clone()).await {
                 Ok(()) => debug!(target = %self.name, key = %k, "cleared"),
                 Err(e) if first.elapsed() > CLEAR_PATIENCE => {
                     warn!(target = %self.name, key = %k, error = %e, "giving up clearing an untagged entry; HAProxy's expiry will")
                 }
-                Err(_) => self.pending_clears.push((k, first)),
+                Err(_) => self.pending_clears.push((table, k, first)),
             }
         }
     }
@@ -312,46 +361,45 @@ impl Actor {
         }
     }
 
-    async fn known_acl(&mut self) -> Result<&mut HashSet<AclPattern>, ClientError> {
-        if self.acl_known.is_none() {
-            let acl = self.block.acl.clone().expect("checked at config load");
+    /// The patterns of the ACL file `file`, read once per connection.
+    async fn known_acl(&mut self, file: &str) -> Result<&mut HashSet<AclPattern>, ClientError> {
+        if !self.acl_known.contains_key(file) {
+            let acl: AclRef = file.parse()?;
             self.command().await;
             let entries = self.client.show_acl(&acl).await?;
             let set = entries.iter().filter_map(|e| e.pattern.parse::<AclPattern>().ok()).collect();
-            self.acl_known = Some(set);
+            self.acl_known.insert(file.to_owned(), set);
         }
-        Ok(self.acl_known.as_mut().expect("just filled"))
+        Ok(self.acl_known.entry(file.to_owned()).or_default())
     }
 
-    async fn add_acl(&mut self, key: &IpNet) -> Result<(), ClientError> {
+    async fn add_acl(&mut self, file: &str, key: &IpNet) -> Result<(), ClientError> {
         let p = Self::pattern(key);
-        if self.known_acl().await?.contains(&p) {
+        if self.known_acl(file).await?.contains(&p) {
             return Ok(());
         }
-        let acl = self.block.acl.clone().expect("checked at config load");
         self.command().await;
-        self.client.add_acl(&acl, p).await?;
-        self.known_acl().await?.insert(p);
+        self.client.add_acl(&file.parse()?, p).await?;
+        self.known_acl(file).await?.insert(p);
         Ok(())
     }
 
-    async fn del_acl(&mut self, key: &IpNet) -> Result<(), ClientError> {
+    async fn del_acl(&mut self, file: &str, key: &IpNet) -> Result<(), ClientError> {
         let p = Self::pattern(key);
-        let acl = self.block.acl.clone().expect("checked at config load");
         self.command().await;
-        match self.client.del_acl(&acl, p).await {
+        match self.client.del_acl(&file.parse()?, p).await {
             Err(e) if !e.haproxy().is_some_and(|h| h.kind == ErrorKind::KeyNotFound) => return Err(e),
             _ => {}
         }
-        if let Some(known) = &mut self.acl_known {
+        if let Some(known) = self.acl_known.get_mut(file) {
             known.remove(&p);
         }
         Ok(())
     }
 
-    async fn import_acl(&mut self, keys: &[IpNet]) -> Result<(), ClientError> {
-        let acl = self.block.acl.clone().expect("checked at config load");
-        let known = self.known_acl().await?;
+    async fn import_acl(&mut self, file: &str, keys: &[IpNet]) -> Result<(), ClientError> {
+        let acl: AclRef = file.parse()?;
+        let known = self.known_acl(file).await?;
         let mut fresh: Vec<AclPattern> = keys.iter().map(Self::pattern).filter(|p| !known.contains(p)).collect();
         fresh.sort_unstable();
         fresh.dedup();
@@ -375,24 +423,24 @@ impl Actor {
         self.command().await;
         self.client.commit_acl(&acl, version).await?;
         info!(target = %self.name, added = all.len() - known_len, total = all.len(), "ACL import committed");
-        self.acl_known = Some(all.into_iter().collect());
+        self.acl_known.insert(file.to_owned(), all.into_iter().collect());
         Ok(())
     }
 
-    async fn apply_many(&mut self, blocks: &[(IpNet, Actions)]) -> Result<(), ClientError> {
+    async fn apply_many(&mut self, blocks: &[(IpNet, Actions)], place: &Place) -> Result<(), ClientError> {
         // What to send, as keys: the commands themselves are made one batch at a time, so that
         // 100,000 blocks never hold 200,000 commands in memory at once.
         let mut tags: Vec<TableKey> = Vec::new();
-        if self.block.table.is_some() {
+        if let Some(tag) = &place.tag {
             for (key, _) in blocks.iter().filter(|(k, a)| a.has(Action::Tag) && crate::net::is_host(k)) {
-                if let Some(k) = self.table_key(key).await? {
+                if let Some(k) = self.table_key(&tag.table, key).await? {
                     tags.push(k);
                 }
             }
         }
         let mut adds: Vec<AclPattern> = Vec::new();
-        if self.block.acl.is_some() {
-            let known = self.known_acl().await?;
+        if let Some(file) = &place.acl {
+            let known = self.known_acl(file).await?;
             adds = blocks
                 .iter()
                 .filter(|(_, a)| a.has(Action::Acl))
@@ -402,13 +450,16 @@ impl Actor {
             adds.sort_unstable();
             adds.dedup();
         }
-        let (table, field, value) = (self.block.table.clone(), self.block.tag.clone(), u64::from(self.block.tag_value));
-        let acl = self.block.acl.clone();
+        let tag = match &place.tag {
+            Some(t) => Some((t.table.clone(), t.column.parse::<DataField>()?, u64::from(t.value))),
+            None => None,
+        };
+        let acl: Option<AclRef> = place.acl.as_deref().map(str::parse).transpose()?;
         let commands = tags
             .into_iter()
             .filter_map(move |key| {
-                let table = table.clone()?;
-                Some(Command::SetTable { table, key, fields: vec![(field.clone(), value)] })
+                let (table, field, value) = tag.clone()?;
+                Some(Command::SetTable { table, key, fields: vec![(field, value)] })
             })
             .chain(
                 adds.into_iter()
@@ -427,8 +478,8 @@ impl Actor {
                 match result {
                     // An ACL pattern is only known once HAProxy has it: a retry must not add it twice.
                     Ok(()) => {
-                        if let (Command::AddAcl { pattern, .. }, Some(known)) = (cmd, self.acl_known.as_mut()) {
-                            known.insert(*pattern);
+                        if let (Command::AddAcl { pattern, .. }, Some(file)) = (cmd, &place.acl) {
+                            self.acl_known.entry(file.clone()).or_default().insert(pattern.clone());
                         }
                     }
                     Err(e) if e.is_transient() => return Err(e),
@@ -439,6 +490,17 @@ impl Actor {
             }
         }
         info!(target = %self.name, blocks = blocks.len(), commands = sent, "blocks re-applied");
+        // Blocks with an action that has nowhere to go (recorded without a place, under a
+        // configuration that lost that part of [block]) are a failure, not a silent skip.
+        let lost = blocks.iter().filter(|(k, a)| {
+            (a.has(Action::Acl) && place.acl.is_none())
+                || (a.has(Action::Tag) && crate::net::is_host(k) && place.tag.is_none())
+        });
+        if let Some(n) = Some(lost.count()).filter(|n| *n > 0) {
+            first_error.get_or_insert(ClientError::Unplaced(format!(
+                "{n} block(s) have an action the configuration gives no place to (no [block] acl or table)"
+            )));
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -457,5 +519,47 @@ impl Actor {
         }
         info!(target = %self.name, key = %crate::net::display(key), killed, "live sessions shut down");
         Ok(())
+    }
+}
+
+/// For a release: a table or an ACL that HAProxy no longer has (its configuration changed, it was
+/// reloaded without it) holds nothing left to undo.
+fn gone_is_done<T: Default>(r: Result<T, ClientError>) -> Result<T, ClientError> {
+    match r {
+        Err(e) if e.haproxy().is_some_and(|h| matches!(h.kind, ErrorKind::NoSuchTable | ErrorKind::UnknownAcl)) => {
+            warn!(error = %e, "nothing to release there: HAProxy no longer has it");
+            Ok(T::default())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An actor that stops (as a panic would stop it) answers what it held as a failure, and the
+    /// next job starts it again.
+    #[tokio::test]
+    async fn a_stopped_actor_fails_its_jobs_and_is_started_again() {
+        let client = Client::new("unix:/nonexistent/haproxy.sock".parse().unwrap(), Default::default());
+        let target = TargetConfig {
+            name: "t".into(),
+            target: "unix:/nonexistent/haproxy.sock".parse().unwrap(),
+            commands_per_second: 10,
+        };
+        let (_stop, stop_rx) = watch::channel(false);
+        let a = Actuator::spawn(&target, client, stop_rx, Default::default());
+        // HAProxy is unreachable: this job waits in the retry loop.
+        let key: IpNet = "10.0.0.1/32".parse().unwrap();
+        let place = Place { tag: None, acl: Some("/x.lst".into()) };
+        let held = a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Acl]), kill: false, place }).unwrap();
+        a.abort();
+        assert!(matches!(held.await, Err(_)), "a job held by a stopped actor must not look done");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Started again: a job with no HAProxy command runs to completion.
+        assert!(a.run(Job::Forget).await.is_ok());
     }
 }

@@ -19,13 +19,16 @@
 //! - [`columns`]: how a column is named in HAProxy's filters (array elements differ by version).
 //! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
 //! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
-//! - [`store`]: offenders, active blocks, allowlist and audit log in sled, behind a small API.
+//! - [`store`]: offenders, active blocks, allowlist and audit log in sled, behind a small API;
+//!   the manifest that detects a damaged or rolled-back database, and the backup format.
 //! - [`actuator`]: one actor per target turning block and release jobs into Runtime API commands.
 //! - [`daemon`]: `stickwarden run`: pollers, the controller that owns decisions, release on time.
 //! - [`metrics`]: Prometheus metrics shared by pollers, controller, actuators and the API.
 //! - [`ops`]: operator actions and queries (requests, validation, views), shared by API and CLI.
 //! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
 //! - [`simulate`]: a rule set run offline over recorded dumps, on a simulated clock.
+//! - [`recover`]: `store recover`: a damaged store rebuilt from what it still holds, a backup and
+//!   what HAProxy holds of keys stickwarden blocked.
 //! - [`api`]: the HTTP API (axum): routes, token auth, JSON errors; its server and the CLI's client.
 //! - [`cli`]: the `stickwarden` subcommands, their arguments and exit codes.
 
@@ -45,6 +48,7 @@ pub mod net;
 pub mod ops;
 pub mod output;
 pub mod proto;
+pub mod recover;
 pub mod rules;
 pub mod sandbox;
 pub mod simulate;

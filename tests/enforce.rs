@@ -269,12 +269,14 @@ async fn actuator_is_rate_limited() {
     let mut cfg = stickwarden::config::Config::load(&s.config).unwrap();
     cfg.targets[0].commands_per_second = 4;
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let a = Actuator::spawn(&cfg.targets[0], c.clone(), &cfg.block, stop_rx, Default::default());
+    let a = Actuator::spawn(&cfg.targets[0], c.clone(), stop_rx, Default::default());
+    let place = |a: &Actions| stickwarden::store::Place::of(&cfg.block, a);
     let started = Instant::now();
     let mut replies = Vec::new();
     for i in 0..12u8 {
         let key = stickwarden::net::parse_net(&format!("10.9.0.{i}")).unwrap();
-        replies.push(a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Tag]), kill: false }).unwrap());
+        let actions = Actions::new(vec![Action::Tag]);
+        replies.push(a.submit(Job::Apply { key, place: place(&actions), actions, kill: false }).unwrap());
     }
     for r in replies {
         r.await.unwrap().unwrap();
@@ -291,7 +293,7 @@ async fn actuator_is_rate_limited() {
         })
         .collect();
     let started = Instant::now();
-    a.run(Job::ApplyMany { blocks }).await.unwrap();
+    a.run(Job::ApplyMany { blocks, place: place(&Actions::new(vec![Action::Tag])) }).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "re-apply was rate limited: {:?}", started.elapsed());
     assert_eq!(gpt0(&c, "10.0.0.199").await, Some(1));
 }
@@ -309,19 +311,21 @@ async fn a_refused_tag_does_not_keep_the_acl_entry_from_being_added() {
     let mut cfg = stickwarden::config::Config::load(&s.config).unwrap();
     cfg.block.tag = "gpc0".parse().unwrap(); // ft_web stores gpt0, not gpc0
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let a = Actuator::spawn(&cfg.targets[0], c.clone(), &cfg.block, stop_rx, Default::default());
+    let a = Actuator::spawn(&cfg.targets[0], c.clone(), stop_rx, Default::default());
+    let place = |a: &Actions| stickwarden::store::Place::of(&cfg.block, a);
     let key = stickwarden::net::parse_net("10.0.0.3").unwrap();
     let both = Actions::new(vec![Action::Tag, Action::Acl]);
-    let e = a.run(Job::Apply { key, actions: both.clone(), kill: false }).await.unwrap_err();
+    let e = a.run(Job::Apply { key, place: place(&both), actions: both.clone(), kill: false }).await.unwrap_err();
     assert_eq!(e.haproxy().map(|h| h.kind), Some(ErrorKind::DataTypeNotStored), "{e}");
     assert_eq!(acl(&c, &sb).await, ["10.0.0.3"]);
     // Applying again adds no duplicate ACL entry (HAProxy itself would accept one).
-    let _ = a.run(Job::Apply { key, actions: both, kill: false }).await;
+    let _ = a.run(Job::Apply { key, place: place(&both), actions: both, kill: false }).await;
     assert_eq!(acl(&c, &sb).await, ["10.0.0.3"]);
-    a.run(Job::Release { key, actions: Actions::new(vec![Action::Acl]) }).await.unwrap();
+    let acl_only = Actions::new(vec![Action::Acl]);
+    a.run(Job::Release { key, place: place(&acl_only), actions: acl_only.clone() }).await.unwrap();
     assert!(acl(&c, &sb).await.is_empty());
     // Releasing what is already gone is not an error.
-    a.run(Job::Release { key, actions: Actions::new(vec![Action::Acl]) }).await.unwrap();
+    a.run(Job::Release { key, place: place(&acl_only), actions: acl_only }).await.unwrap();
 }
 
 /// Rules on an array table (`store gpc(3),gpt(2)`): element 0 is filtered as `data.gpc`, element
@@ -484,6 +488,7 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
                 until: now + 3_600_000,
                 counters: vec![],
                 dry_run: false,
+                place: None,
             })
             .collect();
         store.decide_many(&blocks, |b| AuditRecord::of(Event::Block, b, now)).unwrap();

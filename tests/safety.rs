@@ -88,6 +88,7 @@ async fn a_stored_block_that_reaches_a_protected_address_is_released_not_reappli
             until: now + 3_600_000,
             counters: Vec::new(),
             dry_run: false,
+            place: None,
         };
         store.decide(&b, None, AuditRecord::of(Event::Block, &b, now)).unwrap();
     }

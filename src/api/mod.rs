@@ -15,6 +15,7 @@
 //! | `GET /v1/history/{addr}`, `GET /v1/explain/{addr}` | viewer | one address |
 //! | `GET /v1/audit?since=&key=&actor=&event=` | viewer | the audit log |
 //! | `POST /v1/reconcile` | operator | compare every target with the active blocks now |
+//! | `GET /v1/store/backup` | operator | a consistent backup of the store, as JSON Lines |
 //!
 //! Keys in paths are percent-encoded (`10.0.0.0%2F24`). A request body must arrive within
 //! [`BODY_TIMEOUT`] (408 `request_timeout`) and stay within [`MAX_BODY`], or [`MAX_IMPORT_BODY`]
@@ -214,6 +215,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/explain/{addr}", get(explain))
         .route("/v1/audit", get(audit))
         .route("/v1/reconcile", post(reconcile))
+        .route("/v1/store/backup", get(backup))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // The body is read and bounded by read_body; axum's own 2 MB default would refuse imports.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -321,6 +323,38 @@ fn stream_blocks(s: &ApiState) -> Response {
         }
     });
     ([(header::CONTENT_TYPE, client::NDJSON)], axum::body::Body::from_stream(Chunks(rx))).into_response()
+}
+
+/// The store as of one moment, written by the controller to a temp file and sent from it.
+async fn backup(State(s): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let file = s.handle.backup().await?;
+    let mut reader = file
+        .reopen()
+        .map_err(|e| OpError::Store(crate::store::StoreError::Io(format!("cannot read the backup: {e}"))))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let _keep = file; // deleted when the last chunk is sent
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(buf.into()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sending a backup: read error; answer cut short");
+                    return;
+                }
+            }
+        }
+    });
+    tracing::info!(actor = %caller.name, "store backup taken");
+    Ok(([(header::CONTENT_TYPE, client::NDJSON)], axum::body::Body::from_stream(Chunks(rx))).into_response())
 }
 
 /// A channel of body chunks as the stream axum's body wants.

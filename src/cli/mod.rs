@@ -13,6 +13,7 @@ mod demo;
 mod ops;
 mod run;
 mod simulate;
+mod store;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -63,6 +64,11 @@ pub enum Cmd {
     Audit(ops::AuditArgs),
     /// Run a rule set offline over recorded `show table` dumps: who would be blocked, when, why.
     Simulate(simulate::SimulateArgs),
+    /// The store: verify it, recover a damaged one, back it up, restore a backup.
+    Store {
+        #[command(subcommand)]
+        cmd: store::StoreCmd,
+    },
 }
 
 impl Args {
@@ -168,5 +174,6 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Import(a) => ops::import(a).await,
         Cmd::Audit(a) => ops::audit(a).await,
         Cmd::Simulate(a) => simulate::run(a),
+        Cmd::Store { cmd } => store::run(cmd).await,
     }
 }

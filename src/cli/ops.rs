@@ -126,7 +126,7 @@ pub struct AuditArgs {
 }
 
 /// How a subcommand reaches the data.
-enum Via {
+pub(super) enum Via {
     Api(ApiClient),
     Local(Box<Config>, Store),
 }
@@ -153,7 +153,7 @@ impl Access {
     /// The API if a daemon answers there; otherwise the store and targets of the configuration.
     /// Whatever answers must first prove it is the daemon ([`ApiClient::prove`]) before the token
     /// is sent; the config's Unix socket is preferred to its TCP addresses.
-    async fn connect(&self) -> Result<Via, Failure> {
+    pub(super) async fn connect(&self) -> Result<Via, Failure> {
         if let Some(at) = &self.api {
             let at: Listen = at.parse().map_err(|m: String| Failure::usage(anyhow!(m)))?;
             let client = ApiClient::new(at, self.token.clone());

@@ -63,7 +63,22 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
             }));
         }
     };
-    crate::daemon::run_with(cfg, store, metrics, shutdown, on_start).await.map_err(Failure::runtime)
+    let sockets: Vec<std::path::PathBuf> = cfg
+        .api
+        .iter()
+        .flat_map(|a| a.listen.iter())
+        .filter_map(|l| match l {
+            crate::config::Listen::Unix(p) => Some(p.clone()),
+            crate::config::Listen::Tcp(_) => None,
+        })
+        .collect();
+    let result = crate::daemon::run_with(cfg, store, metrics, shutdown, on_start).await.map_err(Failure::runtime);
+    // The API's tasks end with the runtime: its socket files are removed here, so that nothing
+    // mistakes a stale one for a daemon that answers.
+    for p in sockets {
+        let _ = std::fs::remove_file(p);
+    }
+    result
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -72,6 +72,8 @@ pub(crate) struct Actor {
     last_error: String,
     /// Set by `Client::reconnect`: open a new connection for the next command sent while idle.
     reconnect: Arc<AtomicBool>,
+    /// Set by `Client::revive`: the target answers again, skip the backoff.
+    revival: Arc<super::Revival>,
 }
 
 impl Actor {
@@ -80,6 +82,7 @@ impl Actor {
         opts: Arc<ClientOptions>,
         rx: mpsc::Receiver<Request>,
         reconnect: Arc<AtomicBool>,
+        revival: Arc<super::Revival>,
     ) -> Self {
         let backoff = opts.backoff_min;
         Actor {
@@ -94,6 +97,7 @@ impl Actor {
             next_attempt: None,
             last_error: String::new(),
             reconnect,
+            revival,
         }
     }
 
@@ -151,6 +155,10 @@ impl Actor {
 
     /// Connects for `req` unless in a backoff period; answers `req` itself if it cannot.
     async fn ensure_connected(&mut self, req: Request) -> bool {
+        if self.revival.skip_backoff.swap(false, Ordering::AcqRel) {
+            self.next_attempt = None;
+            self.backoff = self.opts.backoff_min;
+        }
         if let Some(at) = self.next_attempt {
             let now = Instant::now();
             if now < at {

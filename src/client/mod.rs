@@ -83,6 +83,10 @@ pub enum ClientError {
     Unexpected { command: String, text: String },
     #[error("the client has stopped")]
     Stopped,
+    /// A job that does not say where to apply an action (a block recorded without it, and a
+    /// configuration that no longer has that part of `[block]`).
+    #[error("{0}")]
+    Unplaced(String),
 }
 
 impl ClientError {
@@ -117,6 +121,15 @@ pub struct Client {
     opts: Arc<ClientOptions>,
     target: Arc<Target>,
     reconnect: Arc<std::sync::atomic::AtomicBool>,
+    revival: Arc<Revival>,
+}
+
+/// Word that the target answers again ([`Client::revive`]): the connection's backoff is skipped
+/// and whoever waits to retry ([`Client::revivals`]) retries now.
+#[derive(Debug)]
+pub(crate) struct Revival {
+    pub(crate) skip_backoff: std::sync::atomic::AtomicBool,
+    count: tokio::sync::watch::Sender<u64>,
 }
 
 impl Client {
@@ -126,8 +139,12 @@ impl Client {
         let target = Arc::new(target);
         let opts = Arc::new(opts);
         let reconnect = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(Actor::new(target.clone(), opts.clone(), rx, reconnect.clone()).run());
-        Client { tx, opts, target, reconnect }
+        let revival = Arc::new(Revival {
+            skip_backoff: std::sync::atomic::AtomicBool::new(false),
+            count: tokio::sync::watch::channel(0).0,
+        });
+        tokio::spawn(Actor::new(target.clone(), opts.clone(), rx, reconnect.clone(), revival.clone()).run());
+        Client { tx, opts, target, reconnect, revival }
     }
 
     /// Starts the actor and connects now, so that an unreachable target is reported at once.
@@ -221,6 +238,18 @@ impl Client {
     /// process serving the socket now); the old one is dropped.
     pub fn reconnect(&self) {
         self.reconnect.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The target answers again (seen on another connection): the next command connects at once,
+    /// whatever the backoff, and [`Client::revivals`] tells those waiting to retry.
+    pub fn revive(&self) {
+        self.revival.skip_backoff.store(true, std::sync::atomic::Ordering::Release);
+        self.revival.count.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time the target is seen answering again ([`Client::revive`]).
+    pub fn revivals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revival.count.subscribe()
     }
 
     pub async fn show_info(&self) -> Result<Info, ClientError> {

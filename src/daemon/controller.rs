@@ -24,7 +24,7 @@ use crate::engine;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::rules::{Action, Actions, Rule};
-use crate::store::{AuditRecord, Block, Event, Origin, Store, StoreError};
+use crate::store::{AuditRecord, Block, Event, Origin, Place, Store, StoreError};
 use crate::time::{ms, now_ms, Millis};
 
 /// The actor name written in the audit log for automatic decisions.
@@ -95,6 +95,10 @@ impl Controller {
         let now = now_ms();
         for b in c.store.blocks_iter() {
             let mut b = b?;
+            // Recorded before places were kept: where this configuration puts its actions.
+            if b.place.is_none() {
+                b.place = Some(Place::of(&c.cfg.block, &b.actions));
+            }
             // A block that now reaches a protected address (a never_block entry or allowlist added
             // since, or one stored before the containment rule) is never re-applied: it ends at
             // the first tick, its audit record saying why.
@@ -122,19 +126,27 @@ impl Controller {
     /// are not killed again. Returns how many blocks were sent.
     pub async fn reapply_all(&mut self, only: Option<&str>) -> usize {
         let now = now_ms();
-        // Keys and actions only: a copy of every block would double the memory of the index.
-        let mut items: Vec<(IpNet, Actions)> =
-            self.active.values().filter(|b| !b.dry_run && b.until > now).map(|b| (b.key, b.actions.clone())).collect();
-        // In key order: the same order every time, whatever the index's.
-        items.sort_unstable_by_key(|a| a.0);
-        if !items.is_empty() {
-            info!(blocks = items.len(), target = only.unwrap_or("all"), "re-applying active blocks");
+        // Keys and actions only, by where they were applied (nearly always one place): a copy of
+        // every block would double the memory of the index.
+        let mut by_place: HashMap<Place, Vec<(IpNet, Actions)>> = HashMap::new();
+        let mut n = 0;
+        for b in self.active.values().filter(|b| !b.dry_run && b.until > now) {
+            by_place.entry(b.place()).or_default().push((b.key, b.actions.clone()));
+            n += 1;
         }
-        // Pipelined jobs of many blocks: 100,000 blocks go back in seconds, not minutes.
-        for chunk in items.chunks(REAPPLY_BATCH) {
-            self.dispatch_to(only, None, Job::ApplyMany { blocks: chunk.to_vec() }, None).await;
+        if n > 0 {
+            info!(blocks = n, target = only.unwrap_or("all"), "re-applying active blocks");
         }
-        items.len()
+        for (place, mut items) in by_place {
+            // In key order: the same order every time, whatever the index's.
+            items.sort_unstable_by_key(|a| a.0);
+            // Pipelined jobs of many blocks: 100,000 blocks go back in seconds, not minutes.
+            for chunk in items.chunks(REAPPLY_BATCH) {
+                let job = Job::ApplyMany { blocks: chunk.to_vec(), place: place.clone() };
+                self.dispatch_to(only, None, job, None).await;
+            }
+        }
+        n
     }
 
     /// A target's HAProxy was reloaded or restarted (`was` -> `now`): it has lost every runtime
@@ -146,6 +158,10 @@ impl Controller {
         let reason = format!("{target}: HAProxy {was} replaced by {now_desc}; {n} active block(s) re-applied");
         self.store.audit(AuditRecord::note(Event::TargetRestarted, now_ms(), AUTO_ACTOR, reason))?;
         Ok(())
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.store
     }
 
     pub(super) fn index(&mut self, b: Block) {
@@ -212,6 +228,7 @@ impl Controller {
                 until: now + ms(v.duration),
                 counters: obs.counters,
                 dry_run: v.dry_run,
+                place: Some(Place::of(&self.cfg.block, &v.actions)),
             };
             if !v.dry_run {
                 self.breaker.record(now);
@@ -236,7 +253,8 @@ impl Controller {
         for b in decided {
             self.index(b.clone());
             if !b.dry_run {
-                self.dispatch(&b, Job::Apply { key: b.key, actions: b.actions.clone(), kill: true }).await;
+                self.dispatch(&b, Job::Apply { key: b.key, actions: b.actions.clone(), kill: true, place: b.place() })
+                    .await;
             }
         }
         Ok(())
@@ -315,6 +333,7 @@ impl Controller {
             until: now + ms(agg.duration),
             counters: vec![("offenders".into(), n as i64)],
             dry_run: false,
+            place: Some(Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl]))),
         };
         self.store.decide(&block, None, AuditRecord::of(Event::Block, &block, now))?;
         info!(%prefix, offenders = n, "prefix block decided");
@@ -328,16 +347,26 @@ impl Controller {
     pub async fn reconcile(&mut self, actual: Actual) -> Result<(), StoreError> {
         let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
         let mut repairs: Vec<(Block, Actions)> = Vec::new();
+        // What was read is the places of today's [block]; a block applied elsewhere (the
+        // configuration changed since) is compared only where its place is today's.
+        let here = Place::of(&self.cfg.block, &Actions::new(vec![Action::Tag, Action::Acl]));
         for b in self.active.values().filter(|b| !b.dry_run && b.since <= settled && b.until > actual.read_at) {
             if self.releasing.contains_key(&b.key) {
                 continue;
             }
+            let place = b.place();
             let mut missing = Vec::new();
-            if b.actions.has(Action::Acl) && actual.acl.as_ref().is_some_and(|a| !a.contains(&b.key)) {
+            if b.actions.has(Action::Acl)
+                && place.acl == here.acl
+                && actual.acl.as_ref().is_some_and(|a| !a.contains(&b.key))
+            {
                 missing.push(Action::Acl);
             }
             let host = net::is_host(&b.key);
-            if b.actions.has(Action::Tag) && host && actual.tagged.as_ref().is_some_and(|t| !t.contains(&b.key.addr()))
+            if b.actions.has(Action::Tag)
+                && host
+                && place.tag == here.tag
+                && actual.tagged.as_ref().is_some_and(|t| !t.contains(&b.key.addr()))
             {
                 missing.push(Action::Tag);
             }
@@ -346,7 +375,18 @@ impl Controller {
             }
         }
         // Leftovers: what HAProxy holds that stickwarden once put there and no block wants now.
-        let wants = |k: &IpNet, a: Action| self.active.get(k).is_some_and(|b| !b.dry_run && b.actions.has(a));
+        let wants = |k: &IpNet, a: Action| {
+            self.active.get(k).is_some_and(|b| {
+                !b.dry_run && b.actions.has(a) && {
+                    let p = b.place();
+                    if a == Action::Acl {
+                        p.acl == here.acl
+                    } else {
+                        p.tag == here.tag
+                    }
+                }
+            })
+        };
         let recent = |k: &IpNet| self.releasing.contains_key(k) || self.released.get(k).is_some_and(|&t| t >= settled);
         let mut leftovers: HashMap<IpNet, Vec<Action>> = HashMap::new();
         for k in actual.acl.iter().flatten().filter(|k| !wants(k, Action::Acl) && !recent(k)) {
@@ -380,7 +420,7 @@ impl Controller {
             self.dispatch_to(
                 Some(&actual.target),
                 Some(&b),
-                Job::Apply { key: b.key, actions: missing, kill: false },
+                Job::Apply { key: b.key, place: b.place(), actions: missing, kill: false },
                 None,
             )
             .await;
@@ -391,7 +431,8 @@ impl Controller {
             (rec.key, rec.actions) = (Some(key), actions.clone());
             self.store.audit(rec)?;
             self.metrics.repairs.get_or_create(&Metrics::target(&actual.target)).inc();
-            self.dispatch_to(Some(&actual.target), None, Job::Release { key, actions }, None).await;
+            let place = Place::of(&self.cfg.block, &actions);
+            self.dispatch_to(Some(&actual.target), None, Job::Release { key, actions, place }, None).await;
         }
         Ok(())
     }
@@ -417,19 +458,22 @@ impl Controller {
     ) {
         let keys: Arc<Vec<IpNet>> = Arc::new(match &job {
             Job::Apply { key, .. } | Job::Release { key, .. } => vec![*key],
-            Job::ApplyMany { blocks } => blocks.iter().map(|(k, _)| *k).collect(),
-            Job::ImportAcl { keys } => keys.clone(),
+            Job::ApplyMany { blocks, .. } => blocks.iter().map(|(k, _)| *k).collect(),
+            Job::ImportAcl { keys, .. } => keys.clone(),
             Job::Forget => Vec::new(),
         });
         let mut replies: Vec<(String, oneshot::Receiver<Result<(), ClientError>>)> = Vec::new();
         for a in self.actuators.iter().filter(|a| only.is_none_or(|o| a.name == o)) {
-            match a.submit(job.clone()) {
-                Ok(rx) => {
-                    self.lag.sent(&a.name, &keys);
-                    replies.push((a.name.clone(), rx));
-                }
-                Err(e) => warn!(target = %a.name, error = %e, "actuator gone"),
-            }
+            // A job that cannot even be queued is a failure on that target like any other:
+            // unconfirmed, audited, retried, never taken for done.
+            let rx = a.submit(job.clone()).unwrap_or_else(|e| {
+                warn!(target = %a.name, error = %e, "the job could not be given to the actuator");
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(e));
+                rx
+            });
+            self.lag.sent(&a.name, &keys);
+            replies.push((a.name.clone(), rx));
         }
         self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, block, release) = (self.tx.clone(), b.cloned(), matches!(job, Job::Release { .. }));
@@ -529,7 +573,7 @@ impl Controller {
                 continue;
             }
             self.releasing.insert(b.key, None);
-            self.dispatch(&b, Job::Release { key: b.key, actions: b.actions.clone() }).await;
+            self.dispatch(&b, Job::Release { key: b.key, actions: b.actions.clone(), place: b.place() }).await;
         }
         if self.breaker.is_open() {
             self.breaker_check(now)?; // closes it once the last minute is quiet

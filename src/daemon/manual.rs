@@ -16,7 +16,7 @@ use crate::allowlist::Allowlist;
 use crate::net;
 use crate::ops::{BlockView, Manual, OpError, Outcome};
 use crate::rules::{Action, Actions};
-use crate::store::{AllowEntry, AuditRecord, Block, Event, Origin};
+use crate::store::{AllowEntry, AuditRecord, Block, Event, Origin, Place};
 use crate::time::{ms, now_ms, Millis};
 
 /// What the controller answers to an operator action: what it decided, and one receiver per
@@ -147,10 +147,12 @@ impl Controller {
         if let Some(old) = self.active.get(&key) {
             actions.extend(old.actions.iter().filter(|a| *a != Action::Kill));
         }
+        let actions = Actions::new(actions);
         let block = Block {
             key,
             level: 0,
-            actions: Actions::new(actions),
+            place: Some(Place::of(&self.cfg.block, &actions)),
+            actions,
             rule: MANUAL_RULE.into(),
             reason,
             source: Origin::Manual,
@@ -165,8 +167,8 @@ impl Controller {
         info!(key = %net::display(&key), actor, until = %crate::time::rfc3339(block.until), "manual block");
         self.index(block.clone());
         let (tx, rx) = oneshot::channel();
-        self.dispatch_notify(Some(&block), Job::Apply { key, actions: block.actions.clone(), kill: false }, Some(tx))
-            .await;
+        let job = Job::Apply { key, actions: block.actions.clone(), kill: false, place: block.place() };
+        self.dispatch_notify(Some(&block), job, Some(tx)).await;
         reply.pending.push(rx);
         reply.outcome.blocked.push(BlockView::of(&block, now));
         Ok(())
@@ -183,7 +185,8 @@ impl Controller {
         }
         self.releasing.insert(key, None);
         let (tx, rx) = oneshot::channel();
-        self.dispatch_notify(Some(&block), Job::Release { key, actions: block.actions.clone() }, Some(tx)).await;
+        let job = Job::Release { key, actions: block.actions.clone(), place: block.place() };
+        self.dispatch_notify(Some(&block), job, Some(tx)).await;
         reply.pending.push(rx);
         Ok(())
     }
@@ -200,6 +203,7 @@ impl Controller {
         if self.cfg.block.acl.is_none() {
             return Err(OpError::Conflict("an import goes into the ACL: configure [block] acl".into()));
         }
+        let place = Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl]));
         let mut fresh = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(why) = self.allow.overlaps(&key, now) {
@@ -219,6 +223,7 @@ impl Controller {
                     until: now + ms(duration),
                     counters: Vec::new(),
                     dry_run: false,
+                    place: Some(place.clone()),
                 };
                 fresh.push(block);
             }
@@ -233,7 +238,8 @@ impl Controller {
         }
         if !keys.is_empty() {
             let (tx, rx) = oneshot::channel();
-            self.dispatch_notify(None, Job::ImportAcl { keys }, Some(tx)).await;
+            let acl = self.cfg.block.acl.as_ref().map(|a| a.to_string()).unwrap_or_default();
+            self.dispatch_notify(None, Job::ImportAcl { keys, acl }, Some(tx)).await;
             reply.pending.push(rx);
         }
         Ok(())

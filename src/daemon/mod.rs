@@ -14,7 +14,7 @@ mod fleet_poller;
 mod lag;
 mod manual;
 pub mod poller;
-mod reconcile;
+pub(crate) mod reconcile;
 mod restarts;
 pub mod windows;
 
@@ -55,6 +55,9 @@ pub(crate) enum Msg {
     Restarted { target: String, was: String, now: String },
     /// What a target holds, for the reconciler.
     Actual(reconcile::Actual),
+    /// A consistent backup of the store, written to a temp file while the controller (the only
+    /// writer) waits for it.
+    Backup { reply: oneshot::Sender<Result<tempfile::NamedTempFile, StoreError>> },
 }
 
 /// The longest time between two checks of a target's process identity (reload detection).
@@ -84,6 +87,14 @@ impl Handle {
     /// Starts a reconciliation of every target now, without waiting for its interval.
     pub fn reconcile_now(&self) {
         self.reconcile.notify_waiters();
+    }
+
+    /// A backup of the store as of one moment ([`crate::store::backup`]), in a temp file that is
+    /// deleted when dropped.
+    pub async fn backup(&self) -> Result<tempfile::NamedTempFile, OpError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Backup { reply }).await.map_err(|_| OpError::Unavailable)?;
+        Ok(rx.await.map_err(|_| OpError::Unavailable)??)
     }
 
     /// Runs `op` in the controller and waits (at most [`CONFIRM_WAIT`]) for HAProxy to confirm.
@@ -127,7 +138,7 @@ fn start_targets(cfg: &Config, stop_rx: &watch::Receiver<bool>, metrics: &Arc<Me
     let mut parts = Parts { clients: Vec::new(), actuators: Vec::new() };
     for t in &cfg.targets {
         let client = Client::new(t.target.clone(), ClientOptions::default());
-        parts.actuators.push(Actuator::spawn(t, client.clone(), &cfg.block, stop_rx.clone(), metrics.clone()));
+        parts.actuators.push(Actuator::spawn(t, client.clone(), stop_rx.clone(), metrics.clone()));
         parts.clients.push((t.name.clone(), client));
     }
     parts
@@ -258,6 +269,23 @@ async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreE
         Msg::Done { block, what, release, failures, notify } => ctl.done(block, what, release, failures, notify),
         Msg::Restarted { target, was, now } => ctl.target_restarted(&target, &was, &now).await,
         Msg::Actual(actual) => ctl.reconcile(actual).await,
+        Msg::Backup { reply } => {
+            // The controller waits, so nothing is written while the copy is made; the copy itself
+            // runs off the runtime thread.
+            let store = ctl.store().clone();
+            let made = tokio::task::spawn_blocking(move || {
+                store.flush()?;
+                let file = tempfile::NamedTempFile::new_in(store.path())
+                    .map_err(|e| StoreError::Io(format!("cannot create the backup file: {e}")))?;
+                let out = std::io::BufWriter::new(file.reopen().map_err(|e| StoreError::Io(e.to_string()))?);
+                store.export(out)?;
+                Ok(file)
+            })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("backup task: {e}"))));
+            let _ = reply.send(made);
+            Ok(())
+        }
         Msg::Manual { op, actor, reply } => match ctl.manual(op, &actor).await {
             Err(OpError::Store(e)) => {
                 let _ = reply.send(Err(OpError::Unavailable));

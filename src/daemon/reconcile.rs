@@ -57,7 +57,9 @@ pub(super) async fn run(
     }
 }
 
-async fn read(
+/// What `client`'s HAProxy holds of the block ACL and the tag (`tag_field` caches how the tag
+/// column is named in filters; start with `None`).
+pub(crate) async fn read(
     target: &str,
     client: &Client,
     cfg: &Config,

@@ -54,9 +54,13 @@ pub(super) async fn run(
                 metrics.target_up.get_or_create(&up).set(1);
                 if std::mem::take(&mut down) {
                     tracing::info!(%target, "HAProxy answers again");
+                    // The persistent connection and the actuator may be waiting out a backoff of
+                    // up to 10 s: they go now.
+                    client.revive();
                 }
                 let now = Incarnation { pid: info.pid(), start: info.start_time_sec() };
                 if let Some(was) = last.filter(|was| *was != now) {
+                    client.revive();
                     let msg = Msg::Restarted { target: target.clone(), was: was.to_string(), now: now.to_string() };
                     if tx.send(msg).await.is_err() {
                         return;

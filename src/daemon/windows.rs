@@ -158,6 +158,7 @@ mod tests {
             until,
             counters: vec![],
             dry_run: false,
+            place: None,
         };
         let b = [block(1_000)];
         let mut releasing = HashMap::new();

@@ -84,6 +84,46 @@ pub struct Block {
     pub counters: Vec<(String, i64)>,
     #[serde(default)]
     pub dry_run: bool,
+    /// Where its actions were applied (absent in blocks recorded before this was kept: the
+    /// configuration of the daemon that loads them is taken then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
+}
+
+/// Where a block's actions were applied, recorded with the decision so that release and the
+/// reconciler undo exactly what was done, whatever `[block]` says by then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    /// `tag`: the table, the column and the value set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<TagPlace>,
+    /// `acl`: the ACL file, as HAProxy loaded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagPlace {
+    pub table: String,
+    pub column: String,
+    pub value: u32,
+}
+
+impl Place {
+    /// Where `[block]` of `cfg` puts `actions`.
+    pub fn of(cfg: &crate::config::BlockConfig, actions: &Actions) -> Place {
+        use crate::rules::Action;
+        Place {
+            tag: cfg.table.clone().filter(|_| actions.has(Action::Tag)).map(|table| TagPlace {
+                table,
+                column: cfg.tag.to_string(),
+                value: cfg.tag_value,
+            }),
+            acl: cfg.acl.as_ref().filter(|_| actions.has(Action::Acl)).map(|a| a.to_string()),
+        }
+    }
 }
 
 impl Block {
@@ -93,6 +133,11 @@ impl Block {
         } else {
             "cidr"
         }
+    }
+
+    /// Where its actions were applied (the controller fills it in for blocks recorded without).
+    pub fn place(&self) -> Place {
+        self.place.clone().unwrap_or_default()
     }
 
     pub fn covers(&self, addr: IpAddr) -> bool {
@@ -132,6 +177,11 @@ pub enum Event {
     TargetRestarted,
     /// The reconciler found part of a block missing in HAProxy and put it back.
     Repaired,
+    /// `store recover` rebuilt a damaged store: a block taken back from what HAProxy held, or
+    /// the summary of the recovery.
+    Recovered,
+    /// `store restore` put a backup back.
+    Restored,
 }
 
 impl Event {
@@ -149,6 +199,8 @@ impl Event {
             Event::Disallow => "disallow",
             Event::TargetRestarted => "target_restarted",
             Event::Repaired => "repaired",
+            Event::Recovered => "recovered",
+            Event::Restored => "restored",
         }
     }
 }
