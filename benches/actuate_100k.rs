@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
         tag_value: 1,
         acl: Some(acl.parse().unwrap()),
     };
-    let place = stickwarden::store::Place::of(&block, &Actions::new(vec![Action::Tag, Action::Acl]));
+    let place = Arc::new(stickwarden::store::Place::of(&block, &Actions::new(vec![Action::Tag, Action::Acl])));
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let actuator = rt.block_on(async { Actuator::spawn(&target, client.clone(), stop_rx, Arc::new(Metrics::new())) });
     let check = |rt: &tokio::runtime::Runtime| {

@@ -37,12 +37,12 @@ pub enum Job {
         key: IpNet,
         actions: Actions,
         kill: bool,
-        place: Place,
+        place: Arc<Place>,
     },
     Release {
         key: IpNet,
         actions: Actions,
-        place: Place,
+        place: Arc<Place>,
     },
     /// Adds many keys to the ACL file `acl` atomically: a new version of the ACL holding its
     /// current patterns and these, committed at once (`prepare acl` / `add acl @v` / `commit acl`).
@@ -58,7 +58,7 @@ pub enum Job {
     /// what HAProxy held). Sessions are not killed.
     ApplyMany {
         blocks: Vec<(IpNet, Actions)>,
-        place: Place,
+        place: Arc<Place>,
     },
 }
 
@@ -552,7 +552,7 @@ mod tests {
         let a = Actuator::spawn(&target, client, stop_rx, Default::default());
         // HAProxy is unreachable: this job waits in the retry loop.
         let key: IpNet = "10.0.0.1/32".parse().unwrap();
-        let place = Place { tag: None, acl: Some("/x.lst".into()) };
+        let place = Arc::new(Place { tag: None, acl: Some("/x.lst".into()) });
         let held = a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Acl]), kill: false, place }).unwrap();
         a.abort();
         assert!(matches!(held.await, Err(_)), "a job held by a stopped actor must not look done");

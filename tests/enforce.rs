@@ -270,7 +270,7 @@ async fn actuator_is_rate_limited() {
     cfg.targets[0].commands_per_second = 4;
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let a = Actuator::spawn(&cfg.targets[0], c.clone(), stop_rx, Default::default());
-    let place = |a: &Actions| stickwarden::store::Place::of(&cfg.block, a);
+    let place = |a: &Actions| std::sync::Arc::new(stickwarden::store::Place::of(&cfg.block, a));
     let started = Instant::now();
     let mut replies = Vec::new();
     for i in 0..12u8 {
@@ -312,7 +312,7 @@ async fn a_refused_tag_does_not_keep_the_acl_entry_from_being_added() {
     cfg.block.tag = "gpc0".parse().unwrap(); // ft_web stores gpt0, not gpc0
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let a = Actuator::spawn(&cfg.targets[0], c.clone(), stop_rx, Default::default());
-    let place = |a: &Actions| stickwarden::store::Place::of(&cfg.block, a);
+    let place = |a: &Actions| std::sync::Arc::new(stickwarden::store::Place::of(&cfg.block, a));
     let key = stickwarden::net::parse_net("10.0.0.3").unwrap();
     let both = Actions::new(vec![Action::Tag, Action::Acl]);
     let e = a.run(Job::Apply { key, place: place(&both), actions: both.clone(), kill: false }).await.unwrap_err();

@@ -42,6 +42,8 @@ pub(super) struct Controller {
     pub(super) active: HashMap<IpNet, Block>,
     /// Keys of active network blocks, to test addresses against.
     nets: Vec<IpNet>,
+    /// Where the active blocks were applied, one copy of each ([`Controller::index`]).
+    places: std::collections::HashSet<Arc<Place>>,
     /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
     pub(super) releasing: HashMap<IpNet, Option<Millis>>,
     breaker: Breaker,
@@ -82,6 +84,7 @@ impl Controller {
             tx,
             active: HashMap::new(),
             nets: Vec::new(),
+            places: Default::default(),
             releasing: HashMap::new(),
             breaker: Breaker::new(cfg.safety.max_blocks_per_minute, BREAKER_WINDOW),
             aggregator: Aggregator::default(),
@@ -97,7 +100,7 @@ impl Controller {
             let mut b = b?;
             // Recorded before places were kept: where this configuration puts its actions.
             if b.place.is_none() {
-                b.place = Some(Place::of(&c.cfg.block, &b.actions));
+                b.place = Some(Arc::new(Place::of(&c.cfg.block, &b.actions)));
             }
             // A block that now reaches a protected address (a never_block entry or allowlist added
             // since, or one stored before the containment rule) is never re-applied: it ends at
@@ -128,7 +131,7 @@ impl Controller {
         let now = now_ms();
         // Keys and actions only, by where they were applied (nearly always one place): a copy of
         // every block would double the memory of the index.
-        let mut by_place: HashMap<Place, Vec<(IpNet, Actions)>> = HashMap::new();
+        let mut by_place: HashMap<Arc<Place>, Vec<(IpNet, Actions)>> = HashMap::new();
         let mut n = 0;
         for b in self.active.values().filter(|b| !b.dry_run && b.until > now) {
             by_place.entry(b.place()).or_default().push((b.key, b.actions.clone()));
@@ -164,7 +167,17 @@ impl Controller {
         &self.store
     }
 
-    pub(super) fn index(&mut self, b: Block) {
+    pub(super) fn index(&mut self, mut b: Block) {
+        // One copy of each place, however many blocks were applied there.
+        if let Some(p) = b.place.take() {
+            b.place = Some(match self.places.get(&p) {
+                Some(known) => known.clone(),
+                None => {
+                    self.places.insert(p.clone());
+                    p
+                }
+            });
+        }
         if !net::is_host(&b.key) && !self.nets.contains(&b.key) {
             self.nets.push(b.key);
         }
@@ -228,7 +241,7 @@ impl Controller {
                 until: now + ms(v.duration),
                 counters: obs.counters,
                 dry_run: v.dry_run,
-                place: Some(Place::of(&self.cfg.block, &v.actions)),
+                place: Some(Arc::new(Place::of(&self.cfg.block, &v.actions))),
             };
             if !v.dry_run {
                 self.breaker.record(now);
@@ -333,7 +346,7 @@ impl Controller {
             until: now + ms(agg.duration),
             counters: vec![("offenders".into(), n as i64)],
             dry_run: false,
-            place: Some(Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl]))),
+            place: Some(Arc::new(Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl])))),
         };
         self.store.decide(&block, None, AuditRecord::of(Event::Block, &block, now))?;
         info!(%prefix, offenders = n, "prefix block decided");
@@ -431,7 +444,7 @@ impl Controller {
             (rec.key, rec.actions) = (Some(key), actions.clone());
             self.store.audit(rec)?;
             self.metrics.repairs.get_or_create(&Metrics::target(&actual.target)).inc();
-            let place = Place::of(&self.cfg.block, &actions);
+            let place = Arc::new(Place::of(&self.cfg.block, &actions));
             self.dispatch_to(Some(&actual.target), None, Job::Release { key, actions, place }, None).await;
         }
         Ok(())

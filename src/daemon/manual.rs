@@ -151,7 +151,7 @@ impl Controller {
         let block = Block {
             key,
             level: 0,
-            place: Some(Place::of(&self.cfg.block, &actions)),
+            place: Some(std::sync::Arc::new(Place::of(&self.cfg.block, &actions))),
             actions,
             rule: MANUAL_RULE.into(),
             reason,
@@ -203,7 +203,7 @@ impl Controller {
         if self.cfg.block.acl.is_none() {
             return Err(OpError::Conflict("an import goes into the ACL: configure [block] acl".into()));
         }
-        let place = Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl]));
+        let place = std::sync::Arc::new(Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl])));
         let mut fresh = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(why) = self.allow.overlaps(&key, now) {

@@ -86,8 +86,9 @@ pub struct Block {
     pub dry_run: bool,
     /// Where its actions were applied (absent in blocks recorded before this was kept: the
     /// configuration of the daemon that loads them is taken then).
+    /// Shared: the controller keeps one copy of each place for all the blocks applied there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub place: Option<Place>,
+    pub place: Option<std::sync::Arc<Place>>,
 }
 
 /// Where a block's actions were applied, recorded with the decision so that release and the
@@ -136,7 +137,7 @@ impl Block {
     }
 
     /// Where its actions were applied (the controller fills it in for blocks recorded without).
-    pub fn place(&self) -> Place {
+    pub fn place(&self) -> std::sync::Arc<Place> {
         self.place.clone().unwrap_or_default()
     }
 
