@@ -696,7 +696,8 @@ mod damage_tests {
             let dir = tempfile::tempdir().unwrap();
             let made = store_of(n, dir.path());
             let size = std::fs::metadata(made.join("db")).unwrap().len();
-            let mut cases: Vec<(String, Box<dyn Fn(&Path)>)> = Vec::new();
+            type Damage = Box<dyn Fn(&Path)>;
+            let mut cases: Vec<(String, Damage)> = Vec::new();
             for pct in [25u64, 50, 75, 90, 99] {
                 cases.push((
                     format!("byte flipped at {pct}%"),
