@@ -140,7 +140,7 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
             let (lines, unreadable) = damaged.salvage();
             report.unreadable = unreadable;
             for l in lines {
-                count(&mut report.from_store, &l);
+                report.from_store.count(&l);
                 merged.add(l, true);
             }
         }
@@ -155,7 +155,7 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
         backup::read(input, |l| {
             let probe = l.clone();
             if merged.add(l, false) {
-                count(&mut report.from_backup, &probe);
+                report.from_backup.count(&probe);
             }
             Ok(())
         })
@@ -248,17 +248,6 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
         return Err(e.into());
     }
     Ok(report)
-}
-
-fn count(c: &mut backup::Counts, l: &Line) {
-    match l {
-        Line::Block(_) => c.blocks += 1,
-        Line::Offender { .. } => c.offenders += 1,
-        Line::Allow(_) => c.allow += 1,
-        Line::Owned { .. } => c.owned += 1,
-        Line::Audit(_) => c.audit += 1,
-        Line::Header(_) | Line::End { .. } => {}
-    }
 }
 
 fn write_backup(m: &Merged, file: &Path) -> std::io::Result<()> {

@@ -67,30 +67,15 @@ async fn no_block_reaches_every_ipv4_client_through_ipv6_and_broad_blocks_need_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_block_that_reaches_a_protected_address_is_released_not_reapplied() {
-    use stickwarden::store::{AuditRecord, Block, Event, Origin};
+    use stickwarden::store::Event;
     let sb = haproxy();
     let c = admin(&sb).await;
     let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
     let cfg = stickwarden::config::Config::load(&s.config).unwrap();
     let store = stickwarden::store::Store::open(&cfg.store.path, cfg.store.cache_bytes).unwrap();
     // A block of ::/0 as an older version could record it, and a legitimate one beside it.
-    let now = stickwarden::time::now_ms();
     for key in ["::/0", "10.30.0.0/24"] {
-        let b = Block {
-            key: key.parse().unwrap(),
-            level: 0,
-            actions: stickwarden::rules::Actions::new(vec![stickwarden::rules::Action::Acl]),
-            rule: "manual".into(),
-            reason: "stored".into(),
-            source: Origin::Manual,
-            actor: "old".into(),
-            since: now,
-            until: now + 3_600_000,
-            counters: Vec::new(),
-            dry_run: false,
-            place: None,
-        };
-        store.decide(&b, None, AuditRecord::of(Event::Block, &b, now)).unwrap();
+        store_acl_block(&store, key);
     }
     let d = Daemon::start_on(&s, store);
     assert!(

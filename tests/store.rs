@@ -67,13 +67,7 @@ async fn a_damaged_truncated_deleted_or_rolled_back_store_never_starts_empty() {
     let sb = haproxy();
     let c = admin(&sb).await;
     let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
-    let sock = with_api(&s);
-    let d = spawn_daemon(&s);
-    assert!(api_socket_appears(&sock).await);
-    let list = s.dir.path().join("list.txt");
-    std::fs::write(&list, addresses(50, 30 << 16)).unwrap();
-    let o = sw(&s, &["import", list.to_str().unwrap(), "--for", "1h", "--reason", "feed"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let (d, sock) = daemon_with_import(&s, 50, 30 << 16).await;
     stop_daemon(d);
     let good = s.dir.path().join("good");
     copy_dir(&s.store_path(), &good);
@@ -134,12 +128,7 @@ async fn recover_takes_back_what_haproxy_held_and_releases_it_on_time() {
     let sb = haproxy();
     let c = admin(&sb).await;
     let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
-    let sock = with_api(&s);
-    let d = spawn_daemon(&s);
-    assert!(api_socket_appears(&sock).await);
-    let list = s.dir.path().join("list.txt");
-    std::fs::write(&list, addresses(20, 31 << 16)).unwrap();
-    assert_eq!(sw(&s, &["import", list.to_str().unwrap(), "--for", "1h", "--reason", "feed"]).status.code(), Some(0));
+    let (d, _sock) = daemon_with_import(&s, 20, 31 << 16).await;
     let backup = s.dir.path().join("backup.jsonl");
     let o = sw(&s, &["store", "backup", backup.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
@@ -276,8 +265,6 @@ async fn api_get(sock: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_actuator_cannot_do_stays_unconfirmed_and_the_next_ones_go_through() {
-    use stickwarden::rules::{Action, Actions};
-    use stickwarden::store::{AuditRecord, Block, Event, Origin};
     let sb = haproxy();
     let c = admin(&sb).await;
     // A configuration without [block] acl, and a block of the ACL recorded by an older version
@@ -289,22 +276,7 @@ async fn a_job_the_actuator_cannot_do_stays_unconfirmed_and_the_next_ones_go_thr
     {
         let config = stickwarden::config::Config::load(&s.config).unwrap();
         let store = stickwarden::store::Store::open(&config.store.path, 8 << 20).unwrap();
-        let now = stickwarden::time::now_ms();
-        let b = Block {
-            key: "10.92.0.1/32".parse().unwrap(),
-            level: 0,
-            actions: Actions::new(vec![Action::Acl]),
-            rule: "import".into(),
-            reason: "old".into(),
-            source: Origin::Manual,
-            actor: "old".into(),
-            since: now,
-            until: now + 3_600_000,
-            counters: Vec::new(),
-            dry_run: false,
-            place: None,
-        };
-        store.decide(&b, None, AuditRecord::of(Event::Block, &b, now)).unwrap();
+        store_acl_block(&store, "10.92.0.1");
         store.flush().unwrap();
     }
     released(&s).await;

@@ -63,7 +63,8 @@ impl Counts {
         self.blocks + self.offenders + self.allow + self.owned + self.audit
     }
 
-    fn count(&mut self, line: &Line) {
+    /// Counts `line` (the header and the end line count nothing).
+    pub fn count(&mut self, line: &Line) {
         match line {
             Line::Block(_) => self.blocks += 1,
             Line::Offender { .. } => self.offenders += 1,

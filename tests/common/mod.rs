@@ -210,6 +210,43 @@ pub fn with_api(s: &Setup) -> String {
     sock
 }
 
+/// An ACL block of `key` until an hour from now, as an operator or an older version recorded it
+/// (no place), written with its audit record straight into `store`.
+pub fn store_acl_block(store: &stickwarden::store::Store, key: &str) {
+    use stickwarden::rules::{Action, Actions};
+    use stickwarden::store::{AuditRecord, Block, Event, Origin};
+    let now = stickwarden::time::now_ms();
+    let b = Block {
+        key: stickwarden::net::parse_net(key).unwrap(),
+        level: 0,
+        actions: Actions::new(vec![Action::Acl]),
+        rule: "manual".into(),
+        reason: "stored".into(),
+        source: Origin::Manual,
+        actor: "old".into(),
+        since: now,
+        until: now + 3_600_000,
+        counters: Vec::new(),
+        dry_run: false,
+        place: None,
+    };
+    store.decide(&b, None, AuditRecord::of(Event::Block, &b, now)).unwrap();
+}
+
+/// A setup with the API on a Unix socket, its daemon running (a real process) with `n` addresses
+/// from `base` on imported for an hour: the daemon, and the API socket.
+pub async fn daemon_with_import(s: &Setup, n: u32, base: u32) -> (std::process::Child, String) {
+    let sock = with_api(s);
+    let d = spawn_daemon(s);
+    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
+    let list = s.dir.path().join("list.txt");
+    let text: String = (0..n).map(|i| format!("{}\n", stickwarden::sandbox::nth_addr(base + i))).collect();
+    std::fs::write(&list, text).unwrap();
+    let o = sw(s, &["import", list.to_str().unwrap(), "--for", "1h", "--reason", "feed"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    (d, sock)
+}
+
 /// Mode 0600, as a tokens file must have.
 pub fn private(path: impl AsRef<std::path::Path>) {
     use std::os::unix::fs::PermissionsExt;
