@@ -19,8 +19,9 @@
 //! - [`columns`]: how a column is named in HAProxy's filters (array elements differ by version).
 //! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
 //! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
-//! - [`store`]: offenders, active blocks, allowlist and audit log in sled, behind a small API;
-//!   the manifest that detects a damaged or rolled-back database, and the backup format.
+//! - [`store`]: offenders, active blocks, allowlist and audit log behind the [`store::Backend`]
+//!   seam, sled the embedded backend; the manifest that detects a damaged or rolled-back
+//!   database, and the backup format (also the way between backends).
 //! - [`actuator`]: one actor per target turning block and release jobs into Runtime API commands.
 //! - [`daemon`]: `stickwarden run`: pollers, the controller that owns decisions, release on time.
 //! - [`metrics`]: Prometheus metrics shared by pollers, controller, actuators and the API.

@@ -440,6 +440,14 @@ async fn import(
     act(&s, &caller, req.check()).await
 }
 
+/// A query that scans the store (history, audit), on the blocking pool: the daemon's one
+/// runtime thread goes on polling and deciding meanwhile.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, OpError> + Send + 'static) -> Result<T, OpError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(OpError::Store(crate::store::StoreError::Io(format!("query task: {e}")))))
+}
+
 /// One allowlist entry as the API shows it.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct AllowView {
@@ -489,7 +497,8 @@ async fn history(
     Path(addr): Path<String>,
 ) -> Result<Json<ops::HistoryView>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(ops::history(&s.store, ops::parse_addr(&addr)?, now_ms())?))
+    let addr = ops::parse_addr(&addr)?;
+    Ok(Json(blocking(move || ops::history(&s.store, addr, now_ms())).await?))
 }
 
 async fn explain(
@@ -509,5 +518,5 @@ async fn audit(
 ) -> Result<Json<Vec<ops::AuditView>>, ApiError> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    Ok(Json(ops::audit(&s.store, &q, now_ms())?))
+    Ok(Json(blocking(move || ops::audit(&s.store, &q, now_ms())).await?))
 }

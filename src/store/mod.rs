@@ -1,23 +1,24 @@
 //! The store: offenders, active blocks, the allowlist and the append-only audit log, in sled.
 //!
-//! [`Store`] is a cheap-to-clone handle; nothing outside this module sees a sled type, errors
-//! included. [`Store::decide`] writes a block, its offender and its audit record in one
-//! transaction, and [`Store::flush`] makes them durable, which the controller does before it acts
-//! on any of them, and records what was committed in the [`manifest`]: a store that no longer
-//! holds it (damaged, truncated, rolled back) is refused at open, never read as empty.
+//! [`Store`] is a cheap-to-clone handle on a [`Backend`]: the domain operations (`decide`,
+//! `release`, `blocks_after`, `audit_since`, ...) that every backend provides, with [`sled`] the
+//! embedded default; a shared database plugs in here. Nothing outside this module sees a
+//! backend's types, errors included. `decide` writes a block, its offender and its audit record
+//! at once; `flush` makes them durable (the controller does it before it acts on any of them,
+//! off the runtime thread) and records what was committed in the [`manifest`], so a store that no
+//! longer holds it (damaged, truncated, rolled back) is refused at open, never read as empty.
 
 pub mod backup;
 pub mod manifest;
 pub mod model;
+pub mod sled;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 
+use ::sled::transaction::TransactionError;
 use ipnet::IpNet;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 pub use model::{AllowEntry, AuditRecord, Block, Event, Offence, Offender, Origin, Place, Score, TagPlace};
 
@@ -46,8 +47,8 @@ pub enum StoreError {
     BadBackup { path: String, problem: String },
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> StoreError {
+impl From<::sled::Error> for StoreError {
+    fn from(e: ::sled::Error) -> StoreError {
         StoreError::Backend(e.to_string())
     }
 }
@@ -71,504 +72,94 @@ pub struct Verified {
 /// Blocks per transaction of [`Store::decide_many`].
 pub const BATCH: usize = 5_000;
 
-#[derive(Clone)]
-pub struct Store {
-    path: PathBuf,
-    db: sled::Db,
-    /// Added to sled's generated ids to make audit ids: a restored store continues the ids of
-    /// its backup (kept in the `meta` tree).
-    id_base: u64,
-    /// The audit id the manifest holds, to rewrite it only when something new was committed.
-    manifest_id: Arc<AtomicU64>,
-    offenders: sled::Tree,
-    blocks: sled::Tree,
-    allow: sled::Tree,
-    audit: sled::Tree,
-    /// Every key stickwarden has blocked (key -> time of its last block): what the reconciler may
-    /// remove from HAProxy when no block wants it any more. Nothing else is ever removed.
-    owned: sled::Tree,
+/// What a store does, in the domain's terms. Calls are synchronous: the daemon runs the long
+/// ones (flush, scans, backups) on the blocking pool.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// Where the store lives.
+    fn path(&self) -> &Path;
+    /// Makes every write so far durable, then records it in the manifest.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// The newest audit record: its id and digest.
+    fn newest(&self) -> Result<Option<manifest::Newest>, StoreError>;
+    /// Writes every record as a backup ([`backup`]) to `out`; the caller makes sure nothing
+    /// writes meanwhile.
+    fn export(&self, out: &mut dyn std::io::Write) -> Result<backup::Counts, StoreError>;
+    /// Everything that is wrong with the store, read whole; changes nothing.
+    fn verify(&self) -> Result<Verified, StoreError>;
+    /// Every record that still reads back, as backup lines, and what could not be read.
+    fn salvage(&self) -> (Vec<backup::Line>, Vec<String>);
+    fn offender(&self, addr: IpAddr) -> Result<Option<Offender>, StoreError>;
+    fn put_offender(&self, addr: IpAddr, o: &Offender) -> Result<(), StoreError>;
+    /// Records a block decision atomically: the block, the offender's updated history (if any)
+    /// and the audit record. Returns the audit record's id.
+    fn decide(&self, block: &Block, offender: Option<(IpAddr, &Offender)>, rec: AuditRecord)
+        -> Result<u64, StoreError>;
+    /// Records many blocks of no offender (an import), each with its audit record built by `rec`,
+    /// in transactions of [`BATCH`].
+    fn decide_many(&self, blocks: &[Block], rec: &dyn Fn(&Block) -> AuditRecord) -> Result<(), StoreError>;
+    /// Removes the block of `key` if it is still the one that started at `since`, with its audit
+    /// record. Returns whether it was removed.
+    fn release(&self, key: &IpNet, since: Millis, rec: AuditRecord) -> Result<bool, StoreError>;
+    /// Whether stickwarden has blocked `net` (within the audit retention).
+    fn owns(&self, net: &IpNet) -> Result<bool, StoreError>;
+    /// Appends one audit record; returns its id.
+    fn audit(&self, rec: AuditRecord) -> Result<u64, StoreError>;
+    fn block(&self, net: &IpNet) -> Result<Option<Block>, StoreError>;
+    /// Every block, read one at a time (for listings too long to hold whole).
+    fn blocks_iter(&self) -> Box<dyn Iterator<Item = Result<Block, StoreError>> + Send + 'static>;
+    /// Up to `n` blocks in store order, after the one keyed `after` (from the start when `None`).
+    fn blocks_after(&self, after: Option<&IpNet>, n: usize) -> Result<Vec<Block>, StoreError>;
+    fn blocks(&self) -> Result<Vec<Block>, StoreError>;
+    fn put_allow(&self, e: &AllowEntry) -> Result<(), StoreError>;
+    /// Removes the allowlist entry of exactly `net`; returns it if there was one.
+    fn remove_allow(&self, net: &IpNet) -> Result<Option<AllowEntry>, StoreError>;
+    fn allows(&self) -> Result<Vec<AllowEntry>, StoreError>;
+    /// Audit records from `since` on, oldest first.
+    fn audit_since(&self, since: Millis) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Drops offenders with no offence and no score since `offender_cutoff`, and audit records
+    /// older than `audit_cutoff` (the newest always stays). Returns (offenders, records) removed.
+    fn prune(&self, offender_cutoff: Millis, audit_cutoff: Millis) -> Result<(usize, usize), StoreError>;
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("blocks", &self.blocks.len()).finish()
+/// A cheap-to-clone handle on the store's backend.
+#[derive(Clone, Debug)]
+pub struct Store(Arc<dyn Backend>);
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
     }
 }
-
-fn key(net: &IpNet) -> Vec<u8> {
-    net.to_string().into_bytes()
-}
-
-fn addr_key(addr: IpAddr) -> Vec<u8> {
-    key(&crate::net::host_net(addr))
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("store records always serialize")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-        tree,
-        key: String::from_utf8_lossy(k).into_owned(),
-        error: e.to_string(),
-    })
-}
-
-const ID_BASE: &[u8] = b"id_base";
 
 impl Store {
-    /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`, and checks that
-    /// it holds what its manifest says was committed ([`StoreError::Damaged`] if not). A store
-    /// without a manifest (new, or made by an older version) gets one.
+    /// Opens (or creates) the embedded store at `path` with a page cache of `cache_bytes`, and
+    /// checks that it holds what its manifest says was committed ([`StoreError::Damaged`] if not).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let store = Store::open_unchecked(path, cache_bytes)?;
-        let damaged = |problem: String| StoreError::Damaged { path: path.display().to_string(), problem };
-        match manifest::read(path).map_err(damaged)? {
-            Some(m) => {
-                let newest = store.newest()?;
-                let at = store.audit_record_bytes(m.last_audit_id)?;
-                manifest::check(&m, newest.as_ref(), at.as_deref()).map_err(damaged)?;
-                store.manifest_id.store(m.last_audit_id, Ordering::Relaxed);
-            }
-            None => {
-                if let Some(n) = store.newest()? {
-                    tracing::info!(path = %path.display(), last_audit_id = n.id, "the store has no manifest yet; writing one");
-                }
-                store.manifest_id.store(u64::MAX, Ordering::Relaxed);
-                store.write_manifest()?;
-            }
-        }
-        Ok(store)
+        Ok(Store(Arc::new(sled::SledStore::open(path, cache_bytes)?)))
     }
 
-    /// Opens the store without comparing it with its manifest (and without writing one): for
-    /// `store verify` and `store recover`, which read what a damaged store still holds.
+    /// Opens the store without comparing it with its manifest: for `store verify` and `store
+    /// recover`, which read what a damaged store still holds.
     pub fn open_unchecked(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
-        let meta = db.open_tree("meta")?;
-        let id_base =
-            meta.get(ID_BASE)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes);
-        Ok(Store {
-            path: path.to_owned(),
-            id_base,
-            manifest_id: Arc::new(AtomicU64::new(u64::MAX)),
-            offenders: db.open_tree("offenders")?,
-            blocks: db.open_tree("blocks")?,
-            allow: db.open_tree("allow")?,
-            audit: db.open_tree("audit")?,
-            owned: db.open_tree("owned")?,
-            db,
-        })
+        Ok(Store(Arc::new(sled::SledStore::open_unchecked(path, cache_bytes)?)))
     }
 
-    /// Where the store lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Makes every write so far durable, then records it in the manifest.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.write_manifest()
-    }
-
-    fn write_manifest(&self) -> Result<(), StoreError> {
-        let newest = self.newest()?;
-        let id = newest.as_ref().map_or(0, |n| n.id);
-        if self.manifest_id.swap(id, Ordering::Relaxed) == id {
-            return Ok(());
-        }
-        let m = manifest::Manifest {
-            format: manifest::FORMAT,
-            last_audit_id: id,
-            last_audit_digest: newest.map_or_else(String::new, |n| n.digest),
-            written_at: crate::time::now_ms(),
-        };
-        manifest::write(&self.path, &m).map_err(|e| {
-            self.manifest_id.store(u64::MAX, Ordering::Relaxed);
-            StoreError::Io(format!("cannot write the manifest in {}: {e}", self.path.display()))
-        })
-    }
-
-    /// Writes every record as a backup ([`backup`]) to `out`. The caller makes sure nothing writes
-    /// meanwhile (the daemon runs it in its controller, the only writer), so the copy is of one
-    /// moment.
-    pub fn export<W: std::io::Write>(&self, out: W) -> Result<(W, backup::Counts), StoreError> {
-        use backup::Line;
-        let io = |e: std::io::Error| StoreError::Io(format!("cannot write the backup: {e}"));
-        let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
-        let mut w = backup::Writer::new(out, self.newest()?.map_or(0, |n| n.id)).map_err(io)?;
-        for r in self.blocks.iter() {
-            let (k, v) = r?;
-            w.line(&Line::Block(decode("blocks", &k, &v)?)).map_err(io)?;
-        }
-        for r in self.offenders.iter() {
-            let (k, v) = r?;
-            w.line(&Line::Offender { key: text(&k), offender: decode("offenders", &k, &v)? }).map_err(io)?;
-        }
-        for r in self.allow.iter() {
-            let (k, v) = r?;
-            w.line(&Line::Allow(decode("allow", &k, &v)?)).map_err(io)?;
-        }
-        for r in self.owned.iter() {
-            let (k, v) = r?;
-            let at = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
-            w.line(&Line::Owned { key: text(&k), at }).map_err(io)?;
-        }
-        for r in self.audit.iter() {
-            let (k, v) = r?;
-            w.line(&Line::Audit(decode("audit", &k, &v)?)).map_err(io)?;
-        }
-        w.finish().map_err(io)
-    }
-
-    /// Restores the backup `file` into a new store at `path`, which must hold none (the caller
-    /// moves an old one aside). The whole file is checked before the first write; audit ids go on
-    /// from the backup's.
+    /// Restores the backup `file` into a new store at `path` ([`sled::SledStore::restore`]).
     pub fn restore(file: &Path, path: &Path, cache_bytes: u64) -> Result<backup::Counts, StoreError> {
-        let bad = |problem: String| StoreError::BadBackup { path: file.display().to_string(), problem };
-        let open =
-            || std::fs::File::open(file).map(std::io::BufReader::new).map_err(|e| bad(format!("cannot read: {e}")));
-        backup::read(open()?, |_| Ok(())).map_err(bad)?;
-        let store = Store::open_unchecked(path, cache_bytes)?;
-        if store.newest()?.is_some() || !store.blocks.is_empty() {
-            return Err(StoreError::Io(format!("{} already holds a store: move it aside first", path.display())));
-        }
-        let mut max_id = 0;
-        let (header, counts) = backup::read(open()?, |line| {
-            store.put_line(&line).map_err(|e| e.to_string())?;
-            if let backup::Line::Audit(r) = &line {
-                max_id = max_id.max(r.id);
-            }
-            Ok(())
-        })
-        .map_err(bad)?;
-        let now = crate::time::now_ms();
-        let mut rec = AuditRecord::note(
-            Event::Restored,
-            now,
-            "stickwarden store restore",
-            format!("restored from {} (backup of {}): {counts}", file.display(), header.created),
-        );
-        rec.id = max_id + 1;
-        store.put_line(&backup::Line::Audit(rec))?;
-        store.db.open_tree("meta")?.insert(ID_BASE, &(max_id + 2).to_be_bytes())?;
-        store.flush()?;
-        Ok(counts)
+        sled::SledStore::restore(file, path, cache_bytes)
     }
 
-    /// Everything that is wrong with the store, read whole: the manifest compared with the
-    /// database, and every record of every tree decoded. Changes nothing.
-    pub fn verify(&self) -> Result<Verified, StoreError> {
-        let mut v = Verified::default();
-        match manifest::read(&self.path) {
-            Ok(Some(m)) => {
-                let at = self.audit_record_bytes(m.last_audit_id)?;
-                if let Err(p) = manifest::check(&m, self.newest()?.as_ref(), at.as_deref()) {
-                    v.problems.push(p);
-                }
-            }
-            Ok(None) => v.problems.push(
-                "no manifest: the store cannot prove it holds what it last committed (a store of an older \
-                 version gets one when the daemon opens it)"
-                    .into(),
-            ),
-            Err(e) => v.problems.push(e),
-        }
-        let trees: [(&'static str, &sled::Tree, &mut u64); 5] = [
-            ("blocks", &self.blocks, &mut v.counts.blocks),
-            ("offenders", &self.offenders, &mut v.counts.offenders),
-            ("allow", &self.allow, &mut v.counts.allow),
-            ("owned", &self.owned, &mut v.counts.owned),
-            ("audit", &self.audit, &mut v.counts.audit),
-        ];
-        for (name, tree, count) in trees {
-            for r in tree.iter() {
-                let (k, val) = match r {
-                    Ok(kv) => kv,
-                    Err(e) => {
-                        v.problems.push(format!("{name}: cannot be read past record {count}: {e}"));
-                        break;
-                    }
-                };
-                let ok = match name {
-                    "blocks" => decode::<Block>(name, &k, &val).map(|b| key(&b.key) == k.as_ref()),
-                    "offenders" => decode::<Offender>(name, &k, &val).map(|_| true),
-                    "allow" => decode::<AllowEntry>(name, &k, &val).map(|a| key(&a.net) == k.as_ref()),
-                    "owned" => Ok(val.len() == 8),
-                    _ => decode::<AuditRecord>(name, &k, &val).map(|r| r.id.to_be_bytes() == k.as_ref()),
-                };
-                match ok {
-                    Ok(true) => *count += 1,
-                    Ok(false) => v
-                        .problems
-                        .push(format!("{name}: record {} does not match its key", String::from_utf8_lossy(&k))),
-                    Err(e) => v.problems.push(e.to_string()),
-                }
-            }
-        }
-        Ok(v)
-    }
-
-    /// Every record that still reads back, as backup lines, and what could not be read: what a
-    /// recovery starts from. Holds them all in memory.
-    pub fn salvage(&self) -> (Vec<backup::Line>, Vec<String>) {
-        use backup::Line;
-        let (mut lines, mut problems) = (Vec::new(), Vec::new());
-        let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
-        let trees: [(&'static str, &sled::Tree); 5] = [
-            ("blocks", &self.blocks),
-            ("offenders", &self.offenders),
-            ("allow", &self.allow),
-            ("owned", &self.owned),
-            ("audit", &self.audit),
-        ];
-        for (name, tree) in trees {
-            for r in tree.iter() {
-                let (k, v) = match r {
-                    Ok(kv) => kv,
-                    Err(e) => {
-                        problems.push(format!("{name}: the rest cannot be read: {e}"));
-                        break;
-                    }
-                };
-                let line = match name {
-                    "blocks" => decode(name, &k, &v).map(Line::Block),
-                    "offenders" => decode(name, &k, &v).map(|offender| Line::Offender { key: text(&k), offender }),
-                    "allow" => decode(name, &k, &v).map(Line::Allow),
-                    "owned" => <[u8; 8]>::try_from(v.as_ref())
-                        .map(|at| Line::Owned { key: text(&k), at: u64::from_be_bytes(at) })
-                        .map_err(|_| StoreError::Corrupt { tree: name, key: text(&k), error: "not a time".into() }),
-                    _ => decode(name, &k, &v).map(Line::Audit),
-                };
-                match line {
-                    Ok(l) => lines.push(l),
-                    Err(e) => problems.push(e.to_string()),
-                }
-            }
-        }
-        (lines, problems)
-    }
-
-    /// Writes one backup record as it was.
-    fn put_line(&self, line: &backup::Line) -> Result<(), StoreError> {
-        use backup::Line;
-        match line {
-            Line::Block(b) => self.blocks.insert(key(&b.key), encode(b)).map(drop)?,
-            Line::Offender { key, offender } => self.offenders.insert(key.as_bytes(), encode(offender)).map(drop)?,
-            Line::Allow(a) => self.allow.insert(key(&a.net), encode(a)).map(drop)?,
-            Line::Owned { key, at } => self.owned.insert(key.as_bytes(), &at.to_be_bytes()).map(drop)?,
-            Line::Audit(r) => self.audit.insert(r.id.to_be_bytes(), encode(r)).map(drop)?,
-            Line::Header(_) | Line::End { .. } => {}
-        }
-        Ok(())
-    }
-
-    /// The newest audit record: its id and digest.
-    pub fn newest(&self) -> Result<Option<manifest::Newest>, StoreError> {
-        Ok(self.audit.last()?.map(|(k, v)| manifest::Newest {
-            id: <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
-            digest: manifest::digest(&v),
-        }))
-    }
-
-    /// The stored bytes of audit record `id`.
-    fn audit_record_bytes(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.audit.get(id.to_be_bytes())?.map(|v| v.to_vec()))
-    }
-
-    /// The next audit id (sled's generator, offset by the base a restore set).
-    fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.id_base + self.db.generate_id()?)
-    }
-
-    pub fn offender(&self, addr: IpAddr) -> Result<Option<Offender>, StoreError> {
-        let k = addr_key(addr);
-        self.offenders.get(&k)?.map(|v| decode("offenders", &k, &v)).transpose()
-    }
-
-    pub fn put_offender(&self, addr: IpAddr, o: &Offender) -> Result<(), StoreError> {
-        self.offenders.insert(addr_key(addr), encode(o))?;
-        Ok(())
-    }
-
-    /// Records a block decision atomically: the block, the offender's updated history (if any) and
-    /// the audit record. Returns the audit record's id.
-    pub fn decide(
-        &self,
-        block: &Block,
-        offender: Option<(IpAddr, &Offender)>,
-        rec: AuditRecord,
-    ) -> Result<u64, StoreError> {
-        let (bk, bv) = (key(&block.key), encode(block));
-        let off = offender.map(|(a, o)| (addr_key(a), encode(o)));
-        let since = block.since.to_be_bytes();
-        let base = self.id_base;
-        let id = (&self.blocks, &self.offenders, &self.audit, &self.owned).transaction(
-            |(blocks, offenders, audit, owned)| {
-                blocks.insert(bk.as_slice(), bv.as_slice())?;
-                owned.insert(bk.as_slice(), &since)?;
-                if let Some((k, v)) = &off {
-                    offenders.insert(k.as_slice(), v.as_slice())?;
-                }
-                let mut rec = rec.clone();
-                rec.id = base + audit.generate_id()?;
-                audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(rec.id)
-            },
-        )?;
-        Ok(id)
-    }
-
-    /// Records many blocks of no offender (an import), each with its audit record built by `rec`,
-    /// in transactions of [`BATCH`]: each block is written with its record or not at all, and memory
-    /// stays bounded whatever the number of blocks.
+    /// [`Backend::decide_many`] with any closure.
     pub fn decide_many(&self, blocks: &[Block], rec: impl Fn(&Block) -> AuditRecord) -> Result<(), StoreError> {
-        let base = self.id_base;
-        for chunk in blocks.chunks(BATCH) {
-            let encoded: Vec<(Vec<u8>, Vec<u8>, AuditRecord)> =
-                chunk.iter().map(|b| (key(&b.key), encode(b), rec(b))).collect();
-            (&self.blocks, &self.audit, &self.owned).transaction(|(bt, at, ot)| {
-                for (k, v, r) in &encoded {
-                    bt.insert(k.as_slice(), v.as_slice())?;
-                    ot.insert(k.as_slice(), &r.at.to_be_bytes())?;
-                    let mut r = r.clone();
-                    r.id = base + at.generate_id()?;
-                    at.insert(&r.id.to_be_bytes(), encode(&r))?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })?;
-        }
-        Ok(())
+        self.0.decide_many(blocks, &rec)
     }
 
-    /// Removes the block of `key` if it is still the one that started at `since` (a newer block of
-    /// the same key is left alone), with its audit record. Returns whether it was removed.
-    pub fn release(&self, key_net: &IpNet, since: Millis, rec: AuditRecord) -> Result<bool, StoreError> {
-        let k = key(key_net);
-        let base = self.id_base;
-        let removed = (&self.blocks, &self.audit).transaction(|(blocks, audit)| {
-            let Some(v) = blocks.get(&k)? else { return Ok(false) };
-            let b: Block = decode("blocks", &k, &v).map_err(ConflictableTransactionError::Abort)?;
-            if b.since != since {
-                return Ok(false);
-            }
-            blocks.remove(k.as_slice())?;
-            let mut rec = rec.clone();
-            rec.id = base + audit.generate_id()?;
-            audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(true)
-        })?;
-        Ok(removed)
-    }
-
-    /// Whether stickwarden has blocked `net` (within the audit retention).
-    pub fn owns(&self, net: &IpNet) -> Result<bool, StoreError> {
-        Ok(self.owned.contains_key(key(net))?)
-    }
-
-    /// Appends one audit record; returns its id.
-    pub fn audit(&self, mut rec: AuditRecord) -> Result<u64, StoreError> {
-        rec.id = self.next_id()?;
-        self.audit.insert(rec.id.to_be_bytes(), encode(&rec))?;
-        Ok(rec.id)
-    }
-
-    pub fn block(&self, net: &IpNet) -> Result<Option<Block>, StoreError> {
-        let k = key(net);
-        self.blocks.get(&k)?.map(|v| decode("blocks", &k, &v)).transpose()
-    }
-
-    /// Every block, read one at a time (for listings too long to hold whole).
-    pub fn blocks_iter(&self) -> impl Iterator<Item = Result<Block, StoreError>> + Send + 'static {
-        self.blocks.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("blocks", &k, &v)))
-    }
-
-    /// Up to `n` blocks in store order, after the one keyed `after` (from the start when `None`):
-    /// a page of a listing read a little at a time.
-    pub fn blocks_after(&self, after: Option<&IpNet>, n: usize) -> Result<Vec<Block>, StoreError> {
-        use std::ops::Bound;
-        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(key(a)));
-        self.blocks
-            .range::<Vec<u8>, _>((from, Bound::Unbounded))
-            .take(n)
-            .map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("blocks", &k, &v)))
-            .collect()
-    }
-
-    pub fn blocks(&self) -> Result<Vec<Block>, StoreError> {
-        self.blocks.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("blocks", &k, &v))).collect()
-    }
-
-    pub fn put_allow(&self, e: &AllowEntry) -> Result<(), StoreError> {
-        self.allow.insert(key(&e.net), encode(e))?;
-        Ok(())
-    }
-
-    /// Removes the allowlist entry of exactly `net`; returns it if there was one.
-    pub fn remove_allow(&self, net: &IpNet) -> Result<Option<AllowEntry>, StoreError> {
-        let k = key(net);
-        self.allow.remove(&k)?.map(|v| decode("allow", &k, &v)).transpose()
-    }
-
-    pub fn allows(&self) -> Result<Vec<AllowEntry>, StoreError> {
-        self.allow.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| decode("allow", &k, &v))).collect()
-    }
-
-    /// Audit records from `since` on, oldest first.
-    pub fn audit_since(&self, since: Millis) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut out = Vec::new();
-        for r in self.audit.iter().rev() {
-            let (k, v) = r?;
-            let rec: AuditRecord = decode("audit", &k, &v)?;
-            if rec.at < since {
-                break;
-            }
-            out.push(rec);
-        }
-        out.reverse();
-        Ok(out)
-    }
-
-    /// Drops offenders with no offence and no score since `offender_cutoff`, and audit records
-    /// older than `audit_cutoff`. Returns (offenders, audit records) removed.
-    pub fn prune(&self, offender_cutoff: Millis, audit_cutoff: Millis) -> Result<(usize, usize), StoreError> {
-        let mut offenders = 0;
-        for r in self.offenders.iter() {
-            let (k, v) = r?;
-            let o: Offender = decode("offenders", &k, &v)?;
-            let last = o.offences.iter().map(|x| x.at).max().unwrap_or(0).max(o.last_seen);
-            if last < offender_cutoff {
-                self.offenders.remove(&k)?;
-                offenders += 1;
-            }
-        }
-        for r in self.owned.iter() {
-            let (k, v) = r?;
-            let at = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
-            if at < audit_cutoff {
-                self.owned.remove(&k)?;
-            }
-        }
-        let mut audit = 0;
-        // The newest record always stays: the manifest names it.
-        let newest = self.newest()?.map(|n| n.id.to_be_bytes());
-        for r in self.audit.iter() {
-            let (k, v) = r?;
-            let rec: AuditRecord = decode("audit", &k, &v)?;
-            if rec.at >= audit_cutoff || newest.is_some_and(|n| k.as_ref() == n) {
-                break;
-            }
-            self.audit.remove(&k)?;
-            audit += 1;
-        }
-        Ok((offenders, audit))
+    /// [`Backend::export`] to `out`, given back with what was written.
+    pub fn export<W: std::io::Write>(&self, mut out: W) -> Result<(W, backup::Counts), StoreError> {
+        let counts = self.0.export(&mut out)?;
+        Ok((out, counts))
     }
 }
 
@@ -648,6 +239,8 @@ mod tests {
 
 #[cfg(test)]
 mod damage_tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::rules::{Action, Actions};
 
