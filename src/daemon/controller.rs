@@ -24,7 +24,7 @@ use crate::engine;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::rules::{Action, Actions, Rule};
-use crate::store::{AuditRecord, Block, Event, Origin, Place, Store, StoreError};
+use crate::store::{AuditRecord, Block, Event, Origin, Place, Store, StoreError, Write};
 use crate::time::{ms, now_ms, Millis};
 
 /// The actor name written in the audit log for automatic decisions.
@@ -42,6 +42,8 @@ pub(super) struct Controller {
     pub(super) active: HashMap<IpNet, Block>,
     /// Keys of active network blocks, to test addresses against.
     nets: Vec<IpNet>,
+    /// Writes decided and not yet carried out ([`Controller::commit`]).
+    pending: Vec<Write>,
     /// Where the active blocks were applied, one copy of each ([`Controller::index`]).
     places: std::collections::HashSet<Arc<Place>>,
     /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
@@ -85,6 +87,7 @@ impl Controller {
             active: HashMap::new(),
             nets: Vec::new(),
             places: Default::default(),
+            pending: Vec::new(),
             releasing: HashMap::new(),
             breaker: Breaker::new(cfg.safety.max_blocks_per_minute, BREAKER_WINDOW),
             aggregator: Aggregator::default(),
@@ -159,8 +162,8 @@ impl Controller {
         self.dispatch_to(Some(target), None, Job::Forget, None).await;
         let n = self.reapply_all(Some(target)).await;
         let reason = format!("{target}: HAProxy {was} replaced by {now_desc}; {n} active block(s) re-applied");
-        self.store.audit(AuditRecord::note(Event::TargetRestarted, now_ms(), AUTO_ACTOR, reason))?;
-        Ok(())
+        self.write(Write::Audit(AuditRecord::note(Event::TargetRestarted, now_ms(), AUTO_ACTOR, reason)));
+        self.commit(false).await
     }
 
     pub(super) fn store(&self) -> &Store {
@@ -197,19 +200,28 @@ impl Controller {
     pub async fn observe(&mut self, polled_at: Millis, batch: Vec<Observation>) -> Result<(), StoreError> {
         let now = now_ms();
         let mut decided: Vec<Block> = Vec::new();
-        for obs in batch {
-            if self.released.get(&net::host_net(obs.addr)).is_some_and(|&t| t >= polled_at) {
-                continue;
-            }
-            if let Some(reason) = self.allow.allows(obs.addr, now) {
-                tracing::debug!(addr = %obs.addr, reason, "allowlisted, not scored");
-                continue;
-            }
-            if self.blocked(obs.addr) {
-                continue;
-            }
+        let candidates: Vec<Observation> = batch
+            .into_iter()
+            .filter(|obs| {
+                if self.released.get(&net::host_net(obs.addr)).is_some_and(|&t| t >= polled_at) {
+                    return false;
+                }
+                if let Some(reason) = self.allow.allows(obs.addr, now) {
+                    tracing::debug!(addr = %obs.addr, reason, "allowlisted, not scored");
+                    return false;
+                }
+                !self.blocked(obs.addr)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // Every candidate's history in one read, off the daemon's thread.
+        let addrs: Vec<IpAddr> = candidates.iter().map(|o| o.addr).collect();
+        let offenders = self.on_store(move |s| s.offenders(&addrs)).await?;
+        for (obs, offender) in candidates.into_iter().zip(offenders) {
             let rules: Vec<&Rule> = obs.rules.iter().map(|&i| &self.cfg.rules.rules[i]).collect();
-            let mut offender = self.store.offender(obs.addr)?.unwrap_or_default();
+            let mut offender = offender.unwrap_or_default();
             let verdict = engine::assess(
                 &self.cfg.rules.policy,
                 &mut offender,
@@ -219,14 +231,14 @@ impl Controller {
                 self.cfg.store.max_offences,
             );
             let Some(v) = verdict else {
-                self.store.put_offender(obs.addr, &offender)?;
+                self.write(Write::Offender(obs.addr, offender));
                 continue;
             };
-            if !v.dry_run && !self.breaker_check(now)? {
+            if !v.dry_run && !self.breaker_check(now) {
                 warn!(addr = %obs.addr, rule = %v.rule, "circuit breaker open: not blocking");
                 self.metrics.decision(&v.rule, "suppressed");
                 offender.offences.pop(); // not acted on, so not counted for the ladder
-                self.store.put_offender(obs.addr, &offender)?;
+                self.write(Write::Offender(obs.addr, offender));
                 continue;
             }
             let block = Block {
@@ -248,21 +260,19 @@ impl Controller {
             }
             let event = if v.dry_run { Event::WouldBlock } else { Event::Block };
             self.metrics.decision(&v.rule, event.as_str());
-            self.store.decide(&block, Some((obs.addr, &offender)), AuditRecord::of(event, &block, now))?;
+            let rec = AuditRecord::of(event, &block, now);
+            self.write(Write::Decide { block: Box::new(block.clone()), offender: Some((obs.addr, offender)), rec });
             info!(addr = %obs.addr, rule = %block.rule, level = block.level, actions = %block.actions,
                   duration = %crate::time::human(v.duration), dry_run = block.dry_run, "block decided");
             if !v.dry_run {
-                if let Some(prefix_block) = self.aggregate(obs.addr, now)? {
+                if let Some(prefix_block) = self.aggregate(obs.addr, now) {
                     decided.push(prefix_block);
                 }
             }
             decided.push(block);
         }
-        if decided.is_empty() {
-            return Ok(());
-        }
         // Durable before acted on: a crash from here on finds every decision in the store.
-        self.flush().await?;
+        self.commit(!decided.is_empty()).await?;
         for b in decided {
             self.index(b.clone());
             if !b.dry_run {
@@ -278,17 +288,50 @@ impl Controller {
         self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Makes every decision so far durable (sled's fsync, on the blocking pool).
-    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+    /// Makes every decision so far durable (carried out and fsync'd, on the blocking pool).
+    pub(super) async fn flush(&mut self) -> Result<(), StoreError> {
+        self.commit(true).await
+    }
+
+    /// Queues a write for the next [`Controller::commit`].
+    pub(super) fn write(&mut self, w: Write) {
+        self.pending.push(w);
+    }
+
+    /// Carries out the queued writes in one call off the daemon's thread, then, when `durable`,
+    /// makes everything so far durable.
+    pub(super) async fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        let writes = std::mem::take(&mut self.pending);
+        if writes.is_empty() && !durable {
+            return Ok(());
+        }
+        self.on_store(move |s| {
+            s.record(writes)?;
+            if durable {
+                s.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `f` on the store on the blocking pool: sled's reads, writes and fsyncs never hold
+    /// up the daemon's one runtime thread (polls, the API, the actuators).
+    pub(super) async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush()).await.expect("the flush task does not panic")
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("store task: {e}"))))
     }
 
     /// Whether an automatic block may happen now (false: the breaker is open). Opening and closing
     /// are logged and audited; the caller records the block it then makes.
-    fn breaker_check(&mut self, now: Millis) -> Result<bool, StoreError> {
+    fn breaker_check(&mut self, now: Millis) -> bool {
         let (allowed, change) = self.breaker.check(now);
-        let Some(change) = change else { return Ok(allowed) };
+        let Some(change) = change else { return allowed };
         self.metrics.breaker_open.set(i64::from(matches!(change, Transition::Opened { .. })));
         let max = self.breaker.max();
         let (event, reason) = match change {
@@ -307,30 +350,30 @@ impl Controller {
                 (Event::BreakerClosed, "a quiet minute".to_owned())
             }
         };
-        self.store.audit(AuditRecord::note(event, now, AUTO_ACTOR, reason))?;
-        Ok(allowed)
+        self.write(Write::Audit(AuditRecord::note(event, now, AUTO_ACTOR, reason)));
+        allowed
     }
 
     /// Subnet aggregation: the prefix block decided when `addr` is the N-th recent offender of its
-    /// prefix, already written to the store.
-    fn aggregate(&mut self, addr: IpAddr, now: Millis) -> Result<Option<Block>, StoreError> {
-        let Some(agg) = self.cfg.aggregate.clone() else { return Ok(None) };
+    /// prefix, queued for the store.
+    fn aggregate(&mut self, addr: IpAddr, now: Millis) -> Option<Block> {
+        let agg = self.cfg.aggregate.clone()?;
         let prefix = net::prefix_of(addr, agg.ipv4_prefix, agg.ipv6_prefix);
         let n = self.aggregator.record(prefix, addr, now, ms(agg.window));
         if n < agg.offenders || self.active.contains_key(&prefix) || net::is_host(&prefix) {
-            return Ok(None);
+            return None;
         }
         if let Some(reason) = self.allow.overlaps(&prefix, now) {
             warn!(%prefix, allowlisted = reason, "not blocking the prefix: it overlaps the allowlist");
-            return Ok(None);
+            return None;
         }
         // An IPv6 client in ::/64 has a prefix that holds ::ffff:0:0/96: every IPv4 client.
         if let Err(why) = self.cfg.safety.check_breadth(&prefix, false) {
             warn!(%prefix, why, "not blocking the prefix");
-            return Ok(None);
+            return None;
         }
-        if !self.breaker_check(now)? {
-            return Ok(None);
+        if !self.breaker_check(now) {
+            return None;
         }
         self.breaker.record(now);
         self.aggregator.reset(&prefix);
@@ -348,9 +391,10 @@ impl Controller {
             dry_run: false,
             place: Some(Arc::new(Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl])))),
         };
-        self.store.decide(&block, None, AuditRecord::of(Event::Block, &block, now))?;
+        let rec = AuditRecord::of(Event::Block, &block, now);
+        self.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
         info!(%prefix, offenders = n, "prefix block decided");
-        Ok(Some(block))
+        Some(block)
     }
 
     /// Puts back on `actual.target` what it lacks of the active blocks (those old enough to have
@@ -411,12 +455,12 @@ impl Controller {
                 leftovers.entry(k).or_default().push(Action::Tag);
             }
         }
-        let mut removals = Vec::new();
-        for (k, actions) in leftovers {
-            if self.store.owns(&k)? {
-                removals.push((k, Actions::new(actions)));
-            }
-        }
+        // Which of them stickwarden put there: one read of the store, off the daemon's thread.
+        let leftovers: Vec<(IpNet, Vec<Action>)> = leftovers.into_iter().collect();
+        let keys: Vec<IpNet> = leftovers.iter().map(|(k, _)| *k).collect();
+        let owned = self.on_store(move |s| keys.iter().map(|k| s.owns(k)).collect::<Result<Vec<bool>, _>>()).await?;
+        let removals: Vec<(IpNet, Actions)> =
+            leftovers.into_iter().zip(owned).filter(|(_, o)| *o).map(|((k, a), _)| (k, Actions::new(a))).collect();
         if repairs.is_empty() && removals.is_empty() {
             return Ok(());
         }
@@ -428,7 +472,7 @@ impl Controller {
             let mut rec = AuditRecord::of(Event::Repaired, &b, now);
             rec.actions = missing.clone();
             rec.reason = format!("{}: missing {missing}, put back", actual.target);
-            self.store.audit(rec)?;
+            self.write(Write::Audit(rec));
             self.metrics.repairs.get_or_create(&Metrics::target(&actual.target)).inc();
             self.dispatch_to(
                 Some(&actual.target),
@@ -442,12 +486,12 @@ impl Controller {
             let reason = format!("{}: leftover {actions} of an ended block, removed", actual.target);
             let mut rec = AuditRecord::note(Event::Repaired, now, AUTO_ACTOR, reason);
             (rec.key, rec.actions) = (Some(key), actions.clone());
-            self.store.audit(rec)?;
+            self.write(Write::Audit(rec));
             self.metrics.repairs.get_or_create(&Metrics::target(&actual.target)).inc();
             let place = Arc::new(Place::of(&self.cfg.block, &actions));
             self.dispatch_to(Some(&actual.target), None, Job::Release { key, actions, place }, None).await;
         }
-        Ok(())
+        self.commit(false).await
     }
 
     /// Sends `job` to every target in order, and reports its outcome back to the controller, which
@@ -528,7 +572,7 @@ impl Controller {
     }
 
     /// An actuator finished a job on every target.
-    pub fn done(
+    pub async fn done(
         &mut self,
         block: Option<Block>,
         what: &'static str,
@@ -545,35 +589,37 @@ impl Controller {
                 None => AuditRecord::note(Event::ActionFailed, now, AUTO_ACTOR, String::new()),
             };
             rec.reason = format!("{what}: {}", failures.join("; "));
-            self.store.audit(rec)?;
+            self.write(Write::Audit(rec));
         }
         if let (Some(b), true) = (&block, release) {
             if failures.is_empty() {
                 self.releasing.remove(&b.key);
-                self.finish_release(b, Event::Release, now)?;
+                self.finish_release(b, Event::Release, now);
             } else {
                 self.releasing.insert(b.key, Some(now + RELEASE_RETRY));
             }
         }
+        // Recorded before the caller hears of it.
+        self.commit(false).await?;
         if let Some(n) = notify {
             let _ = n.send(failures);
         }
         Ok(())
     }
 
-    pub(super) fn finish_release(&mut self, block: &Block, event: Event, now: Millis) -> Result<(), StoreError> {
+    /// Queues the end of `block` for the store (its record removed if it is still the one that
+    /// started at `since`, with its audit record) and takes it out of the index.
+    pub(super) fn finish_release(&mut self, block: &Block, event: Event, now: Millis) {
         let mut rec = AuditRecord::of(event, block, now);
         if let Some((actor, reason)) = self.unblocked_by.remove(&block.key) {
             (rec.source, rec.actor, rec.reason) = (Origin::Manual, actor, format!("unblocked: {reason}"));
         }
-        if self.store.release(&block.key, block.since, rec)? {
-            info!(key = %net::display(&block.key), rule = %block.rule, "released");
-        }
+        self.write(Write::Release { key: block.key, since: block.since, rec });
         if self.active.get(&block.key).is_some_and(|b| b.since == block.since) {
+            info!(key = %net::display(&block.key), rule = %block.rule, "released");
             self.unindex(&block.key);
             self.released.insert(block.key, now);
         }
-        Ok(())
     }
 
     /// Releases the blocks whose `until` has come; retries failed releases.
@@ -582,20 +628,20 @@ impl Controller {
         let due = windows::due(self.active.values(), &self.releasing, now);
         for b in due {
             if b.dry_run {
-                self.finish_release(&b, Event::WouldRelease, now)?;
+                self.finish_release(&b, Event::WouldRelease, now);
                 continue;
             }
             self.releasing.insert(b.key, None);
             self.dispatch(&b, Job::Release { key: b.key, actions: b.actions.clone(), place: b.place() }).await;
         }
         if self.breaker.is_open() {
-            self.breaker_check(now)?; // closes it once the last minute is quiet
+            self.breaker_check(now); // closes it once the last minute is quiet
         }
         self.released.retain(|_, t| *t + 60_000 > now);
         if let Some(agg) = &self.cfg.aggregate {
             self.aggregator.prune(now, ms(agg.window));
         }
-        Ok(())
+        self.commit(false).await
     }
 
     /// Drops old history and audit records, as configured. A scan of the whole store, run on the

@@ -16,7 +16,7 @@ use crate::allowlist::Allowlist;
 use crate::net;
 use crate::ops::{BlockView, Manual, OpError, Outcome};
 use crate::rules::{Action, Actions};
-use crate::store::{AllowEntry, AuditRecord, Block, Event, Origin, Place};
+use crate::store::{AllowEntry, AuditRecord, Block, Event, Origin, Place, Write};
 use crate::time::{ms, now_ms, Millis};
 
 /// What the controller answers to an operator action: what it decided, and one receiver per
@@ -50,7 +50,7 @@ impl Controller {
                         since: now,
                         until: Some(now + ms(g)),
                     };
-                    self.add_allow(entry, now)?;
+                    self.add_allow(entry, now).await?;
                 }
                 self.unblock(key, actor, &reason, &mut reply).await?;
             }
@@ -62,7 +62,7 @@ impl Controller {
                     since: now,
                     until: duration.map(|d| now + ms(d)),
                 };
-                self.add_allow(entry, now)?;
+                self.add_allow(entry, now).await?;
                 reply.outcome.allowed.push(net::display(&key));
                 let covered: Vec<IpNet> = self.active.keys().filter(|k| net::overlaps(k, &key)).copied().collect();
                 for k in covered {
@@ -79,13 +79,13 @@ impl Controller {
                         self.cfg.path.display()
                     )));
                 }
-                let Some(entry) = self.store.remove_allow(&key)? else {
+                let Some(entry) = self.on_store(move |s| s.remove_allow(&key)).await? else {
                     return Err(OpError::NotFound(format!("{} is not on the allowlist", net::display(&key))));
                 };
                 let mut rec = AuditRecord::note(Event::Disallow, now, actor, reason);
                 (rec.key, rec.source) = (Some(entry.net), Origin::Manual);
-                self.store.audit(rec)?;
-                self.allow = Allowlist::new(&self.cfg, &self.store.allows()?);
+                self.write(Write::Audit(rec));
+                self.reload_allowlist().await?;
                 reply.outcome.allowed.push(net::display(&key));
             }
             Manual::Import { keys, duration, reason, allow_broad } => {
@@ -99,13 +99,20 @@ impl Controller {
         Ok(reply)
     }
 
-    fn add_allow(&mut self, entry: AllowEntry, now: Millis) -> Result<(), OpError> {
-        self.store.put_allow(&entry)?;
+    async fn add_allow(&mut self, entry: AllowEntry, now: Millis) -> Result<(), OpError> {
         let mut rec = AuditRecord::note(Event::Allow, now, &entry.actor, entry.reason.clone());
         (rec.key, rec.source) = (Some(entry.net), Origin::Manual);
         rec.duration_ms = entry.until.map_or(0, |u| u.saturating_sub(now));
-        self.store.audit(rec)?;
-        self.allow = Allowlist::new(&self.cfg, &self.store.allows()?);
+        self.on_store(move |s| s.put_allow(&entry)).await?;
+        self.write(Write::Audit(rec));
+        self.reload_allowlist().await
+    }
+
+    /// Carries out what is queued, then reads the allowlist back from the store.
+    async fn reload_allowlist(&mut self) -> Result<(), OpError> {
+        self.commit(false).await?;
+        let stored = self.on_store(|s| s.allows()).await?;
+        self.allow = Allowlist::new(&self.cfg, &stored);
         Ok(())
     }
 
@@ -162,7 +169,8 @@ impl Controller {
             counters: Vec::new(),
             dry_run: false,
         };
-        self.store.decide(&block, None, AuditRecord::of(Event::Block, &block, now))?;
+        let rec = AuditRecord::of(Event::Block, &block, now);
+        self.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
         self.flush().await?;
         info!(key = %net::display(&key), actor, until = %crate::time::rfc3339(block.until), "manual block");
         self.index(block.clone());
@@ -180,7 +188,8 @@ impl Controller {
         self.unblocked_by.insert(key, (actor.to_owned(), reason.to_owned()));
         reply.outcome.released.push(net::display(&key));
         if block.dry_run {
-            self.finish_release(&block, Event::WouldRelease, now_ms())?;
+            self.finish_release(&block, Event::WouldRelease, now_ms());
+            self.commit(false).await?;
             return Ok(());
         }
         self.releasing.insert(key, None);
@@ -228,8 +237,13 @@ impl Controller {
                 fresh.push(block);
             }
         }
-        self.store.decide_many(&fresh, |b| AuditRecord::of(Event::Block, b, now))?;
-        self.flush().await?;
+        let fresh = self
+            .on_store(move |s| {
+                s.decide_many(&fresh, |b| AuditRecord::of(Event::Block, b, now))?;
+                s.flush()?;
+                Ok(fresh)
+            })
+            .await?;
         info!(actor, imported = fresh.len(), skipped = reply.outcome.skipped.len(), "import recorded");
         let keys: Vec<IpNet> = fresh.iter().map(|b| b.key).collect();
         for b in fresh {

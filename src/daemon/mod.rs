@@ -266,7 +266,7 @@ pub async fn run_with(
 async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreError> {
     match msg {
         Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
-        Msg::Done { block, what, release, failures, notify } => ctl.done(block, what, release, failures, notify),
+        Msg::Done { block, what, release, failures, notify } => ctl.done(block, what, release, failures, notify).await,
         Msg::Restarted { target, was, now } => ctl.target_restarted(&target, &was, &now).await,
         Msg::Actual(actual) => ctl.reconcile(actual).await,
         Msg::Backup { reply } => {

@@ -119,6 +119,50 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Drops offenders with no offence and no score since `offender_cutoff`, and audit records
     /// older than `audit_cutoff` (the newest always stays). Returns (offenders, records) removed.
     fn prune(&self, offender_cutoff: Millis, audit_cutoff: Millis) -> Result<(usize, usize), StoreError>;
+
+    /// The offenders of `addrs`, in order: a poll's reads in one call.
+    fn offenders(&self, addrs: &[IpAddr]) -> Result<Vec<Option<Offender>>, StoreError> {
+        addrs.iter().map(|a| self.offender(*a)).collect()
+    }
+
+    /// Carries out `writes` in order: what the controller decided since its last call, in one
+    /// call off its thread.
+    fn record(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        for w in writes {
+            match w {
+                Write::Offender(addr, o) => self.put_offender(addr, &o)?,
+                Write::Decide { block, offender, rec } => {
+                    self.decide(&block, offender.as_ref().map(|(a, o)| (*a, o)), rec)?;
+                }
+                Write::Release { key, since, rec } => {
+                    self.release(&key, since, rec)?;
+                }
+                Write::Audit(rec) => {
+                    self.audit(rec)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One write the controller decided, carried out by [`Backend::record`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    Offender(IpAddr, Offender),
+    /// [`Backend::decide`] (boxed: a decision is the largest write by far).
+    Decide {
+        block: Box<Block>,
+        offender: Option<(IpAddr, Offender)>,
+        rec: AuditRecord,
+    },
+    /// [`Backend::release`].
+    Release {
+        key: IpNet,
+        since: Millis,
+        rec: AuditRecord,
+    },
+    Audit(AuditRecord),
 }
 
 /// A cheap-to-clone handle on the store's backend.
