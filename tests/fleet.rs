@@ -100,9 +100,7 @@ async fn blocks_reach_every_node_and_a_node_that_was_down_gets_them_all_back() {
     let (_shared, mut nodes) = fleet(NODES);
     let cs = clients(&nodes).await;
     let s = fleet_setup(&nodes, &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
-    let sock = with_api(&s);
-    let d = spawn_daemon(&s);
-    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
+    let (d, _sock) = running_daemon(&s).await;
 
     let o = sw(&s, &["block", "10.9.0.1", "--for", "2h", "--reason", "fleet test"]);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));

@@ -22,9 +22,7 @@ async fn cli_through_the_daemon_block_list_explain_unblock_audit() {
     let sb = haproxy();
     let c = admin(&sb).await;
     let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
-    let sock = with_api(&s);
-    let d = spawn_daemon(&s);
-    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
+    let (d, sock) = running_daemon(&s).await;
     let sock_path = sock.trim_start_matches("unix:").to_owned();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&sock_path).unwrap().permissions().mode() & 0o777, 0o600, "the API socket is private");

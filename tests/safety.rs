@@ -16,9 +16,7 @@ async fn no_block_reaches_every_ipv4_client_through_ipv6_and_broad_blocks_need_a
     let c = admin(&sb).await;
     // No allowlist, no never_block: the protection must come from the containment rule itself.
     let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
-    let sock = with_api(&s);
-    let d = spawn_daemon(&s);
-    assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
+    let (d, _sock) = running_daemon(&s).await;
     assert_eq!(get(&sb, 1).await, 200);
 
     for wide in ["::/0", "::/1", "::/64", "::/80", "::ffff:0:0/96", "0.0.0.0/0"] {

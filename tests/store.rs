@@ -181,9 +181,7 @@ async fn a_backup_taken_during_a_large_import_restores_consistently() {
     let cfg = std::fs::read_to_string(&s.config).unwrap();
     let line = format!("socket = \"{}\"\n", sb.admin());
     std::fs::write(&s.config, cfg.replace(&line, &format!("{line}commands_per_second = 1000000\n"))).unwrap();
-    let sock = with_api(&s);
-    let d = spawn_daemon(&s);
-    assert!(api_socket_appears(&sock).await);
+    let (d, _sock) = running_daemon(&s).await;
     let list = s.dir.path().join("list.txt");
     std::fs::write(&list, addresses(10_000, 32 << 16)).unwrap();
     let mut import = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
@@ -229,9 +227,7 @@ async fn a_config_change_between_block_and_release_leaves_nothing_behind() {
     let sb = haproxy();
     let c = admin(&sb).await;
     let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
-    let sock = with_api(&s);
-    let d = spawn_daemon(&s);
-    assert!(api_socket_appears(&sock).await);
+    let (d, sock) = running_daemon(&s).await;
     assert_eq!(sw(&s, &["block", "10.91.0.1", "--for", "1h", "--reason", "x"]).status.code(), Some(0));
     assert_eq!((gpt0(&c, "10.91.0.1").await, acl(&c, &sb).await), (Some(1), vec!["10.91.0.1".to_owned()]));
     stop_daemon(d);

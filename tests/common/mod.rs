@@ -233,12 +233,18 @@ pub fn store_acl_block(store: &stickwarden::store::Store, key: &str) {
     store.decide(&b, None, AuditRecord::of(Event::Block, &b, now)).unwrap();
 }
 
-/// A setup with the API on a Unix socket, its daemon running (a real process) with `n` addresses
-/// from `base` on imported for an hour: the daemon, and the API socket.
-pub async fn daemon_with_import(s: &Setup, n: u32, base: u32) -> (std::process::Child, String) {
+/// The setup's API on a Unix socket ([`with_api`]) and its daemon running as a real process,
+/// answering: the daemon, and the API socket.
+pub async fn running_daemon(s: &Setup) -> (std::process::Child, String) {
     let sock = with_api(s);
     let d = spawn_daemon(s);
     assert!(api_socket_appears(&sock).await, "the daemon's API never listened");
+    (d, sock)
+}
+
+/// [`running_daemon`] with `n` addresses from `base` on imported for an hour.
+pub async fn daemon_with_import(s: &Setup, n: u32, base: u32) -> (std::process::Child, String) {
+    let (d, sock) = running_daemon(s).await;
     let list = s.dir.path().join("list.txt");
     let text: String = (0..n).map(|i| format!("{}\n", stickwarden::sandbox::nth_addr(base + i))).collect();
     std::fs::write(&list, text).unwrap();
