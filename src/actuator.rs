@@ -492,13 +492,16 @@ impl Actor {
         info!(target = %self.name, blocks = blocks.len(), commands = sent, "blocks re-applied");
         // Blocks with an action that has nowhere to go (recorded without a place, under a
         // configuration that lost that part of [block]) are a failure, not a silent skip.
-        let lost = blocks.iter().filter(|(k, a)| {
-            (a.has(Action::Acl) && place.acl.is_none())
-                || (a.has(Action::Tag) && crate::net::is_host(k) && place.tag.is_none())
-        });
-        if let Some(n) = Some(lost.count()).filter(|n| *n > 0) {
+        let lost = blocks
+            .iter()
+            .filter(|(k, a)| {
+                (a.has(Action::Acl) && place.acl.is_none())
+                    || (a.has(Action::Tag) && crate::net::is_host(k) && place.tag.is_none())
+            })
+            .count();
+        if lost > 0 {
             first_error.get_or_insert(ClientError::Unplaced(format!(
-                "{n} block(s) have an action the configuration gives no place to (no [block] acl or table)"
+                "{lost} block(s) have an action the configuration gives no place to (no [block] acl or table)"
             )));
         }
         first_error.map_or(Ok(()), Err)

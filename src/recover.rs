@@ -26,7 +26,7 @@ use crate::client::{Client, ClientOptions};
 use crate::config::Config;
 use crate::rules::{Action, Actions};
 use crate::store::backup::{self, Line};
-use crate::store::{AuditRecord, Block, Event, Origin, Store};
+use crate::store::{AuditRecord, Block, Event, Origin, Place, Store};
 use crate::time::{ms, now_ms, Millis};
 
 /// The actor of what recovery writes.
@@ -119,10 +119,10 @@ pub enum RecoverError {
 /// Rebuilds the store of `cfg` (see the module's documentation). The daemon must be stopped.
 pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, RecoverError> {
     let path = cfg.store.path.clone();
-    if !path.exists() {
+    if !crate::store::exists(&path) {
         return Err(RecoverError::Refused(format!("there is no store at {}", path.display())));
     }
-    if held_by_a_daemon(&path) {
+    if crate::store::in_use(&path) {
         return Err(RecoverError::Refused(format!(
             "the store at {} is open in a running stickwarden: stop it first",
             path.display()
@@ -134,9 +134,8 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
 
     // 1. What the damaged store still holds, read from a copy.
     let scratch = tempfile::tempdir().map_err(|e| RecoverError::Io(e.to_string()))?;
-    copy_dir(&path, &scratch.path().join("s")).map_err(|e| RecoverError::Io(format!("cannot copy the store: {e}")))?;
-    match Store::open_unchecked(&scratch.path().join("s"), cfg.store.cache_bytes) {
-        Ok(damaged) => {
+    match Store::open_copy(&path, cfg.store.cache_bytes) {
+        Ok((_copy, damaged)) => {
             let (lines, unreadable) = damaged.salvage();
             report.unreadable = unreadable;
             for l in lines {
@@ -195,10 +194,13 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
         }
         let mut actions: Vec<Action> = actions.into_iter().collect();
         actions.sort_by_key(|a| a.as_str());
+        // Taken back from where today's [block] puts things: that is where release goes.
+        let actions = Actions::new(actions);
         let block = Block {
             key,
             level: 0,
-            actions: Actions::new(actions),
+            place: Some(std::sync::Arc::new(Place::of(&cfg.block, &actions))),
+            actions,
             rule: "recovered".into(),
             reason: "held by HAProxy when the store was recovered".into(),
             source: Origin::Auto,
@@ -207,7 +209,6 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
             until: now + ms(opts.hold),
             counters: Vec::new(),
             dry_run: false,
-            place: None,
         };
         let mut rec = AuditRecord::of(Event::Recovered, &block, now);
         rec.id = next_id;
@@ -269,26 +270,4 @@ fn write_backup(m: &Merged, file: &Path) -> std::io::Result<()> {
         w.line(&Line::Audit(r.clone()))?;
     }
     w.finish().map(drop)
-}
-
-/// Whether a running stickwarden holds the store (sled locks its `db` file).
-pub fn held_by_a_daemon(store: &Path) -> bool {
-    match std::fs::File::open(store.join("db")) {
-        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
-}
-
-/// Copies a store directory (files and sub-directories).
-pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
 }

@@ -36,7 +36,7 @@ fn within(s: &Setup, args: &[&str], limit: Duration) -> Output {
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    stickwarden::recover::copy_dir(from, to).unwrap();
+    stickwarden::store::copy_dir(from, to).unwrap();
 }
 
 fn replace_store(s: &Setup, with: &Path) {
@@ -51,7 +51,7 @@ async fn released(s: &Setup) {
     assert!(
         eventually(Duration::from_secs(10), || {
             let p = p.clone();
-            async move { !stickwarden::recover::held_by_a_daemon(&p) }
+            async move { !stickwarden::store::in_use(&p) }
         })
         .await,
         "the store stayed locked"

@@ -117,9 +117,7 @@ impl From<OpError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return too_large(MAX_BODY);
-        }
+        // Never too large: read_body has read and bounded the body already.
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
     }
 }

@@ -147,9 +147,9 @@ pub async fn serve(router: Router, bound: Vec<Bound>, cap: usize, shutdown: impl
         tasks.spawn(async move {
             match b {
                 Bound::Tcp(l) => accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, router, registry, rx).await,
-                Bound::Unix(l, path) => {
-                    accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, router, registry, rx).await;
-                    let _ = std::fs::remove_file(path);
+                // Its socket file is removed by `run` when the daemon exits.
+                Bound::Unix(l, _) => {
+                    accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, router, registry, rx).await
                 }
             }
         });

@@ -136,7 +136,7 @@ fn op_failure(e: OpError) -> Failure {
     Failure { code, error: e.into() }
 }
 
-fn api_failure(e: ApiClientError) -> Failure {
+pub(super) fn api_failure(e: ApiClientError) -> Failure {
     let e = match e {
         ApiClientError::Output(io) => return Failure::output(io),
         other => other,

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use super::ops::{Access, Via};
 use super::run::{load, ConfigArgs};
 use super::{Failure, EXIT_USAGE};
-use crate::recover::{held_by_a_daemon, Options};
+use crate::recover::Options;
 use crate::store::{backup, Store};
 
 #[derive(Debug, Subcommand)]
@@ -72,7 +72,7 @@ pub async fn run(cmd: StoreCmd) -> Result<(), Failure> {
 }
 
 fn refuse_if_running(path: &Path, what: &str) -> Result<(), Failure> {
-    if held_by_a_daemon(path) {
+    if crate::store::in_use(path) {
         return Err(Failure::usage(anyhow!(
             "the store at {} is open in a running stickwarden: stop it to {what}",
             path.display()
@@ -84,15 +84,12 @@ fn refuse_if_running(path: &Path, what: &str) -> Result<(), Failure> {
 fn verify(a: ConfigArgs) -> Result<(), Failure> {
     let cfg = load(&a)?;
     let path = &cfg.store.path;
-    if !path.join("db").exists() && crate::store::manifest::read(path).ok().flatten().is_none() {
+    if !crate::store::exists(path) {
         return Err(Failure::runtime(anyhow!("there is no store at {}", path.display())));
     }
     refuse_if_running(path, "verify its files (it verified them when it started)")?;
     // A copy is read: opening a damaged sled database may rewrite its tail.
-    let scratch = tempfile::tempdir().map_err(Failure::runtime)?;
-    let copy = scratch.path().join("store");
-    crate::recover::copy_dir(path, &copy).map_err(|e| Failure::runtime(anyhow!("cannot copy the store: {e}")))?;
-    let store = Store::open_unchecked(&copy, cfg.store.cache_bytes).map_err(Failure::runtime)?;
+    let (_scratch, store) = Store::open_copy(path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
     let v = store.verify().map_err(Failure::runtime)?;
     say!("store {}: {}", path.display(), v.counts)?;
     if v.problems.is_empty() {
@@ -149,7 +146,7 @@ async fn backup_to(a: BackupArgs) -> Result<(), Failure> {
         Via::Api(c) => c
             .get_lines("/v1/store/backup", &mut out)
             .await
-            .map_err(|e| Failure::runtime(anyhow!("{e}")))
+            .map_err(super::ops::api_failure)
             .and_then(|()| std::io::Write::flush(&mut out).map_err(Failure::runtime)),
         Via::Local(_, store) => store.export(&mut out).map(drop).map_err(Failure::runtime),
     };

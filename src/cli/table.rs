@@ -77,10 +77,6 @@ pub async fn run(a: TableArgs) -> Result<(), Failure> {
 }
 
 fn finish<W: Write>(printer: DumpPrinter<W>) -> Result<(), Failure> {
-    match printer.finish() {
-        Ok(_) => Ok(()),
-        // `stickwarden table ... | head` is normal use, not a failure.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::runtime(anyhow::Error::new(e).context("cannot write the output"))),
-    }
+    // `stickwarden table ... | head` is normal use, not a failure: Failure::output says so.
+    printer.finish().map(drop).map_err(Failure::output)
 }

@@ -442,23 +442,15 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
             if !(1..=128).contains(a.ipv6_prefix.get_ref()) {
                 return Err(src.error(&a.ipv6_prefix.span(), "ipv6_prefix must be between 1 and 128"));
             }
-            if *a.ipv4_prefix.get_ref() < max_prefix_v4 {
-                return Err(src.error(
-                    &a.ipv4_prefix.span(),
-                    format!(
-                        "ipv4_prefix /{} is broader than [safety] max_prefix_v4 = {max_prefix_v4}",
-                        a.ipv4_prefix.get_ref()
-                    ),
-                ));
-            }
-            if *a.ipv6_prefix.get_ref() < max_prefix_v6 {
-                return Err(src.error(
-                    &a.ipv6_prefix.span(),
-                    format!(
-                        "ipv6_prefix /{} is broader than [safety] max_prefix_v6 = {max_prefix_v6}",
-                        a.ipv6_prefix.get_ref()
-                    ),
-                ));
+            for (family, prefix, max) in [("v4", &a.ipv4_prefix, max_prefix_v4), ("v6", &a.ipv6_prefix, max_prefix_v6)]
+            {
+                if *prefix.get_ref() < max {
+                    let m = format!(
+                        "ip{family}_prefix /{} is broader than [safety] max_prefix_{family} = {max}",
+                        prefix.get_ref()
+                    );
+                    return Err(src.error(&prefix.span(), m));
+                }
             }
             if *a.offenders.get_ref() < 2 {
                 return Err(src.error(&a.offenders.span(), "offenders must be at least 2"));

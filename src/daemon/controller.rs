@@ -118,13 +118,11 @@ impl Controller {
         Ok(c)
     }
 
-    /// Why a block of `key` must not be in force, if it must not: it reaches every IPv4 client,
-    /// or an allowlisted or protected address.
+    /// Why a block of `key` must not be in force, if it must not: what no override allows (every
+    /// IPv4 or IPv6 client), or an allowlisted or protected address.
     fn unsafe_reach(&self, key: &IpNet, now: Millis) -> Option<String> {
-        if net::reaches_all_ipv4(key) {
-            return Some("every IPv4 client".into());
-        }
-        self.allow.overlaps(key, now).map(str::to_owned)
+        let never = self.cfg.safety.check_breadth(key, true).err();
+        never.or_else(|| self.allow.overlaps(key, now).map(str::to_owned))
     }
 
     /// Re-applies every block still in force, on every target (`only`: on that one): after a
@@ -164,10 +162,6 @@ impl Controller {
         let reason = format!("{target}: HAProxy {was} replaced by {now_desc}; {n} active block(s) re-applied");
         self.write(Write::Audit(AuditRecord::note(Event::TargetRestarted, now_ms(), AUTO_ACTOR, reason)));
         self.commit(false).await
-    }
-
-    pub(super) fn store(&self) -> &Store {
-        &self.store
     }
 
     pub(super) fn index(&mut self, mut b: Block) {
@@ -414,7 +408,7 @@ impl Controller {
             let place = b.place();
             let mut missing = Vec::new();
             if b.actions.has(Action::Acl)
-                && place.acl == here.acl
+                && place.same_for(&here, Action::Acl)
                 && actual.acl.as_ref().is_some_and(|a| !a.contains(&b.key))
             {
                 missing.push(Action::Acl);
@@ -422,7 +416,7 @@ impl Controller {
             let host = net::is_host(&b.key);
             if b.actions.has(Action::Tag)
                 && host
-                && place.tag == here.tag
+                && place.same_for(&here, Action::Tag)
                 && actual.tagged.as_ref().is_some_and(|t| !t.contains(&b.key.addr()))
             {
                 missing.push(Action::Tag);
@@ -433,16 +427,7 @@ impl Controller {
         }
         // Leftovers: what HAProxy holds that stickwarden once put there and no block wants now.
         let wants = |k: &IpNet, a: Action| {
-            self.active.get(k).is_some_and(|b| {
-                !b.dry_run && b.actions.has(a) && {
-                    let p = b.place();
-                    if a == Action::Acl {
-                        p.acl == here.acl
-                    } else {
-                        p.tag == here.tag
-                    }
-                }
-            })
+            self.active.get(k).is_some_and(|b| !b.dry_run && b.actions.has(a) && b.place().same_for(&here, a))
         };
         let recent = |k: &IpNet| self.releasing.contains_key(k) || self.released.get(k).is_some_and(|&t| t >= settled);
         let mut leftovers: HashMap<IpNet, Vec<Action>> = HashMap::new();

@@ -272,17 +272,15 @@ async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreE
         Msg::Backup { reply } => {
             // The controller waits, so nothing is written while the copy is made; the copy itself
             // runs off the runtime thread.
-            let store = ctl.store().clone();
-            let made = tokio::task::spawn_blocking(move || {
-                store.flush()?;
-                let file = tempfile::NamedTempFile::new_in(store.path())
-                    .map_err(|e| StoreError::Io(format!("cannot create the backup file: {e}")))?;
-                let out = std::io::BufWriter::new(file.reopen().map_err(|e| StoreError::Io(e.to_string()))?);
-                store.export(out)?;
-                Ok(file)
-            })
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Io(format!("backup task: {e}"))));
+            ctl.flush().await?;
+            let made = ctl
+                .on_store(|store| {
+                    let io = |e: std::io::Error| StoreError::Io(format!("cannot write the backup file: {e}"));
+                    let file = tempfile::NamedTempFile::new_in(store.path()).map_err(io)?;
+                    store.export(std::io::BufWriter::new(file.reopen().map_err(io)?))?;
+                    Ok(file)
+                })
+                .await;
             let _ = reply.send(made);
             Ok(())
         }

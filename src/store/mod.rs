@@ -165,6 +165,34 @@ pub enum Write {
     Audit(AuditRecord),
 }
 
+/// Whether a running stickwarden holds the store at `path` (sled locks its database file).
+pub fn in_use(path: &Path) -> bool {
+    match std::fs::File::open(path.join("db")) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// Whether there is a store at `path` (a database, or a manifest saying there was one).
+pub fn exists(path: &Path) -> bool {
+    path.join("db").exists() || manifest::read(path).ok().flatten().is_some()
+}
+
+/// Copies a store directory (files and sub-directories), e.g. to read a damaged store without
+/// letting sled's recovery rewrite the original.
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// A cheap-to-clone handle on the store's backend.
 #[derive(Clone, Debug)]
 pub struct Store(Arc<dyn Backend>);
@@ -188,6 +216,16 @@ impl Store {
     /// recover`, which read what a damaged store still holds.
     pub fn open_unchecked(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         Ok(Store(Arc::new(sled::SledStore::open_unchecked(path, cache_bytes)?)))
+    }
+
+    /// [`Store::open_unchecked`] on a copy of the store at `path` in a temp dir (kept as long as
+    /// the returned handle): what a damaged store still holds, read without changing it.
+    pub fn open_copy(path: &Path, cache_bytes: u64) -> Result<(tempfile::TempDir, Store), StoreError> {
+        let io = |e: std::io::Error| StoreError::Io(format!("cannot copy the store: {e}"));
+        let scratch = tempfile::tempdir().map_err(io)?;
+        copy_dir(path, &scratch.path().join("store")).map_err(io)?;
+        let store = Store::open_unchecked(&scratch.path().join("store"), cache_bytes)?;
+        Ok((scratch, store))
     }
 
     /// Restores the backup `file` into a new store at `path` ([`sled::SledStore::restore`]).
@@ -289,15 +327,7 @@ mod damage_tests {
     use crate::rules::{Action, Actions};
 
     fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                copy_dir(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
+        super::copy_dir(from, to).unwrap();
     }
 
     /// A store of `n` imported blocks, flushed and closed; the copy's path.

@@ -113,6 +113,15 @@ pub struct TagPlace {
 }
 
 impl Place {
+    /// Whether `action` was applied at the same place here as in `other`.
+    pub fn same_for(&self, other: &Place, action: crate::rules::Action) -> bool {
+        match action {
+            crate::rules::Action::Acl => self.acl == other.acl,
+            crate::rules::Action::Tag => self.tag == other.tag,
+            crate::rules::Action::Kill => true,
+        }
+    }
+
     /// Where `[block]` of `cfg` puts `actions`.
     pub fn of(cfg: &crate::config::BlockConfig, actions: &Actions) -> Place {
         use crate::rules::Action;
