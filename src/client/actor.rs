@@ -109,7 +109,11 @@ impl Actor {
                     continue;
                 }
             }
-            let room = self.room();
+            // Asked to start afresh while commands are in flight: no new command is taken until
+            // they are answered, so none goes out on the old connection (after a master-worker
+            // reload it still reaches the old worker, whose runtime state is about to vanish).
+            let draining = self.reconnect.load(Ordering::Acquire) && !self.pending.is_empty();
+            let room = self.room() && !draining;
             let conn = self.conn.as_mut().expect("connected above");
             let deadline = Instant::now() + self.opts.read_timeout;
             conn.buf.reserve(READ_CHUNK);
