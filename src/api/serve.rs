@@ -1,9 +1,10 @@
 //! Serving the router on every configured listener (TCP addresses and Unix sockets created with
 //! mode 0600), hardened against hostile clients: a request head must arrive within
 //! [`HEADER_TIMEOUT`] (which also closes a connection idle between requests), at most
-//! `max_connections` are open at once, kept under the process's file descriptor limit with a
-//! reserve for the HAProxy connections and the store, and a new connection at the cap evicts the
-//! oldest one that has no request in progress. Listeners are bound before the daemon starts, so a
+//! `max_connections` are open at once (a connection is accepted only once it has a place),
+//! kept under the process's file descriptor limit with a reserve for the HAProxy connections and
+//! the store, and at the cap the oldest connection with no request in progress is closed to make
+//! room. Listeners are bound before the daemon starts, so a
 //! port in use or a path that is not a socket is reported at start-up, not discovered later.
 
 use std::collections::BTreeMap;
@@ -92,15 +93,21 @@ fn open_files_limit() -> Option<u64> {
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
-/// The open connections, oldest first, each with its count of requests in progress.
+/// The open connections, oldest first, each with its count of requests in progress. A
+/// connection counts until its task has ended and its descriptor is closed, evicted ones too.
 struct Registry {
     cap: usize,
     open: Mutex<(u64, BTreeMap<u64, Arc<Conn>>)>,
+    /// A connection ended: a slot may be free.
+    freed: Notify,
 }
 
 #[derive(Default)]
 struct Conn {
+    /// Accepted: a place taken for the next connection has none yet, and is never evicted.
+    live: std::sync::atomic::AtomicBool,
     busy: AtomicUsize,
+    evicted: std::sync::atomic::AtomicBool,
     evict: Notify,
 }
 
@@ -114,25 +121,41 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.registry.open.lock().unwrap_or_else(|e| e.into_inner()).1.remove(&self.id);
+        self.registry.freed.notify_waiters();
     }
 }
 
 impl Registry {
-    /// A place for a new connection. At the cap, the oldest connection with no request in
-    /// progress is told to close; when every one is busy, the new one is refused (`None`).
-    fn admit(self: &Arc<Self>) -> Option<Slot> {
-        let mut guard = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (next, open) = &mut *guard;
-        if open.len() >= self.cap {
-            let idle = open.iter().find(|(_, c)| c.busy.load(Ordering::Relaxed) == 0).map(|(id, _)| *id)?;
-            if let Some(c) = open.remove(&idle) {
-                c.evict.notify_one();
+    /// A place for the next connection, taken before it is accepted, so that open connections
+    /// never pass the cap (and the descriptor limit under it). At the cap, the oldest connection
+    /// with no request in progress is told to close, and the place is taken once it has; the
+    /// next connection waits in the listen backlog meanwhile.
+    async fn admit(self: &Arc<Self>) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut guard = self.open.lock().unwrap_or_else(|e| e.into_inner());
+                let (next, open) = &mut *guard;
+                if open.len() < self.cap {
+                    *next += 1;
+                    let conn = Arc::new(Conn::default());
+                    open.insert(*next, conn.clone());
+                    return Slot { id: *next, conn, registry: self.clone() };
+                }
+                let idle = open.values().find(|c| {
+                    c.live.load(Ordering::Relaxed)
+                        && c.busy.load(Ordering::Relaxed) == 0
+                        && !c.evicted.load(Ordering::Relaxed)
+                });
+                if let Some(c) = idle {
+                    c.evicted.store(true, Ordering::Relaxed);
+                    c.evict.notify_one();
+                }
             }
+            freed.await;
         }
-        *next += 1;
-        let conn = Arc::new(Conn::default());
-        open.insert(*next, conn.clone());
-        Some(Slot { id: *next, conn, registry: self.clone() })
     }
 }
 
@@ -140,7 +163,7 @@ impl Registry {
 /// connections in all ([`connection_cap`]).
 pub async fn serve(router: Router, bound: Vec<Bound>, cap: usize, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = watch::channel(false);
-    let registry = Arc::new(Registry { cap: cap.max(1), open: Mutex::new((0, BTreeMap::new())) });
+    let registry = Arc::new(Registry { cap: cap.max(1), open: Mutex::new((0, BTreeMap::new())), freed: Notify::new() });
     let mut tasks = tokio::task::JoinSet::new();
     for b in bound {
         let (router, registry, rx) = (router.clone(), registry.clone(), rx.clone());
@@ -166,19 +189,23 @@ where
     Fut: Future<Output = std::io::Result<S>>,
 {
     let mut conns = tokio::task::JoinSet::new();
+    let mut slot = None;
     loop {
         let accepted = tokio::select! {
-            r = accept() => r,
+            s = registry.admit(), if slot.is_none() => {
+                slot = Some(s);
+                continue;
+            }
+            r = accept(), if slot.is_some() => r,
             _ = stop.wait_for(|s| *s) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         match accepted {
-            Ok(stream) => match registry.admit() {
-                Some(slot) => {
-                    conns.spawn(serve_connection(stream, router.clone(), slot, stop.clone()));
-                }
-                None => debug!("API connection refused: every connection has a request in progress"),
-            },
+            Ok(stream) => {
+                let slot = slot.take().expect("accepted with a slot");
+                slot.conn.live.store(true, Ordering::Relaxed);
+                conns.spawn(serve_connection(stream, router.clone(), slot, stop.clone()));
+            }
             Err(e) => {
                 // Out of file descriptors (or a transient accept error): wait instead of spinning.
                 warn!(error = %e, "API: cannot accept a connection");
@@ -214,7 +241,15 @@ where
     tokio::pin!(http);
     tokio::select! {
         _ = http.as_mut() => return,
-        _ = slot.conn.evict.notified() => debug!("API connection evicted: the cap was reached"),
+        _ = slot.conn.evict.notified() => {
+            debug!("API connection evicted: the cap was reached");
+            // Chosen because it had no request in progress: closed now, its descriptor freed at
+            // once (a graceful close would keep it while hyper waits for a request head, and
+            // evicted connections no longer count against the cap).
+            if slot.conn.busy.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+        }
         _ = stop.wait_for(|s| *s) => {}
     }
     http.as_mut().graceful_shutdown();
