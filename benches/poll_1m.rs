@@ -116,8 +116,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("socat_raw_dump", |b| b.iter(|| socat(&sock, b"show table ft_web\n")));
     g.bench_function("daemon_full_poll", |b| {
         b.iter(|| {
-            let (obs, scanned) = rt.block_on(poller::poll(&client, "ft_web", &full, &rules)).unwrap();
-            assert_eq!((obs.len(), scanned), (offending, u64::from(ENTRIES)));
+            let p = rt.block_on(poller::poll(&client, "ft_web", &full, &rules)).unwrap();
+            assert_eq!((p.observations.len(), p.scanned), (offending, u64::from(ENTRIES)));
         })
     });
     let mut filtered_input = b"prompt\n".to_vec();
@@ -128,8 +128,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("socat_filtered_dump", |b| b.iter(|| socat(&sock, &filtered_input)));
     g.bench_function("daemon_filtered_poll", |b| {
         b.iter(|| {
-            let (obs, _) = rt.block_on(poller::poll(&client, "ft_web", &planned, &rules)).unwrap();
-            assert_eq!(obs.len(), offending);
+            let p = rt.block_on(poller::poll(&client, "ft_web", &planned, &rules)).unwrap();
+            assert_eq!(p.observations.len(), offending);
         })
     });
     g.finish();

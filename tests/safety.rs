@@ -2,7 +2,8 @@
 //! `stickwarden run` and a real HAProxy: no block may reach every IPv4 client through an IPv6
 //! network (`::/0` holds `::ffff:0:0/96`), blocks broader than `[safety]` allows need an explicit
 //! override, this host's loopback is protected with nothing configured, and a stored block that
-//! reaches a protected address is released, never re-applied.
+//! reaches a protected address is released, never re-applied. The circuit breaker tells a botnet
+//! (many new clients, a small share of those tracked) from a broken rule (a large share of them).
 
 mod common;
 
@@ -166,4 +167,109 @@ async fn output_is_clean_and_values_are_bounded() {
         .unwrap();
     assert_eq!(o.status.code(), Some(64), "{}", out(&o));
     assert!(out(&o).contains("policy.toml:6:") && out(&o).contains("at most 3650d"), "{}", out(&o));
+}
+
+/// The loopback address of the `i`-th client of a group (`group` 1: 127.1.x.y, 2: 127.2.x.y).
+fn member(group: u8, i: u32) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be_bytes([127, group, 0, 0]) + i + 1))
+}
+
+/// `per_client` requests from each of `clients` members of `group`, 64 at a time.
+async fn crowd(sb: &stickwarden::sandbox::Sandbox, group: u8, clients: u32, per_client: usize) {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let port = sb.web_port;
+        set.spawn(async move { stickwarden::sandbox::http_burst(member(group, i), port, per_client, 1).await });
+        if set.len() >= 64 {
+            set.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+}
+
+/// A rule file for these tests: every address with more than `min` requests in 10 s offends.
+fn rate_rule(s: &Setup, min: u32) {
+    let rule =
+        format!("[[rule]]\nname = \"burst\"\ntable = \"ft_web\"\nall = [\"http_req_rate gt {min}\"]\nweight = 100\n");
+    std::fs::write(s.dir.path().join("rules").join("burst.toml"), rule).unwrap();
+}
+
+/// 1,000 new clients flooding at once among 25,000 tracked ones are a botnet: 4% of the clients,
+/// under the default share (5%). Every one is blocked with the default `[safety]`; the breaker
+/// never opens. (The 25,000 established clients are entries set through the Runtime API, as
+/// HAProxy's table would hold them: real traffic from that many addresses is beyond a test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_botnet_of_a_thousand_is_blocked_in_full_with_the_defaults() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    stickwarden::sandbox::fill_table(&c, "ft_web", 25_000, 0).await.unwrap();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    rate_rule(&s, 2);
+    let d = Daemon::start(&s);
+    crowd(&sb, 1, 1_000, 3).await;
+    let all_tagged = eventually(Duration::from_secs(30), || async {
+        d.store.blocks().unwrap().len() == 1_000 && tagged(&c).await == 1_000
+    })
+    .await;
+    let store = d.stop().await;
+    let audit = store.audit_since(0).unwrap();
+    let opened: Vec<_> = audit.iter().filter(|r| r.event == stickwarden::store::Event::BreakerOpen).collect();
+    assert!(opened.is_empty(), "the breaker opened on a botnet: {opened:?}");
+    assert!(all_tagged, "{} of 1,000 blocked, {} tagged", store.blocks().unwrap().len(), tagged(&c).await);
+    let sample = stickwarden::sandbox::http_get(member(1, 999), sb.web_port).await.unwrap();
+    assert_eq!(sample, 403);
+}
+
+/// A rule whose threshold is below normal traffic matches every client: the breaker opens before
+/// it has blocked more than the configured share of them (25% of 40, above a floor of 5), says
+/// why in the audit log, `/healthz` and `explain`, and the other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_below_normal_traffic_opens_the_breaker_at_its_share_of_clients() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(
+        &sb,
+        "",
+        &policy("{ action = [\"tag\"], duration = \"1h\" }"),
+        "[safety]\nbreaker_share = 0.25\nbreaker_floor = 5\n",
+    );
+    rate_rule(&s, 0);
+    // 40 ordinary clients, two requests each: the rule's `gt 0` matches them all.
+    crowd(&sb, 2, 40, 2).await;
+    let (d, sock) = running_daemon(&s).await;
+    let opened = eventually(Duration::from_secs(10), || async {
+        sw(&s, &["audit", "--json"]).stdout.windows(12).any(|w| w == b"breaker_open")
+    })
+    .await;
+    assert!(opened, "the breaker never opened");
+    let blocked = tagged(&c).await;
+    assert!((5..=10).contains(&blocked), "{blocked} of 40 normal clients blocked; at most 25% may be");
+    let api = stickwarden::api::client::ApiClient::new(sock.parse().unwrap(), None);
+    let health: serde_json::Value = api.get("/healthz").await.unwrap();
+    assert_eq!(health["breaker"]["open"], true, "{health}");
+    let reason = health["breaker"]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("25% of the 40 clients"), "{reason}");
+    // The clients not blocked are still served, and explain says why they are not blocked.
+    let mut served = 0;
+    for i in 0..40 {
+        if stickwarden::sandbox::http_get(member(2, i), sb.web_port).await.unwrap() == 200 {
+            served += 1;
+            let o = sw(&s, &["explain", &member(2, i).to_string()]);
+            assert!(out(&o).contains("circuit breaker open since"), "{}", out(&o));
+        }
+    }
+    assert!(served >= 30, "{served} of 40 served");
+    stop_daemon(d);
+}
+
+/// How many ft_web entries carry the tag.
+async fn tagged(c: &stickwarden::Client) -> usize {
+    use stickwarden::client::TableItem;
+    let filter = vec!["gpt0 gt 0".parse::<stickwarden::proto::Filter>().unwrap()];
+    let dump = c.show_table("ft_web", stickwarden::proto::TableSelect::query(&filter)).await.unwrap();
+    let mut n = 0;
+    dump.for_each(|i| n += usize::from(matches!(i, TableItem::Entry(_)))).await.unwrap();
+    n
 }

@@ -232,7 +232,18 @@ async fn healthz(State(s): State<ApiState>) -> Json<serde_json::Value> {
             serde_json::json!({ "name": n, "up": up, "unconfirmed": lagging })
         })
         .collect();
-    Json(serde_json::json!({ "status": "ok", "targets": targets, "time": rfc3339(now_ms()) }))
+    let census = s.handle.census();
+    let breaker = match census.breaker() {
+        Some(b) => serde_json::json!({ "open": true, "open_since": b.open_since, "reason": b.reason }),
+        None => serde_json::json!({ "open": false }),
+    };
+    Json(serde_json::json!({
+        "status": "ok",
+        "targets": targets,
+        "breaker": breaker,
+        "tracked_clients": census.population(),
+        "time": rfc3339(now_ms()),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,7 +517,9 @@ async fn explain(
 ) -> Result<Json<ops::explain::ExplainView>, ApiError> {
     caller.require(Role::Viewer)?;
     let addr = ops::parse_addr(&addr)?;
-    Ok(Json(ops::explain::explain(&s.cfg, &s.store, &s.clients, addr, now_ms()).await?))
+    let mut view = ops::explain::explain(&s.cfg, &s.store, &s.clients, addr, now_ms()).await?;
+    view.breaker = s.handle.census().breaker();
+    Ok(Json(view))
 }
 
 async fn audit(

@@ -338,6 +338,13 @@ pub async fn explain(a: KeyArgs) -> Result<(), Failure> {
     if let Some(r) = &x.allowlisted {
         say!("  allowlisted: {r}")?;
     }
+    if let Some(b) = &x.breaker {
+        say!(
+            "  circuit breaker open since {}: {}; a new offence is not blocked until it closes",
+            b.open_since,
+            b.reason
+        )?;
+    }
     say!(
         "  score {:.1} of {} ; {} offence(s) within the forgiveness window",
         x.score,

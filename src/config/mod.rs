@@ -130,8 +130,12 @@ pub struct BlockConfig {
 
 #[derive(Debug, Clone)]
 pub struct Safety {
-    /// Circuit breaker: no new automatic block once this many happened in the last minute.
-    pub max_blocks_per_minute: u32,
+    /// Circuit breaker: automatic blocks within a minute are always allowed up to this many...
+    pub breaker_floor: u32,
+    /// ...and up to this share of the tracked clients (the watched tables' entries) above it...
+    pub breaker_share: f64,
+    /// ...but never more than this many, when set.
+    pub max_blocks_per_minute: Option<u32>,
     /// Never blocked, whatever the rules say: the configured `never_block`, the hosts of tcp
     /// targets, and this host's loopback (`127.0.0.1`, `::1`), each with why.
     pub never_block: Vec<Protected>,
@@ -148,6 +152,10 @@ pub struct Protected {
     pub why: String,
 }
 
+/// Default of `[safety] breaker_floor`: automatic blocks a minute allowed whatever the population.
+pub const DEFAULT_BREAKER_FLOOR: u32 = 100;
+/// Default of `[safety] breaker_share`: 5% of the tracked clients blocked within a minute.
+pub const DEFAULT_BREAKER_SHARE: f64 = 0.05;
 /// Default of `[safety] max_prefix_v4`: a /16 (65,536 addresses) at the broadest.
 pub const DEFAULT_MAX_PREFIX_V4: u8 = 16;
 /// Default of `[safety] max_prefix_v6`: a /32 (one provider's allocation) at the broadest.
@@ -284,6 +292,8 @@ struct RawBlock {
 #[serde(deny_unknown_fields)]
 struct RawSafety {
     max_blocks_per_minute: Option<Spanned<u32>>,
+    breaker_floor: Option<Spanned<u32>>,
+    breaker_share: Option<Spanned<f64>>,
     #[serde(default)]
     never_block: Vec<Net>,
     max_prefix_v4: Option<Spanned<u8>>,
@@ -427,9 +437,17 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
             src.error(&m.span(), "max_prefix_v6 must be between 1 and 128 (0 would allow blocking all of IPv6)")
         );
     }
-    let max_blocks_per_minute = raw.safety.max_blocks_per_minute.as_ref().map_or(100, |m| *m.get_ref());
+    let max_blocks_per_minute = raw.safety.max_blocks_per_minute.as_ref().map(|m| *m.get_ref());
     if let Some(m) = raw.safety.max_blocks_per_minute.as_ref().filter(|m| *m.get_ref() == 0) {
         return Err(src.error(&m.span(), "max_blocks_per_minute must be at least 1"));
+    }
+    let breaker_floor = raw.safety.breaker_floor.as_ref().map_or(DEFAULT_BREAKER_FLOOR, |m| *m.get_ref());
+    if let Some(m) = raw.safety.breaker_floor.as_ref().filter(|m| *m.get_ref() == 0) {
+        return Err(src.error(&m.span(), "breaker_floor must be at least 1"));
+    }
+    let breaker_share = raw.safety.breaker_share.as_ref().map_or(DEFAULT_BREAKER_SHARE, |m| *m.get_ref());
+    if let Some(m) = raw.safety.breaker_share.as_ref().filter(|m| !(m.get_ref() > &0.0 && m.get_ref() <= &1.0)) {
+        return Err(src.error(&m.span(), "breaker_share must be a fraction above 0 and at most 1 (0.05 is 5%)"));
     }
 
     let aggregate = match &raw.aggregate {
@@ -554,7 +572,14 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         targets,
         tables,
         block,
-        safety: Safety { max_blocks_per_minute, never_block, max_prefix_v4, max_prefix_v6 },
+        safety: Safety {
+            breaker_floor,
+            breaker_share,
+            max_blocks_per_minute,
+            never_block,
+            max_prefix_v4,
+            max_prefix_v6,
+        },
         aggregate,
         allow,
     })

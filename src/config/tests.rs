@@ -22,7 +22,8 @@ fn minimal_config_gets_the_documented_defaults() {
     // One watched table: tags go there, in gpt0, value 1.
     assert_eq!(c.block.table.as_deref(), Some("ft_web"));
     assert_eq!((c.block.tag.as_str(), c.block.tag_value), ("gpt0", 1));
-    assert_eq!(c.safety.max_blocks_per_minute, 100);
+    let s = &c.safety;
+    assert_eq!((s.breaker_floor, s.breaker_share, s.max_blocks_per_minute), (100, 0.05, None));
     // With nothing configured, this host's loopback is still protected.
     let nets: Vec<String> = c.safety.never_block.iter().map(|p| crate::net::display(&p.net)).collect();
     assert_eq!(nets, ["127.0.0.1", "::1"]);
@@ -168,6 +169,18 @@ fn every_error_names_file_line_and_column() {
         (
             &format!("{MINIMAL}\n[store]\ncache_mb = 0\n"),
             "DIR/stickwarden.toml:9:12: cache_mb must be between 1 and 65536",
+        ),
+        (
+            &format!("{MINIMAL}\n[safety]\nbreaker_share = 5\n"),
+            "DIR/stickwarden.toml:9:17: breaker_share must be a fraction above 0 and at most 1",
+        ),
+        (
+            &format!("{MINIMAL}\n[safety]\nbreaker_share = nan\n"),
+            "DIR/stickwarden.toml:9:17: breaker_share must be a fraction above 0 and at most 1",
+        ),
+        (
+            &format!("{MINIMAL}\n[safety]\nbreaker_floor = 0\n"),
+            "DIR/stickwarden.toml:9:17: breaker_floor must be at least 1",
         ),
         (&format!("{MINIMAL}colour = \"red\"\n"), "DIR/stickwarden.toml:7:1: unknown field `colour`"),
         ("[[haproxy]\n", "DIR/stickwarden.toml:1:10: invalid table header"),

@@ -11,10 +11,11 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use super::census::Census;
 use super::lag::Lag;
 use super::poller::Observation;
 use super::reconcile::Actual;
-use super::windows::{self, Aggregator, Breaker, Transition};
+use super::windows::{self, Aggregator, Breaker, Limits, Transition};
 use super::Msg;
 use crate::actuator::{Actuator, Job};
 use crate::allowlist::Allowlist;
@@ -49,6 +50,8 @@ pub(super) struct Controller {
     /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
     pub(super) releasing: HashMap<IpNet, Option<Millis>>,
     breaker: Breaker,
+    /// The tracked population (for the breaker's share) and the breaker's state, shown by the API.
+    census: Arc<Census>,
     aggregator: Aggregator,
     /// When each key was last released: a poll that started earlier saw the counters from before
     /// the release (which cleared them) and must not count against it again.
@@ -76,6 +79,7 @@ impl Controller {
         tx: mpsc::Sender<Msg>,
         metrics: Arc<Metrics>,
         lag: Arc<Lag>,
+        census: Arc<Census>,
     ) -> Result<Controller, StoreError> {
         let allow = Allowlist::new(&cfg, &store.allows()?);
         let mut c = Controller {
@@ -89,7 +93,15 @@ impl Controller {
             places: Default::default(),
             pending: Vec::new(),
             releasing: HashMap::new(),
-            breaker: Breaker::new(cfg.safety.max_blocks_per_minute, BREAKER_WINDOW),
+            breaker: Breaker::new(
+                Limits {
+                    floor: cfg.safety.breaker_floor,
+                    share: cfg.safety.breaker_share,
+                    cap: cfg.safety.max_blocks_per_minute,
+                },
+                BREAKER_WINDOW,
+            ),
+            census,
             aggregator: Aggregator::default(),
             released: HashMap::new(),
             unblocked_by: HashMap::new(),
@@ -324,24 +336,20 @@ impl Controller {
     /// Whether an automatic block may happen now (false: the breaker is open). Opening and closing
     /// are logged and audited; the caller records the block it then makes.
     fn breaker_check(&mut self, now: Millis) -> bool {
-        let (allowed, change) = self.breaker.check(now);
+        let (allowed, change) = self.breaker.check(now, self.census.population());
         let Some(change) = change else { return allowed };
         self.metrics.breaker_open.set(i64::from(matches!(change, Transition::Opened { .. })));
-        let max = self.breaker.max();
         let (event, reason) = match change {
-            Transition::Opened { blocks } => {
-                error!(
-                    max_per_minute = max,
-                    "circuit breaker open: automatic blocks suspended; manual actions still work"
-                );
-                (
-                    Event::BreakerOpen,
-                    format!("{blocks} automatic blocks within a minute (max_blocks_per_minute = {max})"),
-                )
+            Transition::Opened { blocks, limit, population } => {
+                let reason = breaker_reason(self.breaker.limits(), blocks, limit, population);
+                error!(%reason, "circuit breaker open: automatic blocks suspended; manual actions still work");
+                self.census.set_breaker(Some((now, reason.clone())));
+                (Event::BreakerOpen, reason)
             }
             Transition::Closed => {
                 info!("circuit breaker closed: automatic blocks resume");
-                (Event::BreakerClosed, "a quiet minute".to_owned())
+                self.census.set_breaker(None);
+                (Event::BreakerClosed, "automatic blocks within the last minute are under the limit again".to_owned())
             }
         };
         self.write(Write::Audit(AuditRecord::note(event, now, AUTO_ACTOR, reason)));
@@ -656,6 +664,18 @@ fn level_advice(cfg: &Config, target: &str, e: &crate::client::ClientError) -> S
         }
         _ => String::new(),
     }
+}
+
+/// Why the breaker opened, in words: what the limit was made of.
+fn breaker_reason(l: Limits, blocks: usize, limit: usize, population: Option<u64>) -> String {
+    let pct = l.share * 100.0;
+    let made_of = match population {
+        _ if l.cap.is_some_and(|c| c as usize == limit) => format!("max_blocks_per_minute = {limit}"),
+        Some(p) if limit > l.floor as usize => format!("{pct}% of the {p} clients the watched tables track"),
+        Some(p) => format!("breaker_floor = {}; {pct}% of the {p} tracked clients is fewer", l.floor),
+        None => format!("breaker_floor = {}; no poll has counted the tracked clients yet", l.floor),
+    };
+    format!("{blocks} automatic blocks within a minute reached the limit of {limit} ({made_of}): a rule that matches this many clients looks broken")
 }
 
 /// `http_req_rate=312, conn_cur=4`

@@ -46,6 +46,7 @@ pub(super) struct Fleet {
     pub table: TableConfig,
     pub rules: Arc<RuleSet>,
     pub merge: MergeConfig,
+    pub census: Arc<super::Census>,
 }
 
 pub(super) async fn run(
@@ -54,7 +55,7 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
-    let Fleet { nodes, table, rules, merge } = fleet;
+    let Fleet { nodes, table, rules, merge, census } = fleet;
     let own: Vec<Rule> = rules.for_table(&table.name).map(|(_, r)| r.clone()).collect();
     let relaxed: Arc<Vec<Rule>> = Arc::new(own.iter().map(|r| relax_rule(r, &merge, nodes.len())).collect());
     let columns = Arc::new(Columns::of(&own, &merge));
@@ -72,7 +73,7 @@ pub(super) async fn run(
         for (i, (name, client)) in nodes.iter().enumerate() {
             let (client, name, table, relaxed, columns, plan) =
                 (client.clone(), name.clone(), table.name.clone(), relaxed.clone(), columns.clone(), plans[i].clone());
-            let metrics = metrics.clone();
+            let (metrics, census) = (metrics.clone(), census.clone());
             polls.spawn(async move {
                 let t0 = Instant::now();
                 let poll = async {
@@ -83,7 +84,10 @@ pub(super) async fn run(
                             key_type: client.table_key_type(&table).await?,
                         },
                     };
-                    let (values, scanned) = poll_node(&client, &table, &plan.queries, &relaxed, &columns).await?;
+                    let (values, scanned, used) = poll_node(&client, &table, &plan.queries, &relaxed, &columns).await?;
+                    if let Some(used) = used {
+                        census.record(&name, &table, used);
+                    }
                     let labels = Metrics::table(&name, &table);
                     metrics.poll_seconds.get_or_create(&labels).observe(t0.elapsed().as_secs_f64());
                     metrics.poll_entries.get_or_create(&labels).inc_by(scanned);
@@ -133,23 +137,27 @@ pub(super) async fn run(
     }
 }
 
-/// One node's poll: every relaxed query; the values of every entry a relaxed rule matches.
+/// One node's poll: every relaxed query; the values of every entry a relaxed rule matches, the
+/// entries read and the table's `used` count.
 async fn poll_node(
     client: &Client,
     table: &str,
     queries: &[Vec<Filter>],
     relaxed: &[Rule],
     columns: &Columns,
-) -> Result<(NodeValues, u64), ClientError> {
+) -> Result<(NodeValues, u64, Option<u64>), ClientError> {
     let mut out = NodeValues::new();
-    let mut scanned = 0;
+    let (mut scanned, mut used) = (0, None);
     for q in queries {
         let select = TableSelect::query(q);
         let stats = client
             .show_table(table, select)
             .await?
             .for_each(|item| {
-                let TableItem::Entry(e) = item else { return };
+                let e = match item {
+                    TableItem::Entry(e) => e,
+                    TableItem::Header(h) => return used = Some(h.used),
+                };
                 let Some(addr) = e.key_addr() else { return };
                 if !relaxed.iter().any(|r| r.matches(&e)) || out.contains_key(&addr) {
                     return;
@@ -159,7 +167,7 @@ async fn poll_node(
             .await?;
         scanned += stats.entries;
     }
-    Ok((out, scanned))
+    Ok((out, scanned, used))
 }
 
 fn values_of(e: &Entry<'_>, columns: &Columns) -> Vec<Option<i128>> {

@@ -9,6 +9,7 @@
 //! Operator actions reach the controller through a [`Handle`] (the HTTP API's), or, when no daemon
 //! runs, through [`run_once`], which starts a controller for that one action.
 
+pub mod census;
 mod controller;
 mod fleet_poller;
 mod lag;
@@ -32,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::ops::{Manual, OpError, Outcome};
 use crate::store::{Block, Store, StoreError};
 
+pub use census::Census;
 pub use controller::AUTO_ACTOR;
 pub use lag::Lag;
 pub use manual::{ManualReply, MANUAL_RULE};
@@ -76,12 +78,18 @@ pub struct Handle {
     tx: mpsc::Sender<Msg>,
     reconcile: Arc<tokio::sync::Notify>,
     lag: Arc<Lag>,
+    census: Arc<Census>,
 }
 
 impl Handle {
     /// What each target has not confirmed yet.
     pub fn lag(&self) -> &Lag {
         &self.lag
+    }
+
+    /// The tracked population and the circuit breaker's state.
+    pub fn census(&self) -> &Census {
+        &self.census
     }
 
     /// Starts a reconciliation of every target now, without waiting for its interval.
@@ -166,6 +174,7 @@ pub async fn run_with(
     let (act_stop_tx, act_stop_rx) = watch::channel(false);
     let parts = start_targets(&cfg, &act_stop_rx, &metrics);
     let rules = Arc::new(cfg.rules.clone());
+    let census = Arc::new(Census::default());
     let merged = cfg.merge.enabled && parts.clients.len() > 1;
     for table in cfg.tables.iter().filter(|_| merged) {
         let fleet = fleet_poller::Fleet {
@@ -173,14 +182,20 @@ pub async fn run_with(
             table: table.clone(),
             rules: rules.clone(),
             merge: cfg.merge.clone(),
+            census: census.clone(),
         };
         tokio::spawn(fleet_poller::run(fleet, tx.clone(), stop_rx.clone(), metrics.clone()));
     }
     for (name, client) in parts.clients.iter().filter(|_| !merged) {
         for table in &cfg.tables {
-            let (table, rules, tx, stop, m) =
-                (table.clone(), rules.clone(), tx.clone(), stop_rx.clone(), metrics.clone());
-            tokio::spawn(poller::run(name.clone(), client.clone(), table, rules, tx, stop, m));
+            let task = poller::Task {
+                target: name.clone(),
+                client: client.clone(),
+                table: table.clone(),
+                rules: rules.clone(),
+                census: census.clone(),
+            };
+            tokio::spawn(poller::run(task, tx.clone(), stop_rx.clone(), metrics.clone()));
         }
     }
     // A reload is looked for at least twice a second: until it is seen, the new process holds no
@@ -210,8 +225,15 @@ pub async fn run_with(
         });
     }
     let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
-    let mut ctl =
-        controller::Controller::new(cfg.clone(), store.clone(), parts.actuators, tx.clone(), metrics, lag.clone())?;
+    let mut ctl = controller::Controller::new(
+        cfg.clone(),
+        store.clone(),
+        parts.actuators,
+        tx.clone(),
+        metrics,
+        lag.clone(),
+        census.clone(),
+    )?;
     info!(
         targets = cfg.targets.len(),
         tables = cfg.tables.len(),
@@ -220,7 +242,7 @@ pub async fn run_with(
         "stickwarden running"
     );
     ctl.reapply_all(None).await;
-    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now, lag }, parts.clients);
+    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now, lag, census }, parts.clients);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,7 +329,8 @@ pub async fn run_once(cfg: Config, store: Store, op: Manual, actor: &str, wait: 
     let metrics = Arc::new(Metrics::new());
     let parts = start_targets(&cfg, &stop_rx, &metrics);
     let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
-    let mut ctl = controller::Controller::new(cfg, store.clone(), parts.actuators, tx, metrics, lag)?;
+    let census = Arc::new(Census::default());
+    let mut ctl = controller::Controller::new(cfg, store.clone(), parts.actuators, tx, metrics, lag, census)?;
     let reply = ctl.manual(op, actor).await?;
     let confirmed = confirm(reply, wait);
     tokio::pin!(confirmed);

@@ -58,15 +58,17 @@ impl Observation {
     }
 }
 
-pub(super) async fn run(
-    target: String,
-    client: Client,
-    table: TableConfig,
-    rules: Arc<RuleSet>,
-    tx: mpsc::Sender<Msg>,
-    mut shutdown: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-) {
+/// What one poller task polls, and where it counts the table's entries.
+pub(super) struct Task {
+    pub target: String,
+    pub client: Client,
+    pub table: TableConfig,
+    pub rules: Arc<RuleSet>,
+    pub census: Arc<super::Census>,
+}
+
+pub(super) async fn run(task: Task, tx: mpsc::Sender<Msg>, mut shutdown: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    let Task { target, client, table, rules, census } = task;
     let labels = Metrics::table(&target, &table.name);
     let mut queries: Option<Vec<Vec<Filter>>> = None;
     let mut tick = tokio::time::interval(table.interval);
@@ -89,7 +91,10 @@ pub(super) async fn run(
         }
         let plan_queries = queries.as_deref().unwrap_or_default();
         match poll(&client, &table.name, plan_queries, &rules).await {
-            Ok((observations, scanned)) => {
+            Ok(Polled { observations, scanned, used }) => {
+                if let Some(used) = used {
+                    census.record(&target, &table.name, used);
+                }
                 metrics.poll_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 metrics.poll_entries.get_or_create(&labels).inc_by(scanned);
                 if last_error.take().is_some() {
@@ -152,21 +157,35 @@ pub async fn plan_for<'a>(
     Ok(queries)
 }
 
+/// What one poll found.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// The entries that match a rule.
+    pub observations: Vec<Observation>,
+    /// The entries HAProxy sent.
+    pub scanned: u64,
+    /// The table's entries, as its header counted them.
+    pub used: Option<u64>,
+}
+
 /// One poll: every query of the table, each entry evaluated once.
 pub async fn poll(
     client: &Client,
     table: &str,
     queries: &[Vec<Filter>],
     rules: &RuleSet,
-) -> Result<(Vec<Observation>, u64), ClientError> {
+) -> Result<Polled, ClientError> {
     let mut out = Vec::new();
     let mut seen: HashSet<IpAddr> = HashSet::new();
-    let mut scanned = 0;
+    let (mut scanned, mut used) = (0, None);
     for q in queries {
         let select = TableSelect::query(q);
         let dump = client.show_table(table, select).await?;
         let stats = dump
             .for_each(|item| {
+                if let TableItem::Header(h) = &item {
+                    used = Some(h.used);
+                }
                 if let TableItem::Entry(e) = item {
                     let Some(addr) = e.key_addr() else { return };
                     if queries.len() > 1 && seen.contains(&addr) {
@@ -183,5 +202,5 @@ pub async fn poll(
             .await?;
         scanned += stats.entries;
     }
-    Ok((out, scanned))
+    Ok(Polled { observations: out, scanned, used })
 }

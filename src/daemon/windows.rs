@@ -11,10 +11,33 @@ use ipnet::IpNet;
 use crate::store::Block;
 use crate::time::Millis;
 
-/// Counts automatic blocks over a sliding minute; open (no more blocks) at `max`.
+/// How many automatic blocks a window may hold before the breaker opens: the larger of `floor`
+/// and `share` of the tracked clients (the watched tables' entries), never more than `cap`.
+///
+/// A broken rule matches a large share of every client; a botnet is a burst of new clients that
+/// stays a small share of them: a share tells the two apart where an absolute count cannot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub floor: u32,
+    pub share: f64,
+    pub cap: Option<u32>,
+}
+
+impl Limits {
+    /// The most blocks a window may hold with `population` clients tracked (`None`: not known
+    /// yet, the floor alone).
+    pub fn allowed(&self, population: Option<u64>) -> usize {
+        let by_share = population.map_or(0, |p| (p as f64 * self.share).floor() as usize);
+        let limit = (self.floor as usize).max(by_share);
+        self.cap.map_or(limit, |c| limit.min(c as usize))
+    }
+}
+
+/// Counts automatic blocks over a sliding window; open (no more blocks) once they reach the limit
+/// that the [`Limits`] give for the population of the moment.
 #[derive(Debug)]
 pub struct Breaker {
-    max: usize,
+    limits: Limits,
     window: Millis,
     times: VecDeque<Millis>,
     open: bool,
@@ -23,23 +46,30 @@ pub struct Breaker {
 /// A change of the breaker's state, to log and audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    Opened { blocks: usize },
+    /// `blocks` automatic blocks in the window reached `limit`, with `population` clients tracked.
+    Opened {
+        blocks: usize,
+        limit: usize,
+        population: Option<u64>,
+    },
     Closed,
 }
 
 impl Breaker {
-    pub fn new(max: u32, window: Millis) -> Breaker {
-        Breaker { max: max as usize, window, times: VecDeque::new(), open: false }
+    pub fn new(limits: Limits, window: Millis) -> Breaker {
+        Breaker { limits, window, times: VecDeque::new(), open: false }
     }
 
-    /// Whether a block may happen at `now`, and the state change this observation caused.
-    pub fn check(&mut self, now: Millis) -> (bool, Option<Transition>) {
+    /// Whether a block may happen at `now` with `population` clients tracked, and the state
+    /// change this observation caused.
+    pub fn check(&mut self, now: Millis, population: Option<u64>) -> (bool, Option<Transition>) {
         while self.times.front().is_some_and(|&t| t + self.window <= now) {
             self.times.pop_front();
         }
-        let open = self.times.len() >= self.max;
+        let limit = self.limits.allowed(population);
+        let open = self.times.len() >= limit;
         let change = (open != self.open).then_some(if open {
-            Transition::Opened { blocks: self.times.len() }
+            Transition::Opened { blocks: self.times.len(), limit, population }
         } else {
             Transition::Closed
         });
@@ -56,8 +86,8 @@ impl Breaker {
         self.open
     }
 
-    pub fn max(&self) -> usize {
-        self.max
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 }
 
@@ -113,20 +143,59 @@ mod tests {
     use crate::rules::{Action, Actions};
     use crate::store::Origin;
 
+    fn limits(floor: u32, share: f64, cap: Option<u32>) -> Limits {
+        Limits { floor, share, cap }
+    }
+
     #[test]
-    fn breaker_opens_at_max_and_closes_when_the_minute_is_quiet() {
-        let mut b = Breaker::new(2, 60_000);
-        assert_eq!(b.check(0), (true, None));
+    fn breaker_opens_at_the_limit_and_closes_when_the_window_is_quiet() {
+        let mut b = Breaker::new(limits(2, 0.0, None), 60_000);
+        assert_eq!(b.check(0, None), (true, None));
         b.record(0);
-        assert_eq!(b.check(10_000), (true, None));
+        assert_eq!(b.check(10_000, None), (true, None));
         b.record(10_000);
-        assert_eq!(b.check(20_000), (false, Some(Transition::Opened { blocks: 2 })));
-        assert_eq!(b.check(59_999), (false, None));
+        let opened = Transition::Opened { blocks: 2, limit: 2, population: None };
+        assert_eq!(b.check(20_000, None), (false, Some(opened)));
+        assert_eq!(b.check(59_999, None), (false, None));
         assert!(b.is_open());
         // The first block leaves the window at 60 s: one slot again.
-        assert_eq!(b.check(60_000), (true, Some(Transition::Closed)));
+        assert_eq!(b.check(60_000, None), (true, Some(Transition::Closed)));
         b.record(60_000);
-        assert_eq!(b.check(60_001), (false, Some(Transition::Opened { blocks: 2 })));
+        assert_eq!(b.check(60_001, None), (false, Some(opened)));
+    }
+
+    #[test]
+    fn the_limit_is_a_share_of_the_tracked_clients_above_a_floor_below_a_cap() {
+        let l = limits(100, 0.05, None);
+        assert_eq!(l.allowed(None), 100, "the floor until the population is known");
+        assert_eq!(l.allowed(Some(1_000)), 100, "5% of 1,000 is under the floor");
+        assert_eq!(l.allowed(Some(25_000)), 1_250);
+        assert!(l.allowed(Some(u64::MAX)) > 0);
+        assert_eq!(limits(100, 0.05, Some(500)).allowed(Some(25_000)), 500);
+        assert_eq!(limits(100, 0.05, Some(1)).allowed(None), 1, "the cap is below the floor too");
+    }
+
+    /// A botnet of 1,000 new clients among 25,000 tracked is blocked in full; a rule that
+    /// matches every one of 1,000 normal clients stops at 5% of them.
+    #[test]
+    fn a_botnet_is_a_small_share_a_broken_rule_a_large_one() {
+        let mut botnet = Breaker::new(limits(100, 0.05, None), 60_000);
+        for i in 0..1_000 {
+            assert!(botnet.check(i, Some(25_000)).0, "bot {i} refused");
+            botnet.record(i);
+        }
+        let mut broken = Breaker::new(limits(10, 0.05, None), 60_000);
+        let blocked = (0..1_000)
+            .take_while(|&i| {
+                let ok = broken.check(i, Some(1_000)).0;
+                if ok {
+                    broken.record(i);
+                }
+                ok
+            })
+            .count();
+        assert_eq!(blocked, 50);
+        assert!(broken.is_open());
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct ExplainView {
     pub next_action: String,
     pub next_duration_s: u64,
     pub tables: Vec<TableExplain>,
+    /// The running daemon's circuit breaker, when it is open: a new offence would not be blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<super::view::BreakerView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +102,7 @@ pub async fn explain(
         next_action: next_actions.to_string(),
         next_duration_s: next_duration.as_secs(),
         tables,
+        breaker: None,
     })
 }
 

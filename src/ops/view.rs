@@ -11,6 +11,13 @@ use crate::net;
 use crate::store::{AuditRecord, Block, Offender};
 use crate::time::{rfc3339, Millis};
 
+/// The circuit breaker while it is open: since when and why (automatic blocks are suspended).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerView {
+    pub open_since: String,
+    pub reason: String,
+}
+
 /// One active block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockView {
