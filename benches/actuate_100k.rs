@@ -112,8 +112,10 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| {
             // A fresh actuator state: what it knows of the ACL is from before the reset.
             let forget = || rt.block_on(actuator.run(Job::Forget)).unwrap();
-            let mut apply =
-                || rt.block_on(actuator.run(Job::ApplyMany { blocks: blocks.clone(), place: place.clone() })).unwrap();
+            let mut apply = || {
+                rt.block_on(actuator.run(Job::ApplyMany { blocks: blocks.clone(), place: place.clone(), fresh: false }))
+                    .unwrap()
+            };
             rounds(iters, &forget, &mut apply, &full)
         })
     });

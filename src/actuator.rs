@@ -53,12 +53,15 @@ pub enum Job {
     /// HAProxy was replaced (reload, restart): what was read from the old process is stale, and
     /// the connection may still reach the old process.
     Forget,
-    /// Many blocks at once (re-applying everything after a restart), pipelined: tags and missing
-    /// ACL patterns sent in batches instead of one round trip each, not rate limited (it restores
-    /// what HAProxy held). Sessions are not killed.
+    /// Many blocks at once, pipelined: tags and missing ACL patterns sent in batches instead of
+    /// one round trip each. `fresh`: the new blocks of one poll, rate limited like any command,
+    /// and the live sessions of those with a kill step shut down (one `show sess` for them all).
+    /// Otherwise what HAProxy held a moment ago (re-applied after a restart): not rate limited,
+    /// no session killed. Keys HAProxy refused are answered as [`ClientError::Refused`].
     ApplyMany {
         blocks: Vec<(IpNet, Actions)>,
         place: Arc<Place>,
+        fresh: bool,
     },
 }
 
@@ -178,7 +181,8 @@ impl Actor {
                         Job::Release { .. } => "release",
                         Job::ImportAcl { .. } => "import",
                         Job::Forget => "forget",
-                        Job::ApplyMany { .. } => "reapply",
+                        Job::ApplyMany { fresh: true, .. } => "block",
+                        Job::ApplyMany { fresh: false, .. } => "reapply",
                     };
                     let labels = JobLabels {
                         target: self.name.clone(),
@@ -259,7 +263,7 @@ impl Actor {
                 }
             }
             Job::ImportAcl { keys, acl } => return self.import_acl(acl, keys).await,
-            Job::ApplyMany { blocks, place } => return self.apply_many(blocks, place).await,
+            Job::ApplyMany { blocks, place, fresh } => return self.apply_many(blocks, place, *fresh).await,
             Job::Forget => {
                 // After a master-worker reload the connection still reaches the old worker.
                 self.client.reconnect();
@@ -427,28 +431,39 @@ impl Actor {
         Ok(())
     }
 
-    async fn apply_many(&mut self, blocks: &[(IpNet, Actions)], place: &Place) -> Result<(), ClientError> {
+    async fn apply_many(&mut self, blocks: &[(IpNet, Actions)], place: &Place, fresh: bool) -> Result<(), ClientError> {
         // What to send, as keys: the commands themselves are made one batch at a time, so that
         // 100,000 blocks never hold 200,000 commands in memory at once.
-        let mut tags: Vec<TableKey> = Vec::new();
+        let mut tags: Vec<(IpNet, TableKey)> = Vec::new();
         if let Some(tag) = &place.tag {
             for (key, _) in blocks.iter().filter(|(k, a)| a.has(Action::Tag) && crate::net::is_host(k)) {
                 if let Some(k) = self.table_key(&tag.table, key).await? {
-                    tags.push(k);
+                    tags.push((*key, k));
                 }
             }
         }
-        let mut adds: Vec<AclPattern> = Vec::new();
+        let mut adds: Vec<(IpNet, AclPattern)> = Vec::new();
+        // An ACL HAProxy refuses to show (unknown, or a level too low) refuses every ACL action of
+        // the job; the tags still go out.
+        let (mut first_error, mut refused) = (None, Vec::new());
         if let Some(file) = &place.acl {
-            let known = self.known_acl(file).await?;
-            adds = blocks
-                .iter()
-                .filter(|(_, a)| a.has(Action::Acl))
-                .map(|(k, _)| Self::pattern(k))
-                .filter(|p| !known.contains(p))
-                .collect();
-            adds.sort_unstable();
-            adds.dedup();
+            match self.known_acl(file).await {
+                Ok(known) => {
+                    adds = blocks
+                        .iter()
+                        .filter(|(_, a)| a.has(Action::Acl))
+                        .map(|(k, _)| (*k, Self::pattern(k)))
+                        .filter(|(_, p)| !known.contains(p))
+                        .collect();
+                    adds.sort_unstable_by_key(|(_, p)| *p);
+                    adds.dedup_by_key(|(_, p)| *p);
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    refused.extend(blocks.iter().filter(|(_, a)| a.has(Action::Acl)).map(|(k, _)| *k));
+                    first_error = Some(e);
+                }
+            }
         }
         let tag = match &place.tag {
             Some(t) => Some((t.table.clone(), t.column.parse::<DataField>()?, u64::from(t.value))),
@@ -457,24 +472,29 @@ impl Actor {
         let acl: Option<AclRef> = place.acl.as_deref().map(str::parse).transpose()?;
         let commands = tags
             .into_iter()
-            .filter_map(move |key| {
+            .filter_map(move |(net, key)| {
                 let (table, field, value) = tag.clone()?;
-                Some(Command::SetTable { table, key, fields: vec![(field, value)] })
+                Some((net, Command::SetTable { table, key, fields: vec![(field, value)] }))
             })
-            .chain(
-                adds.into_iter()
-                    .filter_map(move |pattern| Some(Command::AddAcl { acl: acl.clone()?, version: None, pattern })),
-            );
-        let (mut first_error, mut sent) = (None, 0usize);
-        // Not rate limited: this is what HAProxy held a moment ago (before a reload or restart),
-        // and every second without it is a second without those blocks. The pipeline's in-flight
-        // bounds pace it to what HAProxy answers.
+            .chain(adds.into_iter().filter_map(move |(net, pattern)| {
+                Some((net, Command::AddAcl { acl: acl.clone()?, version: None, pattern }))
+            }));
+        let mut sent = 0usize;
+        // A restore is not rate limited: this is what HAProxy held a moment ago (before a reload or
+        // restart), and every second without it is a second without those blocks. The pipeline's
+        // in-flight bounds pace it to what HAProxy answers.
         let mut commands = commands.peekable();
         while commands.peek().is_some() {
-            let chunk: Vec<Command> = commands.by_ref().take(IMPORT_CHUNK).collect();
-            self.count(chunk.len() as u64);
+            let (nets, chunk): (Vec<IpNet>, Vec<Command>) = commands.by_ref().take(IMPORT_CHUNK).unzip();
+            if fresh {
+                for _ in 0..chunk.len() {
+                    self.command().await;
+                }
+            } else {
+                self.count(chunk.len() as u64);
+            }
             sent += chunk.len();
-            for (cmd, result) in chunk.iter().zip(self.client.pipeline(&chunk).await) {
+            for ((net, cmd), result) in nets.iter().zip(&chunk).zip(self.client.pipeline(&chunk).await) {
                 match result {
                     // An ACL pattern is only known once HAProxy has it: a retry must not add it twice.
                     Ok(()) => {
@@ -484,27 +504,78 @@ impl Actor {
                     }
                     Err(e) if e.is_transient() => return Err(e),
                     Err(e) => {
+                        refused.push(*net);
                         first_error.get_or_insert(e);
                     }
                 }
             }
         }
-        info!(target = %self.name, blocks = blocks.len(), commands = sent, "blocks re-applied");
+        if fresh {
+            let kill: Vec<IpNet> = blocks.iter().filter(|(_, a)| a.has(Action::Kill)).map(|(k, _)| *k).collect();
+            if let Err(e) = self.kill_all(&kill).await {
+                if e.is_transient() {
+                    return Err(e);
+                }
+                refused.extend(&kill);
+                first_error.get_or_insert(e);
+            }
+            debug!(target = %self.name, blocks = blocks.len(), commands = sent, "new blocks applied");
+        } else {
+            info!(target = %self.name, blocks = blocks.len(), commands = sent, "blocks re-applied");
+        }
         // Blocks with an action that has nowhere to go (recorded without a place, under a
         // configuration that lost that part of [block]) are a failure, not a silent skip.
-        let lost = blocks
+        let lost: Vec<IpNet> = blocks
             .iter()
             .filter(|(k, a)| {
                 (a.has(Action::Acl) && place.acl.is_none())
                     || (a.has(Action::Tag) && crate::net::is_host(k) && place.tag.is_none())
             })
-            .count();
-        if lost > 0 {
+            .map(|(k, _)| *k)
+            .collect();
+        if !lost.is_empty() {
             first_error.get_or_insert(ClientError::Unplaced(format!(
-                "{lost} block(s) have an action the configuration gives no place to (no [block] acl or table)"
+                "{} block(s) have an action the configuration gives no place to (no [block] acl or table)",
+                lost.len()
             )));
+            refused.extend(lost);
         }
-        first_error.map_or(Ok(()), Err)
+        match first_error {
+            None => Ok(()),
+            Some(first) => {
+                refused.sort_unstable();
+                refused.dedup();
+                Err(ClientError::Refused { keys: refused, first: Box::new(first) })
+            }
+        }
+    }
+
+    /// Shuts down every live session whose client address is inside one of `keys`: one
+    /// `show sess` for all of them, the shutdowns pipelined.
+    async fn kill_all(&mut self, keys: &[IpNet]) -> Result<(), ClientError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.command().await;
+        let sessions = self.client.show_sess().await?;
+        let doomed: Vec<Command> = sessions
+            .iter()
+            .filter(|s| s.client_ip().is_some_and(|ip: IpAddr| keys.iter().any(|k| crate::net::covers_addr(k, ip))))
+            .map(|s| Command::ShutdownSession { ptr: s.ptr })
+            .collect();
+        for _ in &doomed {
+            self.command().await;
+        }
+        let mut killed = 0;
+        for result in self.client.pipeline(&doomed).await {
+            match result {
+                Ok(()) => killed += 1,
+                Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::NoSuchSession) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        info!(target = %self.name, blocks = keys.len(), killed, "live sessions shut down");
+        Ok(())
     }
 
     /// Shuts down every live session whose client address is inside `key`.

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub poll_seconds: Family<TableLabels, Histogram>,
     pub poll_entries: Family<TableLabels, Counter>,
+    /// From the start of a poll that decided new blocks to their confirmation by every target.
+    pub detection_seconds: Histogram,
     pub jobs: Family<JobLabels, Counter>,
     pub commands: Family<TargetLabels, Counter>,
     pub target_up: Family<TargetLabels, Gauge>,
@@ -79,6 +81,12 @@ impl Metrics {
         registry.register("poll_duration_seconds", "Duration of one poll of a table", poll_seconds.clone());
         let poll_entries = Family::<TableLabels, Counter>::default();
         registry.register("poll_entries", "Entries received from polls (candidates only)", poll_entries.clone());
+        let detection_seconds = Histogram::new([0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "detection_to_block_seconds",
+            "From the start of the poll that saw new offenders to their blocks confirmed by every target (one observation per poll's batch)",
+            detection_seconds.clone(),
+        );
         let jobs = Family::<JobLabels, Counter>::default();
         registry.register("actuator_jobs", "Block, release and import jobs, by result", jobs.clone());
         let commands = Family::<TargetLabels, Counter>::default();
@@ -102,6 +110,7 @@ impl Metrics {
             decisions,
             poll_seconds,
             poll_entries,
+            detection_seconds,
             jobs,
             commands,
             target_up,

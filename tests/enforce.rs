@@ -146,6 +146,33 @@ async fn kill_step_closes_the_offenders_live_connection_only() {
     d.stop().await;
 }
 
+/// Offenders seen in the same poll go out as one pipelined job; what HAProxy refuses of it (here
+/// every `add acl`, the ACL file being one HAProxy does not know) is audited block by block, and
+/// the rest of the job (the tags) is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_part_of_a_polls_blocks_is_audited_for_each_block() {
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, cfg.replace(&sb.block_acl().display().to_string(), "/nonexistent/other.lst")).unwrap();
+    // Both cross before the daemon's first poll: one poll, one batch.
+    flood(&sb, 1, 150).await;
+    flood(&sb, 2, 150).await;
+    let d = Daemon::start(&s);
+    let failed = |store: &Store, key: &str| events(store, key).iter().any(|(e, ..)| *e == Event::ActionFailed);
+    assert!(
+        eventually(Duration::from_secs(5), || async { failed(&d.store, "127.0.0.2") && failed(&d.store, "127.0.0.3") })
+            .await,
+        "no action_failed record for each block"
+    );
+    assert_eq!((gpt0(&c, "127.0.0.2").await, gpt0(&c, "127.0.0.3").await), (Some(1), Some(1)));
+    let store = d.stop().await;
+    assert_eq!(store.blocks().unwrap().len(), 2, "the blocks stay, to be repaired");
+    let rec = store.audit_since(0).unwrap().into_iter().find(|r| r.event == Event::ActionFailed).unwrap();
+    assert!(rec.reason.contains("refused"), "{}", rec.reason);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_in_haproxy_but_audits_what_it_would_do() {
     let sb = haproxy();
@@ -293,7 +320,7 @@ async fn actuator_is_rate_limited() {
         })
         .collect();
     let started = Instant::now();
-    a.run(Job::ApplyMany { blocks, place: place(&Actions::new(vec![Action::Tag])) }).await.unwrap();
+    a.run(Job::ApplyMany { blocks, place: place(&Actions::new(vec![Action::Tag])), fresh: false }).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "re-apply was rate limited: {:?}", started.elapsed());
     assert_eq!(gpt0(&c, "10.0.0.199").await, Some(1));
 }

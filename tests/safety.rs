@@ -240,10 +240,12 @@ async fn a_rule_below_normal_traffic_opens_the_breaker_at_its_share_of_clients()
     crowd(&sb, 2, 40, 2).await;
     let (d, sock) = running_daemon(&s).await;
     let opened = eventually(Duration::from_secs(10), || async {
-        sw(&s, &["audit", "--json"]).stdout.windows(12).any(|w| w == b"breaker_open")
+        sw(&s, &["audit", "--json"]).stdout.windows(12).any(|w| w == b"breaker_open") && tagged(&c).await >= 5
     })
     .await;
-    assert!(opened, "the breaker never opened");
+    assert!(opened, "the breaker never opened, or its blocks were never applied");
+    // A few more polls: every client still matches, and none more may be blocked.
+    tokio::time::sleep(Duration::from_millis(4 * INTERVAL_MS)).await;
     let blocked = tagged(&c).await;
     assert!((5..=10).contains(&blocked), "{blocked} of 40 normal clients blocked; at most 25% may be");
     let api = stickwarden::api::client::ApiClient::new(sock.parse().unwrap(), None);

@@ -87,6 +87,10 @@ pub enum ClientError {
     /// configuration that no longer has that part of `[block]`).
     #[error("{0}")]
     Unplaced(String),
+    /// Some keys of a job of many were refused (the others were applied): which, and the first
+    /// refusal.
+    #[error("{} key(s) refused; the first: {first}", keys.len())]
+    Refused { keys: Vec<ipnet::IpNet>, first: Box<ClientError> },
 }
 
 impl ClientError {
@@ -94,6 +98,7 @@ impl ClientError {
     pub fn haproxy(&self) -> Option<&HaproxyError> {
         match self {
             ClientError::Haproxy { error, .. } => Some(error),
+            ClientError::Refused { first, .. } => first.haproxy(),
             _ => None,
         }
     }

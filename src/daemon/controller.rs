@@ -28,6 +28,18 @@ use crate::rules::{Action, Actions, Rule};
 use crate::store::{AuditRecord, Block, Event, Origin, Place, Store, StoreError, Write};
 use crate::time::{ms, now_ms, Millis};
 
+/// How a job ended on every target ([`Controller::done`]).
+pub(super) struct Outcome {
+    pub what: &'static str,
+    pub release: bool,
+    /// One line per target that refused or failed.
+    pub failures: Vec<String>,
+    /// The keys refused somewhere (every key of the job, unless a target named some).
+    pub refused: Vec<IpNet>,
+    /// The start of the poll that decided the job's blocks.
+    pub polled_at: Option<Millis>,
+}
+
 /// The actor name written in the audit log for automatic decisions.
 pub const AUTO_ACTOR: &str = "stickwarden";
 
@@ -158,7 +170,7 @@ impl Controller {
             items.sort_unstable_by_key(|a| a.0);
             // Pipelined jobs of many blocks: 100,000 blocks go back in seconds, not minutes.
             for chunk in items.chunks(REAPPLY_BATCH) {
-                let job = Job::ApplyMany { blocks: chunk.to_vec(), place: place.clone() };
+                let job = Job::ApplyMany { blocks: chunk.to_vec(), place: place.clone(), fresh: false };
                 self.dispatch_to(only, None, job, None).await;
             }
         }
@@ -278,13 +290,21 @@ impl Controller {
             decided.push(block);
         }
         // Durable before acted on: a crash from here on finds every decision in the store.
+        let t = std::time::Instant::now();
         self.commit(!decided.is_empty()).await?;
+        tracing::debug!(decided = decided.len(), took = ?t.elapsed(), "decisions committed");
+        // The poll's new blocks go out together: one pipelined job per place and target, not one
+        // round trip per block.
+        let mut by_place: HashMap<Arc<Place>, Vec<(IpNet, Actions)>> = HashMap::new();
         for b in decided {
-            self.index(b.clone());
             if !b.dry_run {
-                self.dispatch(&b, Job::Apply { key: b.key, actions: b.actions.clone(), kill: true, place: b.place() })
-                    .await;
+                by_place.entry(b.place()).or_default().push((b.key, b.actions.clone()));
             }
+            self.index(b);
+        }
+        for (place, blocks) in by_place {
+            let job = Job::ApplyMany { blocks, place, fresh: true };
+            self.dispatch_full(None, None, job, None, Some(polled_at)).await;
         }
         Ok(())
     }
@@ -506,6 +526,18 @@ impl Controller {
         job: Job,
         notify: Option<oneshot::Sender<Vec<String>>>,
     ) {
+        self.dispatch_full(only, b, job, notify, None).await;
+    }
+
+    /// [`Controller::dispatch_to`], for blocks decided on the poll that started at `polled_at`.
+    async fn dispatch_full(
+        &self,
+        only: Option<&str>,
+        b: Option<&Block>,
+        job: Job,
+        notify: Option<oneshot::Sender<Vec<String>>>,
+        polled_at: Option<Millis>,
+    ) {
         let keys: Arc<Vec<IpNet>> = Arc::new(match &job {
             Job::Apply { key, .. } | Job::Release { key, .. } => vec![*key],
             Job::ApplyMany { blocks, .. } => blocks.iter().map(|(k, _)| *k).collect(),
@@ -528,11 +560,11 @@ impl Controller {
         self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, block, release) = (self.tx.clone(), b.cloned(), matches!(job, Job::Release { .. }));
         let what = match &job {
-            Job::Apply { .. } => "block",
+            Job::Apply { .. } | Job::ApplyMany { fresh: true, .. } => "block",
             Job::Release { .. } => "release",
             Job::ImportAcl { .. } => "import",
             Job::Forget => "forget",
-            Job::ApplyMany { .. } => "reapply",
+            Job::ApplyMany { fresh: false, .. } => "reapply",
         };
         let (lag, cfg) = (self.lag.clone(), self.cfg.clone());
         tokio::spawn(async move {
@@ -543,20 +575,37 @@ impl Controller {
                 let (lag, keys) = (lag.clone(), keys.clone());
                 answers.spawn(async move {
                     let r = rx.await;
-                    lag.answered(&target, &keys, matches!(r, Ok(Ok(()))));
+                    match &r {
+                        Ok(Err(ClientError::Refused { keys: bad, .. })) => {
+                            lag.answered_but(&target, &keys, |k| bad.binary_search(k).is_ok())
+                        }
+                        _ => lag.answered(&target, &keys, matches!(r, Ok(Ok(())))),
+                    }
                     (target, r)
                 });
             }
-            let mut failures = Vec::new();
+            let (mut failures, mut refused) = (Vec::new(), Vec::new());
             while let Some(Ok((target, r))) = answers.join_next().await {
                 match r {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => failures.push(format!("{target}: {e}{}", level_advice(&cfg, &target, &e))),
-                    Err(_) => failures.push(format!("{target}: actuator stopped")),
+                    Ok(Err(e)) => {
+                        failures.push(format!("{target}: {e}{}", level_advice(&cfg, &target, &e)));
+                        // A refusal of the whole job (not of some of its keys) refuses them all.
+                        match e {
+                            ClientError::Refused { keys: bad, .. } => refused.extend(bad),
+                            _ => refused.extend(keys.iter().copied()),
+                        }
+                    }
+                    Err(_) => {
+                        failures.push(format!("{target}: actuator stopped"));
+                        refused.extend(keys.iter().copied());
+                    }
                 }
             }
             failures.sort();
-            let _ = tx.send(Msg::Done { block, what, release, failures, notify }).await;
+            refused.sort_unstable();
+            refused.dedup();
+            let _ = tx.send(Msg::Done { block, what, release, failures, refused, polled_at, notify }).await;
         });
     }
 
@@ -568,21 +617,32 @@ impl Controller {
     pub async fn done(
         &mut self,
         block: Option<Block>,
-        what: &'static str,
-        release: bool,
-        failures: Vec<String>,
+        outcome: Outcome,
         notify: Option<oneshot::Sender<Vec<String>>>,
     ) -> Result<(), StoreError> {
+        let Outcome { what, release, failures, refused, polled_at } = outcome;
         self.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let now = now_ms();
+        if let Some(at) = polled_at.filter(|_| failures.is_empty()) {
+            self.metrics.detection_seconds.observe(now.saturating_sub(at) as f64 / 1000.0);
+        }
         if !failures.is_empty() {
-            error!(key = ?block.as_ref().map(|b| net::display(&b.key)), failures = ?failures, "{what} failed");
-            let mut rec = match &block {
-                Some(b) => AuditRecord::of(Event::ActionFailed, b, now),
-                None => AuditRecord::note(Event::ActionFailed, now, AUTO_ACTOR, String::new()),
+            error!(key = ?block.as_ref().map(|b| net::display(&b.key)), refused = refused.len(), failures = ?failures, "{what} failed");
+            let reason = format!("{what}: {}", failures.join("; "));
+            // A job of many keys: the audit record of each block a target refused.
+            let blocks: Vec<&Block> = match &block {
+                Some(b) => vec![b],
+                None => refused.iter().filter_map(|k| self.active.get(k)).collect(),
             };
-            rec.reason = format!("{what}: {}", failures.join("; "));
-            self.write(Write::Audit(rec));
+            let mut records: Vec<AuditRecord> =
+                blocks.into_iter().map(|b| AuditRecord::of(Event::ActionFailed, b, now)).collect();
+            if records.is_empty() {
+                records.push(AuditRecord::note(Event::ActionFailed, now, AUTO_ACTOR, String::new()));
+            }
+            for mut rec in records {
+                rec.reason = reason.clone();
+                self.write(Write::Audit(rec));
+            }
         }
         if let (Some(b), true) = (&block, release) {
             if failures.is_empty() {

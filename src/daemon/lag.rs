@@ -71,11 +71,17 @@ impl Lag {
 
     /// `target` answered the jobs for `keys`: confirmed (`ok`) or not.
     pub fn answered(&self, target: &str, keys: &[IpNet], ok: bool) {
+        self.answered_but(target, keys, |_| !ok);
+    }
+
+    /// `target` answered the job for `keys`, refusing those for which `refused` is true.
+    pub fn answered_but(&self, target: &str, keys: &[IpNet], refused: impl Fn(&IpNet) -> bool) {
         if keys.is_empty() {
             return;
         }
         self.update(target, |t| {
             for k in keys {
+                let ok = !refused(k);
                 if let Some(n) = t.pending.get_mut(k) {
                     *n -= 1;
                     if *n == 0 {
@@ -143,5 +149,17 @@ mod tests {
         lag.answered("b", &[k], true);
         assert!(lag.lagging_on(&k).is_empty());
         assert_eq!(lag.unconfirmed().values().sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn a_job_of_many_keys_leaves_only_its_refused_keys_unconfirmed() {
+        let lag = Lag::new(["a".to_owned()], Arc::new(Metrics::new()));
+        let keys: Vec<IpNet> = ["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"].map(|k| k.parse().unwrap()).to_vec();
+        lag.sent("a", &keys);
+        assert_eq!(lag.unconfirmed()["a"], 3);
+        lag.answered_but("a", &keys, |k| *k == keys[1]);
+        assert_eq!(lag.lagging_on(&keys[1]), ["a"]);
+        assert!(lag.lagging_on(&keys[0]).is_empty() && lag.lagging_on(&keys[2]).is_empty());
+        assert_eq!(lag.unconfirmed()["a"], 1);
     }
 }

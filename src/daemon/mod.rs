@@ -49,6 +49,10 @@ pub(crate) enum Msg {
         what: &'static str,
         release: bool,
         failures: Vec<String>,
+        /// Keys of a job of many that a target refused (the rest of the job was applied).
+        refused: Vec<ipnet::IpNet>,
+        /// When the poll that decided these blocks started, for the detection latency.
+        polled_at: Option<crate::time::Millis>,
         notify: Option<oneshot::Sender<Vec<String>>>,
     },
     /// An operator action.
@@ -288,7 +292,10 @@ pub async fn run_with(
 async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreError> {
     match msg {
         Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
-        Msg::Done { block, what, release, failures, notify } => ctl.done(block, what, release, failures, notify).await,
+        Msg::Done { block, what, release, failures, refused, polled_at, notify } => {
+            let outcome = controller::Outcome { what, release, failures, refused, polled_at };
+            ctl.done(block, outcome, notify).await
+        }
         Msg::Restarted { target, was, now } => ctl.target_restarted(&target, &was, &now).await,
         Msg::Actual(actual) => ctl.reconcile(actual).await,
         Msg::Backup { reply } => {
