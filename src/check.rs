@@ -132,6 +132,10 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
         }
     }
 
+    for tc in cfg.tables.iter().filter(|t| t.suspects.is_some()) {
+        out.extend(suspects_findings(cfg, tc, &client, &tables).await);
+    }
+
     let uses_acl = cfg.rules.policy.uses(Action::Acl) || cfg.aggregate.is_some();
     let mut acl_refused = false;
     if let Some(acl) = cfg.block.acl.as_ref().filter(|_| uses_acl) {
@@ -150,6 +154,60 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
     }
     out.push(level_finding(cfg, t, &client, acl_refused, &version).await);
     out
+}
+
+/// Suspects mode: the suspects table is there, keyed like the watched table, storing the flag; and
+/// a sweep now (a full poll, then the flags) finds every offender flagged, which only the lines of
+/// `stickwarden haproxy-config` in the watched table's frontend can do.
+async fn suspects_findings(
+    cfg: &Config,
+    tc: &crate::config::TableConfig,
+    client: &Client,
+    tables: &[crate::proto::table::TableInfo],
+) -> Vec<Finding> {
+    let Some(s) = &tc.suspects else { return Vec::new() };
+    let (name, sus) = (&tc.name, &s.table);
+    let advice = "add the lines `stickwarden haproxy-config` prints to HAProxy's configuration";
+    let Some(info) = tables.iter().find(|i| i.name == *sus) else {
+        return vec![Finding::fail(format!("suspects table '{sus}' of '{name}' does not exist: {advice}"))];
+    };
+    let Some(watched) = tables.iter().find(|i| i.name == *name) else { return Vec::new() };
+    if info.key_type != watched.key_type {
+        return vec![Finding::fail(format!(
+            "suspects table '{sus}' is keyed by {}, '{name}' by {}: they must be of one type",
+            info.key_type, watched.key_type
+        ))];
+    }
+    let gpt0: DataField = "gpt0".parse().expect("a column name");
+    match columns::filter_name(client, sus, &gpt0).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return vec![Finding::fail(format!("suspects table '{sus}' does not store gpt0 (the flag): {advice}"))]
+        }
+        Err(e) => return vec![Finding::fail(format!("suspects table '{sus}': {e}"))],
+    }
+    let tag = (cfg.block.table.as_deref() == Some(name.as_str())).then_some(&cfg.block.tag);
+    let swept = async {
+        let queries = crate::daemon::poller::plan(client, name, &cfg.rules).await?;
+        let key_type = client.table_key_type(name).await?;
+        crate::daemon::poller::sweep(client, name, sus, key_type, &queries, &cfg.rules, tag).await
+    };
+    match swept.await {
+        Ok(sw) if sw.missed.is_empty() => vec![Finding::ok(format!(
+            "suspects table '{sus}' flags every offender a full poll of '{name}' finds ({} now, {} flagged)",
+            sw.polled.observations.len(),
+            sw.flagged
+        ))],
+        Ok(sw) => {
+            let first: Vec<String> = sw.missed.iter().take(5).map(|a| a.to_string()).collect();
+            vec![Finding::fail(format!(
+                "{} offender(s) a full poll of '{name}' finds are not flagged in '{sus}' ({}): {advice}, after `tcp-request connection track-sc0 src`",
+                sw.missed.len(),
+                first.join(", ")
+            ))]
+        }
+        Err(e) => vec![Finding::fail(format!("suspects table '{sus}': the comparison with a full poll failed: {e}"))],
+    }
 }
 
 /// The one finding about the socket's level, in every case: admin; or below admin, and whether

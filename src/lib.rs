@@ -16,6 +16,8 @@
 //! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
 //! - [`rules`]: rule files, conditions, the scoring and escalation policy, and the server-side
 //!   filters derived from them ([`rules::filters`]).
+//! - [`suspects`]: suspects mode: HAProxy flags offenders in a small table (the lines it needs,
+//!   and which rules it can vouch for), so that a poll costs the suspects, not the whole table.
 //! - [`columns`]: how a column is named in HAProxy's filters (array elements differ by version).
 //! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
 //! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
@@ -54,6 +56,7 @@ pub mod rules;
 pub mod sandbox;
 pub mod simulate;
 pub mod store;
+pub mod suspects;
 pub mod target;
 pub mod time;
 

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub poll_seconds: Family<TableLabels, Histogram>,
     pub poll_entries: Family<TableLabels, Counter>,
+    /// Offenders a sweep found that the suspects table had not flagged.
+    pub suspects_missed: Family<TableLabels, Counter>,
     /// From the start of a poll that decided new blocks to their confirmation by every target.
     pub detection_seconds: Histogram,
     pub jobs: Family<JobLabels, Counter>,
@@ -81,6 +83,12 @@ impl Metrics {
         registry.register("poll_duration_seconds", "Duration of one poll of a table", poll_seconds.clone());
         let poll_entries = Family::<TableLabels, Counter>::default();
         registry.register("poll_entries", "Entries received from polls (candidates only)", poll_entries.clone());
+        let suspects_missed = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "suspects_missed",
+            "Offenders a sweep (full poll) found that the suspects table had not flagged",
+            suspects_missed.clone(),
+        );
         let detection_seconds = Histogram::new([0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         registry.register(
             "detection_to_block_seconds",
@@ -110,6 +118,7 @@ impl Metrics {
             decisions,
             poll_seconds,
             poll_entries,
+            suspects_missed,
             detection_seconds,
             jobs,
             commands,

@@ -25,6 +25,12 @@ pub struct SandboxOptions {
     /// The block ACL file (default `DIR/block.lst`); nodes of a test fleet share one, as nodes
     /// deployed from one configuration do.
     pub acl_file: Option<PathBuf>,
+    /// Suspects mode ([`crate::suspects::lines`]): `ft_web` tracks its clients at connection time
+    /// and carries these lines, and their suspects table is added.
+    pub suspects: Option<crate::suspects::Lines>,
+    /// Also answer 404 to `GET /missing...`, from a server behind `ft_web` (a frontend of the
+    /// sandbox): an error HAProxy counts as a response, as from a real application.
+    pub not_found: bool,
 }
 
 /// A running HAProxy on loopback; killed on drop.
@@ -208,6 +214,27 @@ pub fn standard_config(dir: &Path, web_port: u16, tcp_port: u16, opts: &SandboxO
     let stats_timeout = opts.stats_timeout_secs.unwrap_or(120);
     let acl = opts.acl_file.clone().unwrap_or_else(|| dir.join("block.lst"));
     let acl = acl.display();
+    let (track, suspects, section) = match &opts.suspects {
+        Some(l) => (
+            "tcp-request connection track-sc0 src",
+            l.frontend.iter().map(|line| format!("    {line}\n")).collect::<String>(),
+            l.section.iter().map(|line| format!("{line}\n")).collect::<String>(),
+        ),
+        None => ("http-request track-sc0 src", String::new(), String::new()),
+    };
+    let (not_found, only_found, origin) = if opts.not_found {
+        let port = free_port().unwrap_or(1);
+        (
+            "    use_backend be_origin if { path_beg /missing }\n",
+            " if !{ path_beg /missing }",
+            format!(
+                "frontend fe_origin\n    mode http\n    bind 127.0.0.1:{port}\n    http-request return status 404\n\
+                 backend be_origin\n    mode http\n    server o1 127.0.0.1:{port}\n"
+            ),
+        )
+    } else {
+        ("", "", String::new())
+    };
     format!(
         "global
     stats socket {d}/admin.sock mode 600 level admin
@@ -223,10 +250,11 @@ frontend ft_web
     mode http
     bind 127.0.0.1:{web_port}
     stick-table type ip size 1m expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur,conn_rate(10s)
-    http-request track-sc0 src
-    http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
+    {track}
+{suspects}    http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
     http-request deny deny_status 403 if {{ src -f {acl} }}
-    http-request return status 200 content-type text/plain string ok
+    http-request return status 200 content-type text/plain string ok{only_found}
+{not_found}
 frontend ft_tcp
     mode tcp
     bind 127.0.0.1:{tcp_port}
@@ -249,7 +277,7 @@ backend t_noexp
     stick-table type ip size 1k store gpt0
 backend t_small
     stick-table type ip size 2 expire 1h store gpt0
-"
+{section}{origin}"
     )
 }
 

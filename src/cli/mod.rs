@@ -46,6 +46,9 @@ pub enum Cmd {
     /// Validate the configuration and rules, then verify each HAProxy target: tables, stored
     /// data types, the block ACL and the socket's level.
     Check(run::ConfigArgs),
+    /// Print the HAProxy configuration lines the configuration needs (today: those of suspects
+    /// mode, for each `[[table]]` with `suspects`).
+    HaproxyConfig(run::ConfigArgs),
     /// Active blocks.
     Blocks(ops::Access),
     /// Offences, blocks and releases of one address.
@@ -165,6 +168,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Demo(a) => demo::run(a).await,
         Cmd::Run(a) => run::run(a).await,
         Cmd::Check(a) => run::check(a).await,
+        Cmd::HaproxyConfig(a) => run::haproxy_config(a),
         Cmd::Blocks(a) => ops::blocks(a).await,
         Cmd::History(a) => ops::history(a).await,
         Cmd::Explain(a) => ops::explain(a).await,

@@ -201,10 +201,9 @@ impl Client {
         expect_empty(cmd, body)
     }
 
-    /// Sends every command before awaiting any answer, for commands whose success is an empty
-    /// answer (`set table`, `clear table`, `add acl`, `del acl`, `shutdown session`). One result per
-    /// command, in order; nothing is retried.
-    pub async fn pipeline(&self, cmds: &[Command]) -> Vec<Result<(), ClientError>> {
+    /// Sends every command before awaiting any answer; each one's checked answer body, in order.
+    /// For reads of many keys (`show table T key K`); nothing is retried.
+    pub async fn execute_many(&self, cmds: &[Command]) -> Vec<Result<Bytes, ClientError>> {
         let mut waiting = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             let sent = async {
@@ -217,17 +216,24 @@ impl Client {
         }
         let mut out = Vec::with_capacity(cmds.len());
         for (cmd, w) in cmds.iter().zip(waiting) {
-            let res = match w {
+            out.push(match w {
                 Ok(rx) => match rx.await {
-                    Ok(Ok(body)) => checked(cmd, body).and_then(|b| expect_empty(cmd, b)),
+                    Ok(Ok(body)) => checked(cmd, body),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(ClientError::Stopped),
                 },
                 Err(e) => Err(e),
-            };
-            out.push(res);
+            });
         }
         out
+    }
+
+    /// Sends every command before awaiting any answer, for commands whose success is an empty
+    /// answer (`set table`, `clear table`, `add acl`, `del acl`, `shutdown session`). One result per
+    /// command, in order; nothing is retried.
+    pub async fn pipeline(&self, cmds: &[Command]) -> Vec<Result<(), ClientError>> {
+        let bodies = self.execute_many(cmds).await;
+        cmds.iter().zip(bodies).map(|(cmd, b)| b.and_then(|b| expect_empty(cmd, b))).collect()
     }
 
     /// `show info` on a connection of its own, which reaches the process now serving the socket

@@ -116,7 +116,20 @@ pub struct TargetConfig {
 pub struct TableConfig {
     pub name: String,
     pub interval: Duration,
+    /// Suspects mode ([`crate::suspects`]): the table HAProxy flags this table's offenders in.
+    pub suspects: Option<SuspectsConfig>,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuspectsConfig {
+    /// The suspects table's name.
+    pub table: String,
+    /// How often a full poll of the watched table checks that nothing was missed.
+    pub sweep: Duration,
+}
+
+/// Default of `[[table]] sweep_interval`.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct BlockConfig {
@@ -276,7 +289,9 @@ struct RawTarget {
 #[serde(deny_unknown_fields)]
 struct RawTable {
     name: Spanned<String>,
-    interval: Spanned<Dur>,
+    interval: Option<Spanned<Dur>>,
+    suspects: Option<Spanned<String>>,
+    sweep_interval: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -396,8 +411,10 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         }
     }
     let read_tables = rules.tables();
-    let mut tables: Vec<TableConfig> =
-        read_tables.iter().map(|t| TableConfig { name: (*t).to_owned(), interval: default_interval }).collect();
+    let mut tables: Vec<TableConfig> = read_tables
+        .iter()
+        .map(|t| TableConfig { name: (*t).to_owned(), interval: default_interval, suspects: None })
+        .collect();
     for (i, t) in raw.table.iter().enumerate() {
         let t = t.get_ref();
         let name = t.name.get_ref();
@@ -410,10 +427,32 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
                 format!("no rule reads table '{name}' (rules read: {})", read_tables.join(", ")),
             ));
         };
-        if t.interval.get_ref().0 < MIN_POLL_INTERVAL {
-            return Err(src.error(&t.interval.span(), "interval must be at least 100ms"));
+        if let Some(interval) = &t.interval {
+            if interval.get_ref().0 < MIN_POLL_INTERVAL {
+                return Err(src.error(&interval.span(), "interval must be at least 100ms"));
+            }
+            slot.interval = interval.get_ref().0;
         }
-        slot.interval = t.interval.get_ref().0;
+        if let (Some(s), None) = (&t.sweep_interval, &t.suspects) {
+            return Err(
+                src.error(&s.span(), "sweep_interval needs suspects = \"TABLE\" (it checks the suspects table)")
+            );
+        }
+        if let Some(s) = &t.suspects {
+            let suspects = s.get_ref();
+            if suspects.is_empty() || suspects == name || read_tables.contains(&suspects.as_str()) {
+                return Err(src.error(&s.span(), format!("suspects must name a table of its own, not '{suspects}'")));
+            }
+            if let Err(why) = crate::suspects::check_rules(rules.for_table(name).map(|(_, r)| r)) {
+                return Err(src.error(&s.span(), format!("table '{name}' cannot use a suspects table: {why}")));
+            }
+            let sweep = t.sweep_interval.as_ref().map_or(DEFAULT_SWEEP_INTERVAL, |d| d.get_ref().0);
+            if sweep < slot.interval {
+                let at = t.sweep_interval.as_ref().map_or(s.span(), |d| d.span());
+                return Err(src.error(&at, "sweep_interval must be at least the table's poll interval"));
+            }
+            slot.suspects = Some(SuspectsConfig { table: suspects.clone(), sweep });
+        }
     }
 
     let block = check_block(src, &raw.block, &tables)?;
@@ -558,6 +597,12 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
             };
             merge.columns.insert(name.clone(), mode);
         }
+    }
+    if merge.enabled && targets.len() > 1 && tables.iter().any(|t| t.suspects.is_some()) {
+        // Merged rules read each node's share of a threshold, which one node's flags cannot vouch for.
+        return Err(file_error(
+            "suspects tables are not supported with [fleet] merge across several targets yet: set merge = false, or remove suspects".into(),
+        ));
     }
 
     Ok(Config {

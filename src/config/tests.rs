@@ -182,6 +182,18 @@ fn every_error_names_file_line_and_column() {
             &format!("{MINIMAL}\n[safety]\nbreaker_floor = 0\n"),
             "DIR/stickwarden.toml:9:17: breaker_floor must be at least 1",
         ),
+        (
+            &format!("{MINIMAL}\n[[table]]\nname = \"ft_web\"\nsweep_interval = \"1m\"\n"),
+            "DIR/stickwarden.toml:10:18: sweep_interval needs suspects",
+        ),
+        (
+            &format!("{MINIMAL}\n[[table]]\nname = \"ft_web\"\nsuspects = \"ft_web\"\n"),
+            "DIR/stickwarden.toml:10:12: suspects must name a table of its own, not 'ft_web'",
+        ),
+        (
+            &format!("{MINIMAL}\n[[table]]\nname = \"ft_web\"\nsuspects = \"sw\"\nsweep_interval = \"10ms\"\n"),
+            "DIR/stickwarden.toml:11:18: sweep_interval must be at least the table's poll interval",
+        ),
         (&format!("{MINIMAL}colour = \"red\"\n"), "DIR/stickwarden.toml:7:1: unknown field `colour`"),
         ("[[haproxy]\n", "DIR/stickwarden.toml:1:10: invalid table header"),
         (
@@ -197,6 +209,22 @@ fn every_error_names_file_line_and_column() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_suspects_table_only_for_rules_it_can_vouch_for() {
+    let text = format!("{MINIMAL}\n[[table]]\nname = \"ft_web\"\nsuspects = \"sw_suspects\"\n");
+    let c = load(&text, RULE).unwrap();
+    let s = c.tables[0].suspects.as_ref().unwrap();
+    assert_eq!((s.table.as_str(), s.sweep), ("sw_suspects", DEFAULT_SWEEP_INTERVAL));
+    let bytes = RULE.replace("http_req_rate gt 100", "bytes_in_rate gt 100");
+    let e = load(&text, &bytes).unwrap_err();
+    assert!(
+        e.starts_with("DIR/stickwarden.toml:10:12: table 'ft_web' cannot use a suspects table: rule 'flood' (DIR/rules/r.toml:2:8) reads bytes_in_rate"),
+        "{e}"
+    );
+    let below = RULE.replace("http_req_rate gt 100", "http_req_rate lt 100");
+    assert!(load(&text, &below).unwrap_err().contains("'http_req_rate lt 100' is not a lower bound"));
 }
 
 #[test]

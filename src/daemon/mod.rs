@@ -198,6 +198,7 @@ pub async fn run_with(
                 table: table.clone(),
                 rules: rules.clone(),
                 census: census.clone(),
+                tag: (cfg.block.table.as_deref() == Some(table.name.as_str())).then(|| cfg.block.tag.clone()),
             };
             tokio::spawn(poller::run(task, tx.clone(), stop_rx.clone(), metrics.clone()));
         }

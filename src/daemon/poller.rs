@@ -65,13 +65,25 @@ pub(super) struct Task {
     pub table: TableConfig,
     pub rules: Arc<RuleSet>,
     pub census: Arc<super::Census>,
+    /// The tag column, when the tag is set in this table (a tagged client is blocked already).
+    pub tag: Option<DataField>,
+}
+
+/// What a poller task keeps from one poll to the next.
+#[derive(Default)]
+struct State {
+    /// The full poll's queries (suspects mode: the sweep's).
+    queries: Option<Vec<Vec<Filter>>>,
+    /// The watched table's key type (suspects mode: to read flagged keys in it).
+    key_type: Option<crate::proto::KeyType>,
+    last_sweep: Option<Instant>,
 }
 
 pub(super) async fn run(task: Task, tx: mpsc::Sender<Msg>, mut shutdown: watch::Receiver<bool>, metrics: Arc<Metrics>) {
-    let Task { target, client, table, rules, census } = task;
-    let labels = Metrics::table(&target, &table.name);
-    let mut queries: Option<Vec<Vec<Filter>>> = None;
-    let mut tick = tokio::time::interval(table.interval);
+    let labels = Metrics::table(&task.target, &task.table.name);
+    let (target, table) = (&task.target, &task.table.name);
+    let mut state = State::default();
+    let mut tick = tokio::time::interval(task.table.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
     loop {
@@ -80,42 +92,105 @@ pub(super) async fn run(task: Task, tx: mpsc::Sender<Msg>, mut shutdown: watch::
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
         let (started, polled_at) = (Instant::now(), crate::time::now_ms());
-        if queries.is_none() {
-            match plan(&client, &table.name, &rules).await {
-                Ok(q) => queries = Some(q),
-                Err(e) => {
-                    note_error(&mut last_error, &target, &table.name, &e);
-                    continue;
-                }
-            }
-        }
-        let plan_queries = queries.as_deref().unwrap_or_default();
-        match poll(&client, &table.name, plan_queries, &rules).await {
+        match poll_once(&task, &mut state, &metrics).await {
             Ok(Polled { observations, scanned, used }) => {
                 if let Some(used) = used {
-                    census.record(&target, &table.name, used);
+                    task.census.record(target, table, used);
                 }
                 metrics.poll_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 metrics.poll_entries.get_or_create(&labels).inc_by(scanned);
                 if last_error.take().is_some() {
-                    tracing::info!(%target, table = %table.name, "polling again");
+                    tracing::info!(%target, table, "polling again");
                 }
-                debug!(%target, table = %table.name, scanned, candidates = observations.len(), took = ?started.elapsed(), "polled");
+                debug!(%target, table, scanned, candidates = observations.len(), took = ?started.elapsed(), "polled");
                 if !observations.is_empty() && tx.send(Msg::Observed { polled_at, observations }).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
                 // The table may have changed under us (a reload with a new config): plan again.
-                if e.haproxy()
-                    .is_some_and(|h| matches!(h.kind, ErrorKind::UnknownDataType | ErrorKind::DataTypeNotStored))
-                {
-                    queries = None;
+                if e.haproxy().is_some_and(|h| {
+                    matches!(h.kind, ErrorKind::UnknownDataType | ErrorKind::DataTypeNotStored | ErrorKind::NoSuchTable)
+                }) {
+                    state = State::default();
                 }
-                note_error(&mut last_error, &target, &table.name, &e);
+                note_error(&mut last_error, target, table, &e);
             }
         }
     }
+}
+
+/// One poll of the task's table: the whole table through its filters, or in suspects mode the
+/// flagged clients, with a sweep (a full poll first, to compare with) every sweep interval.
+async fn poll_once(task: &Task, state: &mut State, metrics: &Metrics) -> Result<Polled, ClientError> {
+    let (client, table, rules) = (&task.client, task.table.name.as_str(), &*task.rules);
+    if state.queries.is_none() {
+        state.queries = Some(plan(client, table, rules).await?);
+    }
+    let queries = state.queries.as_deref().unwrap_or_default();
+    let Some(suspects) = &task.table.suspects else { return poll(client, table, queries, rules).await };
+    let key_type = match state.key_type {
+        Some(t) => t,
+        None => *state.key_type.insert(client.table_key_type(table).await?),
+    };
+    let tag = task.tag.as_ref();
+    if state.last_sweep.is_some_and(|t| t.elapsed() < suspects.sweep) {
+        return Ok(poll_suspects(client, table, &suspects.table, key_type, rules, tag).await?.polled);
+    }
+    let mut sweep = sweep(client, table, &suspects.table, key_type, queries, rules, tag).await?;
+    state.last_sweep = Some(Instant::now());
+    if !sweep.missed.is_empty() {
+        let missed = &sweep.missed;
+        metrics.suspects_missed.get_or_create(&Metrics::table(&task.target, table)).inc_by(missed.len() as u64);
+        warn!(target = %task.target, table, suspects = %suspects.table, missed = missed.len(), first = ?&missed[..missed.len().min(5)],
+              "the sweep found offenders the suspects table had not flagged: are the lines of `stickwarden haproxy-config` in HAProxy's configuration?");
+    }
+    Ok(std::mem::take(&mut sweep.polled))
+}
+
+/// What a sweep found: the union of a full poll and a suspects poll, and the offenders the full
+/// poll found that were not flagged.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub polled: Polled,
+    /// Untagged offenders of the full poll without a flag, in address order.
+    pub missed: Vec<IpAddr>,
+    /// How many keys were flagged.
+    pub flagged: usize,
+}
+
+/// A full poll of `table` (its `queries`), then a suspects poll. A client a rule matched during
+/// the full poll was flagged at its last event before it, and nothing unflags it but a suspects
+/// poll finding it tagged (left out): an untagged offender of the full poll without a flag was
+/// missed by the lines in HAProxy.
+pub async fn sweep(
+    client: &Client,
+    table: &str,
+    suspects: &str,
+    key_type: crate::proto::KeyType,
+    queries: &[Vec<Filter>],
+    rules: &RuleSet,
+    tag: Option<&DataField>,
+) -> Result<Sweep, ClientError> {
+    let mut untagged: HashSet<IpAddr> = HashSet::new();
+    let mut full = poll_each(client, table, queries, rules, |addr, e| {
+        if !is_tagged(e, tag) {
+            untagged.insert(addr);
+        }
+    })
+    .await?;
+    let flagged = poll_suspects(client, table, suspects, key_type, rules, tag).await?;
+    let mut missed: Vec<IpAddr> = untagged.into_iter().filter(|a| !flagged.flagged.contains(a)).collect();
+    missed.sort_unstable();
+    let seen: HashSet<IpAddr> = full.observations.iter().map(|o| o.addr).collect();
+    full.observations.extend(flagged.polled.observations.into_iter().filter(|o| !seen.contains(&o.addr)));
+    full.scanned += flagged.polled.scanned;
+    Ok(Sweep { polled: full, missed, flagged: flagged.flagged.len() })
+}
+
+/// Whether the entry carries the tag (its client is blocked).
+fn is_tagged(e: &crate::proto::table::Entry<'_>, tag: Option<&DataField>) -> bool {
+    tag.is_some_and(|t| e.get(t.as_str()).and_then(|c| c.value.as_i128()).unwrap_or(0) > 0)
 }
 
 /// Logs a poll failure once per kind of failure, not once per interval.
@@ -175,6 +250,17 @@ pub async fn poll(
     queries: &[Vec<Filter>],
     rules: &RuleSet,
 ) -> Result<Polled, ClientError> {
+    poll_each(client, table, queries, rules, |_, _| {}).await
+}
+
+/// [`poll`], calling `matched` with each entry that matched a rule.
+async fn poll_each(
+    client: &Client,
+    table: &str,
+    queries: &[Vec<Filter>],
+    rules: &RuleSet,
+    mut matched: impl FnMut(IpAddr, &crate::proto::table::Entry<'_>),
+) -> Result<Polled, ClientError> {
     let mut out = Vec::new();
     let mut seen: HashSet<IpAddr> = HashSet::new();
     let (mut scanned, mut used) = (0, None);
@@ -195,6 +281,7 @@ pub async fn poll(
                         if queries.len() > 1 {
                             seen.insert(addr);
                         }
+                        matched(addr, &e);
                         out.push(o);
                     }
                 }
@@ -203,4 +290,89 @@ pub async fn poll(
         scanned += stats.entries;
     }
     Ok(Polled { observations: out, scanned, used })
+}
+
+/// Keys read by key in one pipelined batch.
+const LOOKUP_CHUNK: usize = 4096;
+
+/// What one poll in suspects mode found.
+#[derive(Debug, Default)]
+pub struct SuspectsPolled {
+    pub polled: Polled,
+    /// The keys flagged in the suspects table.
+    pub flagged: HashSet<IpAddr>,
+    /// Flags cleared because their client is tagged (blocked) already.
+    pub cleared: usize,
+}
+
+/// One poll in suspects mode ([`crate::suspects`]): the flagged keys of `suspects`, then the
+/// entry of each in `table`, read by key (pipelined), every rule of `table` evaluated on the true
+/// counters. The flag of a client found tagged (`tag`, in `table`) is cleared: it is blocked, and
+/// HAProxy will not flag it again while it is.
+pub async fn poll_suspects(
+    client: &Client,
+    table: &str,
+    suspects: &str,
+    key_type: crate::proto::KeyType,
+    rules: &RuleSet,
+    tag: Option<&DataField>,
+) -> Result<SuspectsPolled, ClientError> {
+    use crate::proto::{Command, TableKey};
+    let flag = vec![Filter { field: "gpt0".parse().expect("a column name"), op: crate::proto::FilterOp::Gt, value: 0 }];
+    let mut flagged = HashSet::new();
+    let stats = client
+        .show_table(suspects, TableSelect::query(&flag))
+        .await?
+        .for_each(|item| {
+            if let TableItem::Entry(e) = item {
+                if let Some(addr) = e.key_addr() {
+                    flagged.insert(addr);
+                }
+            }
+        })
+        .await?;
+    let keys: Vec<(IpAddr, TableKey)> =
+        flagged.iter().filter_map(|a| TableKey::from_addr(key_type, *a).ok().map(|k| (*a, k))).collect();
+    let polled = Polled { scanned: stats.entries, ..Polled::default() };
+    let mut out = SuspectsPolled { polled, flagged, cleared: 0 };
+    let mut tagged: Vec<TableKey> = Vec::new();
+    let mut parser = crate::proto::table::EntryParser::new();
+    for chunk in keys.chunks(LOOKUP_CHUNK) {
+        let cmds: Vec<Command> = chunk
+            .iter()
+            .map(|(_, k)| Command::ShowTable { table: table.to_owned(), select: TableSelect::Key(k.clone()) })
+            .collect();
+        for ((addr, key), body) in chunk.iter().zip(client.execute_many(&cmds).await) {
+            let body = body?;
+            for line in crate::proto::table::lines(&body) {
+                match parser.parse_line(line) {
+                    crate::proto::table::Line::Header(h) => out.polled.used = Some(h.used),
+                    crate::proto::table::Line::Entry(e) => {
+                        out.polled.scanned += 1;
+                        if is_tagged(&e, tag) {
+                            tagged.push(key.clone());
+                        } else if let Some(o) = Observation::of(*addr, rules, table, |c| c.read(&e)) {
+                            out.polled.observations.push(o);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !tagged.is_empty() {
+        let field: DataField = "gpt0".parse().expect("a column name");
+        let clear: Vec<Command> = tagged
+            .into_iter()
+            .map(|key| Command::SetTable { table: suspects.to_owned(), key, fields: vec![(field.clone(), 0)] })
+            .collect();
+        for r in client.pipeline(&clear).await {
+            match r {
+                Ok(()) => out.cleared += 1,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => debug!(suspects, error = %e, "a flag could not be cleared"),
+            }
+        }
+    }
+    Ok(out)
 }
