@@ -141,38 +141,97 @@ fn rules_reference_examples_load_and_its_filters_are_the_real_ones() {
 /// `stickwarden.toml` of docs/configuration.md and the shipped rules.
 #[tokio::test]
 async fn documented_haproxy_and_stickwarden_configs_work_together() {
-    let dir = tempfile::Builder::new().prefix("stickwarden-docs-").tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let acl = format!("{d}/stickwarden-block.lst");
-    std::fs::write(&acl, "").unwrap();
-    let [hap] = &fenced(&read_doc("haproxy.md"), "haproxy")[..] else { panic!("one haproxy block expected") };
-    let hap = hap
-        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
-        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
-        .replace("bind :80", &format!("bind 127.0.0.1:{port}"));
-    let _sb = stickwarden::sandbox::Sandbox::start_with(dir, &hap, port, 0).unwrap_or_else(|e| panic!("{e}"));
-
-    let conf_doc = read_doc("configuration.md");
-    let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
-    std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
-    common::private(format!("{d}/tokens.toml"));
-    let cfg = cfg
-        .replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
-        .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))
-        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
-        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
-        .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
-        .replace("/var/lib/stickwarden", &format!("{d}/store"));
-    let path = format!("{d}/stickwarden.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let cfg = stickwarden::config::Config::load(path.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, _sb, cfg) = documented(false);
     assert_eq!(cfg.allow.len(), 2);
     assert_eq!(cfg.api.as_ref().map(|a| a.listen.len()), Some(2));
     let findings = stickwarden::check::check_all(&cfg).await;
     let failed: Vec<_> = findings.iter().filter(|(_, f)| !f.ok).collect();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(findings.len(), 4, "{findings:?}"); // connected, table, ACL, level
+}
+
+/// Suspects mode as docs/haproxy.md shows it: its lines are what `stickwarden haproxy-config`
+/// prints for the example configuration, HAProxy runs them in the documented frontend, and
+/// `check` passes, the suspects table's comparison with a full poll included.
+#[tokio::test]
+async fn documented_suspects_mode_is_what_haproxy_config_prints_and_works() {
+    let [lines] = &fenced(&read_doc("haproxy.md"), "haproxy-suspects")[..] else {
+        panic!("one suspects block expected")
+    };
+    let (dir, _sb, cfg) = documented(true);
+    // Printed for the configuration as documented (the paths of /etc, not the test's).
+    let documented_cfg = std::fs::read_to_string(dir.join("stickwarden.toml"))
+        .unwrap()
+        .replace(&format!("{}/stickwarden-block.lst", dir.display()), "/etc/haproxy/stickwarden-block.lst");
+    std::fs::write(dir.join("as-documented.toml"), documented_cfg).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["haproxy-config", "--config", dir.join("as-documented.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        lines.trim_end(),
+        "docs/haproxy.md is not what haproxy-config prints"
+    );
+    let findings = stickwarden::check::check_all(&cfg).await;
+    let failed: Vec<_> = findings.iter().filter(|(_, f)| !f.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        findings.iter().any(|(_, f)| f.what.starts_with("suspects table 'sw_suspects' flags every offender")),
+        "{findings:?}"
+    );
+}
+
+/// A temp dir holding the HAProxy config of docs/haproxy.md (with the lines of its suspects block
+/// in its frontend when `suspects`) running, and the example `stickwarden.toml` of
+/// docs/configuration.md (watching `ft_web` through `sw_suspects` when `suspects`), loaded.
+/// The sandbox owns the temp dir (deleted with it); its path is returned first.
+fn documented(suspects: bool) -> (std::path::PathBuf, stickwarden::sandbox::Sandbox, stickwarden::config::Config) {
+    let dir = tempfile::Builder::new().prefix("stickwarden-docs-").tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let acl = format!("{d}/stickwarden-block.lst");
+    std::fs::write(&acl, "").unwrap();
+    let doc = read_doc("haproxy.md");
+    let [hap] = &fenced(&doc, "haproxy")[..] else { panic!("one haproxy block expected") };
+    let mut hap = hap.clone();
+    if suspects {
+        let [lines] = &fenced(&doc, "haproxy-suspects")[..] else { panic!("one suspects block expected") };
+        // The frontend's lines, a blank line, the suspects table's section.
+        let (front, section) = lines.split_once("\n\n").expect("a blank line before the section");
+        let track = "    tcp-request connection track-sc0 src\n";
+        assert!(hap.contains(track), "the documented frontend no longer tracks at connection time");
+        hap = hap.replace(track, &format!("{track}{front}\n"));
+        hap.push_str(&format!("\n{section}\n"));
+    }
+    let hap = hap
+        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
+        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
+        .replace("bind :80", &format!("bind 127.0.0.1:{port}"));
+    let dir_path = dir.path().to_owned();
+    let sb = stickwarden::sandbox::Sandbox::start_with(dir, &hap, port, 0).unwrap_or_else(|e| panic!("{e}"));
+
+    let conf_doc = read_doc("configuration.md");
+    let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
+    std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
+    common::private(format!("{d}/tokens.toml"));
+    let mut cfg = cfg
+        .replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
+        .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))
+        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
+        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
+        .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+        .replace("/var/lib/stickwarden", &format!("{d}/store"));
+    if suspects {
+        let table = "[[table]]\nname = \"ft_web\"\ninterval = \"1s\"\n";
+        assert!(cfg.contains(table), "the documented [[table]] changed");
+        cfg = cfg.replace(table, &format!("{table}suspects = \"sw_suspects\"\n"));
+    }
+    let path = dir_path.join("stickwarden.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let cfg = stickwarden::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    (dir_path, sb, cfg)
 }
 
 /// The commands of docs/operations.md, run in order without a daemon (the CLI then works on the
