@@ -34,13 +34,16 @@ test-versions: test
 	done
 
 ## Every bench of docs/BENCHMARKS.md: the CLI against socat on a real 1,048,576-entry table, the
-## parser, the daemon's poll and actuation against socat, fleet fan-out, the end-to-end scale run.
+## parser, the daemon's poll and actuation against socat, fleet fan-out, the end-to-end scale run,
+## HAProxy's cost per poll (today's way against suspects mode) and 1,000 new offenders in one poll.
 bench: bench-socat
 	$(CARGO) bench --bench table_parser
 	$(CARGO) bench --bench poll_1m
 	$(CARGO) bench --bench actuate_100k
 	$(CARGO) bench --bench fleet_fanout
 	$(CARGO) bench --bench scale
+	$(CARGO) bench --bench poll_cost
+	$(CARGO) bench --bench burst
 
 bench-socat:
 	@scripts/ensure-haproxy.sh --socat
