@@ -20,9 +20,11 @@
 //! `haproxy`). To measure an older commit the same way, build it and point `BURST_STICKWARDEN` at
 //! its binary (and `BURST_SAFETY` at its `[safety]` lines when it lacks `breaker_floor`).
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stickwarden::api::client::ApiClient;
@@ -34,7 +36,7 @@ use stickwarden::Client;
 const OFFENDERS: u32 = 1_000;
 const ROUNDS: u32 = 10;
 const INTERVAL: Duration = Duration::from_secs(1);
-const TOKEN: &str = "bench-operator-token-0123456789";
+use common::TOKEN;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -55,12 +57,7 @@ async fn run() {
     let work = tempfile::tempdir().unwrap();
     let cfg = write_config(work.path(), &sb);
     let bin = std::env::var("BURST_STICKWARDEN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stickwarden").to_owned());
-    let mut daemon = Command::new(&bin)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = common::spawn_daemon(bin.as_ref(), &cfg, work.path());
     let api =
         ApiClient::new(format!("unix:{}", work.path().join("api.sock").display()).parse().unwrap(), Some(TOKEN.into()));
     let sock = work.path().join("api.sock");
@@ -177,38 +174,14 @@ async fn count(c: &Client, select: TableSelect) -> usize {
 }
 
 fn write_config(dir: &Path, sb: &Sandbox) -> std::path::PathBuf {
-    let rules = dir.join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/http-flood.toml"), rules.join("http-flood.toml"))
-        .unwrap();
-    std::fs::write(
-        rules.join("policy.toml"),
-        "[score]\nthreshold = 100\nhalf_life = \"10m\"\n[ladder]\nforgiveness = \"1h\"\nsteps = [{ action = [\"tag\", \"acl\"], duration = \"2h\" }]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("tokens.toml"),
-        format!("[[token]]\nname = \"bench\"\nrole = \"operator\"\ntoken = \"{TOKEN}\"\n"),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.join("tokens.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let safety = std::env::var("BURST_SAFETY").unwrap_or_else(|_| "breaker_floor = 1000000".into());
-    let cfg = dir.join("stickwarden.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "rules = \"rules\"\npoll_interval = \"{}ms\"\n\n[store]\npath = \"store\"\n\n\
-             [[haproxy]]\nname = \"sandbox\"\nsocket = \"{}\"\n\n[block]\ntable = \"ft_web\"\ntag = \"gpt0\"\nacl = \"{}\"\n\n\
-             [safety]\n{safety}\n\n[api]\nlisten = [\"unix:{}\"]\ntokens = \"tokens.toml\"\n",
-            INTERVAL.as_millis(),
-            sb.admin(),
-            sb.block_acl().display(),
-            dir.join("api.sock").display()
-        ),
-    )
-    .unwrap();
-    cfg
+    let c = common::BenchConfig {
+        rules: &["http-flood.toml"],
+        step: "[\"tag\", \"acl\"]",
+        interval_ms: INTERVAL.as_millis() as u64,
+        store: String::new(),
+        safety: std::env::var("BURST_SAFETY").unwrap_or_else(|_| "breaker_floor = 1000000".into()),
+        tables: "",
+        api: true,
+    };
+    common::write_config(dir, sb, &c)
 }

@@ -20,15 +20,16 @@
 //! Not criterion: one-shot figures printed as a report. `cargo bench --bench poll_cost` (about
 //! five minutes; needs `haproxy`).
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stickwarden::config::BlockConfig;
 use stickwarden::daemon::poller;
 use stickwarden::proto::{Command as Cmd, DataField, KeyType, TableKey};
-use stickwarden::sandbox::{fill_table, http_get, nth_addr, Sandbox, SandboxOptions};
+use stickwarden::sandbox::{fill_table, nth_addr, Sandbox, SandboxOptions};
 use stickwarden::Client;
 
 const SIZES: [u32; 3] = [10_000, 100_000, 1_000_000];
@@ -156,19 +157,17 @@ async fn run() {
     let runs = [(true, 100u64), (true, 1000), (false, 1000), (false, 100)];
     for (round, (suspects, interval)) in runs.into_iter().enumerate() {
         let work = tempfile::tempdir().unwrap();
-        let cfg = write_config(work.path(), &sb, &acl, suspects, interval);
-        let mut daemon = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.path().join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let cfg = write_config(work.path(), &sb, suspects, interval);
+        let mut daemon = common::spawn_daemon(env!("CARGO_BIN_EXE_stickwarden").as_ref(), &cfg, work.path());
         // Past the first poll (in suspects mode, the start-up sweep).
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let lat = detection(&sb, round as u8 + 1, &mut daemon).await;
+        let pid = daemon.id();
+        let lat =
+            common::detection(&sb, round as u8 + 1, LIVE_OFFENDERS, || Path::new(&format!("/proc/{pid}")).exists())
+                .await;
         let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
         let _ = daemon.wait();
-        let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1e3;
+        let pct = |p: usize| common::percentile(&lat, p).as_secs_f64() * 1e3;
         println!(
             "  {} at {interval} ms: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             if suspects { "suspects mode" } else { "today's poll  " },
@@ -228,59 +227,15 @@ where
     }
 }
 
-/// Offenders 127.0.`round`.1-100, started 97 ms apart: each one's time from crossing to a 403.
-async fn detection(sb: &Sandbox, round: u8, daemon: &mut Child) -> Vec<Duration> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 1..=LIVE_OFFENDERS {
-        let port = sb.web_port;
-        tasks.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(97 * u64::from(n))).await;
-            let src = IpAddr::V4(Ipv4Addr::new(127, 0, round, n));
-            for _ in 0..100 {
-                assert_eq!(http_get(src, port).await.unwrap(), 200, "{src} denied before crossing");
-            }
-            http_get(src, port).await.unwrap();
-            let crossed = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                if http_get(src, port).await.unwrap() == 403 {
-                    return crossed.elapsed();
-                }
-                assert!(crossed.elapsed() < Duration::from_secs(10), "{src} never blocked");
-            }
-        });
-    }
-    let mut lat = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        lat.push(r.unwrap());
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
-    }
-    lat.sort();
-    lat
-}
-
-fn write_config(dir: &Path, sb: &Sandbox, acl: &Path, suspects: bool, interval_ms: u64) -> std::path::PathBuf {
-    let rules = dir.join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    for f in ["http-flood.toml", "scanner.toml", "conn-flood.toml"] {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join(f), rules.join(f)).unwrap();
-    }
-    std::fs::write(
-        rules.join("policy.toml"),
-        "[score]\nthreshold = 100\nhalf_life = \"10m\"\n[ladder]\nforgiveness = \"1h\"\nsteps = [{ action = [\"tag\"], duration = \"2h\" }]\n",
-    )
-    .unwrap();
-    let table = if suspects { "[[table]]\nname = \"ft_web\"\nsuspects = \"sw_suspects\"\n" } else { "" };
-    let cfg = dir.join("stickwarden.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "rules = \"rules\"\npoll_interval = \"{interval_ms}ms\"\n\n[store]\npath = \"store\"\n\n\
-             [[haproxy]]\nname = \"sandbox\"\nsocket = \"{}\"\n\n[block]\ntable = \"ft_web\"\ntag = \"gpt0\"\nacl = \"{}\"\n\n{table}",
-            sb.admin(),
-            acl.display(),
-        ),
-    )
-    .unwrap();
-    cfg
+fn write_config(dir: &Path, sb: &Sandbox, suspects: bool, interval_ms: u64) -> std::path::PathBuf {
+    let c = common::BenchConfig {
+        rules: &["http-flood.toml", "scanner.toml", "conn-flood.toml"],
+        step: "[\"tag\"]",
+        interval_ms,
+        store: String::new(),
+        safety: String::new(),
+        tables: if suspects { "[[table]]\nname = \"ft_web\"\nsuspects = \"sw_suspects\"\n" } else { "" },
+        api: false,
+    };
+    common::write_config(dir, sb, &c)
 }

@@ -15,15 +15,17 @@
 //! Not criterion: these are one-shot end-to-end figures (percentiles, a peak), printed as a
 //! report. `cargo bench --bench scale` (about two minutes; needs `haproxy`).
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use stickwarden::client::TableItem;
 use stickwarden::proto::{AclRef, TableSelect};
 use stickwarden::rules::{Action, Actions};
-use stickwarden::sandbox::{fill_table, http_get, Sandbox, SandboxOptions};
+use stickwarden::sandbox::{fill_table, Sandbox, SandboxOptions};
 use stickwarden::store::{AuditRecord, Block, Event, Offence, Offender, Origin, Store};
 use stickwarden::Client;
 
@@ -31,7 +33,7 @@ const BACKGROUND: u32 = 900_000;
 const OFFENDERS_IN_HISTORY: u32 = 1_000_000;
 const ACTIVE_BLOCKS: u32 = 100_000;
 const LIVE_OFFENDERS: u8 = 100;
-const TOKEN: &str = "bench-operator-token-0123456789";
+use common::TOKEN;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -60,12 +62,7 @@ async fn run() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let started = Instant::now();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = common::spawn_daemon(env!("CARGO_BIN_EXE_stickwarden").as_ref(), &cfg, work.path());
     let acl: AclRef = sb.block_acl().display().to_string().parse().unwrap();
     // The blocks go out tags first, then the ACL patterns in address order, on one connection:
     // when the highest address is in the ACL, everything before it is applied. A cheap probe
@@ -110,33 +107,9 @@ async fn run() {
     memory.push(("after the reload", rss(&daemon)));
 
     // Detection to block, 100 offenders.
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 1..=LIVE_OFFENDERS {
-        let port = sb.web_port;
-        tasks.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(97 * u64::from(n))).await;
-            let src = IpAddr::V4(Ipv4Addr::new(127, 0, 1, n));
-            for _ in 0..100 {
-                assert_eq!(http_get(src, port).await.unwrap(), 200, "{src} denied before crossing");
-            }
-            // The 101st request within 10 s takes http_req_rate over 100.
-            http_get(src, port).await.unwrap();
-            let crossed = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                if http_get(src, port).await.unwrap() == 403 {
-                    return crossed.elapsed();
-                }
-                assert!(crossed.elapsed() < Duration::from_secs(10), "{src} never blocked");
-            }
-        });
-    }
-    let mut lat: Vec<Duration> = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        lat.push(r.unwrap());
-    }
-    lat.sort();
-    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)];
+    let pid = daemon.id();
+    let lat = common::detection(&sb, 1, LIVE_OFFENDERS, || Path::new(&format!("/proc/{pid}")).exists()).await;
+    let pct = |p: usize| common::percentile(&lat, p);
 
     memory.push(("at the end", rss(&daemon)));
     let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
@@ -208,40 +181,17 @@ where
 }
 
 fn write_config(dir: &Path, sb: &Sandbox) -> std::path::PathBuf {
-    let rules = dir.join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/http-flood.toml"), rules.join("http-flood.toml"))
-        .unwrap();
-    std::fs::write(
-        rules.join("policy.toml"),
-        "[score]\nthreshold = 100\nhalf_life = \"10m\"\n[ladder]\nforgiveness = \"1h\"\nsteps = [{ action = [\"tag\", \"acl\"], duration = \"2h\" }]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("tokens.toml"),
-        format!("[[token]]\nname = \"bench\"\nrole = \"operator\"\ntoken = \"{TOKEN}\"\n"),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.join("tokens.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let cfg = dir.join("stickwarden.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "rules = \"rules\"\npoll_interval = \"1s\"\n\n[store]\npath = \"store\"\n{}\n\n\
-             [[haproxy]]\nname = \"sandbox\"\nsocket = \"{}\"\n\n[block]\ntable = \"ft_web\"\ntag = \"gpt0\"\nacl = \"{}\"\n\n\
-             [safety]\nmax_blocks_per_minute = 1000\n\n[api]\nlisten = [\"unix:{}\"]\ntokens = \"tokens.toml\"\n",
-            // The default cache unless SCALE_CACHE_MB says otherwise.
-            std::env::var("SCALE_CACHE_MB").map(|mb| format!("cache_mb = {mb}")).unwrap_or_default(),
-            sb.admin(),
-            sb.block_acl().display(),
-            dir.join("api.sock").display()
-        ),
-    )
-    .unwrap();
-    cfg
+    let c = common::BenchConfig {
+        rules: &["http-flood.toml"],
+        step: "[\"tag\", \"acl\"]",
+        interval_ms: 1000,
+        // The default cache unless SCALE_CACHE_MB says otherwise.
+        store: std::env::var("SCALE_CACHE_MB").map(|mb| format!("cache_mb = {mb}")).unwrap_or_default(),
+        safety: "max_blocks_per_minute = 1000".into(),
+        tables: "",
+        api: true,
+    };
+    common::write_config(dir, sb, &c)
 }
 
 /// 1,000,000 offenders with one old offence each (11.0.0.0 and up), 100,000 active blocks

@@ -629,15 +629,19 @@ impl Controller {
         if !failures.is_empty() {
             error!(key = ?block.as_ref().map(|b| net::display(&b.key)), refused = refused.len(), failures = ?failures, "{what} failed");
             let reason = format!("{what}: {}", failures.join("; "));
-            // A job of many keys: the audit record of each block a target refused.
+            // A poll's new blocks: the audit record of each one a target refused. (A re-apply of
+            // every block, refused for a reason that is the same for all, is one record.)
             let blocks: Vec<&Block> = match &block {
                 Some(b) => vec![b],
-                None => refused.iter().filter_map(|k| self.active.get(k)).collect(),
+                None if what == "block" => refused.iter().filter_map(|k| self.active.get(k)).collect(),
+                None => Vec::new(),
             };
             let mut records: Vec<AuditRecord> =
                 blocks.into_iter().map(|b| AuditRecord::of(Event::ActionFailed, b, now)).collect();
             if records.is_empty() {
-                records.push(AuditRecord::note(Event::ActionFailed, now, AUTO_ACTOR, String::new()));
+                let mut rec = AuditRecord::note(Event::ActionFailed, now, AUTO_ACTOR, String::new());
+                rec.counters = vec![("keys_refused".into(), refused.len() as i64)];
+                records.push(rec);
             }
             for mut rec in records {
                 rec.reason = reason.clone();

@@ -4,7 +4,10 @@
 //! Polls of one table never overlap (the task awaits each poll before the next tick, and a late
 //! tick is delayed, not doubled); tables and targets poll concurrently. Before its first poll a
 //! task asks HAProxy how each column is filtered ([`plan`]). Only entries that match a rule leave
-//! the task, as [`Observation`]s for the controller.
+//! the task, as [`Observation`]s for the controller. A table in suspects mode
+//! ([`crate::suspects`]) is read through its flags instead ([`poll_suspects`]), with a full poll
+//! every sweep interval that checks nothing was missed ([`sweep`]). Every poll records the table's
+//! entry count in the [`super::Census`], for the circuit breaker.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
