@@ -190,7 +190,8 @@ async fn suspects_findings(
     let swept = async {
         let queries = crate::daemon::poller::plan(client, name, &cfg.rules).await?;
         let key_type = client.table_key_type(name).await?;
-        crate::daemon::poller::sweep(client, name, sus, key_type, &queries, &cfg.rules, tag).await
+        let blocked = crate::daemon::poller::Blocked { tag, acl: cfg.block.acl.as_ref() };
+        crate::daemon::poller::sweep(client, name, sus, key_type, &queries, &cfg.rules, blocked).await
     };
     match swept.await {
         Ok(sw) if sw.missed.is_empty() => vec![Finding::ok(format!(

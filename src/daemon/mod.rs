@@ -199,6 +199,7 @@ pub async fn run_with(
                 rules: rules.clone(),
                 census: census.clone(),
                 tag: (cfg.block.table.as_deref() == Some(table.name.as_str())).then(|| cfg.block.tag.clone()),
+                acl: cfg.block.acl.clone(),
             };
             tokio::spawn(poller::run(task, tx.clone(), stop_rx.clone(), metrics.clone()));
         }

@@ -70,6 +70,8 @@ pub(super) struct Task {
     pub census: Arc<super::Census>,
     /// The tag column, when the tag is set in this table (a tagged client is blocked already).
     pub tag: Option<DataField>,
+    /// The block ACL (a listed client is blocked already).
+    pub acl: Option<crate::proto::AclRef>,
 }
 
 /// What a poller task keeps from one poll to the next.
@@ -140,7 +142,8 @@ async fn poll_once(task: &Task, state: &mut State, metrics: &Metrics) -> Result<
     if state.last_sweep.is_some_and(|t| t.elapsed() < suspects.sweep) {
         return Ok(poll_suspects(client, table, &suspects.table, key_type, rules, tag).await?.polled);
     }
-    let mut sweep = sweep(client, table, &suspects.table, key_type, queries, rules, tag).await?;
+    let blocked = Blocked { tag, acl: task.acl.as_ref() };
+    let mut sweep = sweep(client, table, &suspects.table, key_type, queries, rules, blocked).await?;
     state.last_sweep = Some(Instant::now());
     if !sweep.missed.is_empty() {
         let missed = &sweep.missed;
@@ -162,10 +165,18 @@ pub struct Sweep {
     pub flagged: usize,
 }
 
+/// How a sweep knows a client is blocked already (HAProxy never flags those): the tag column of
+/// the watched table, and the block ACL.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Blocked<'a> {
+    pub tag: Option<&'a DataField>,
+    pub acl: Option<&'a crate::proto::AclRef>,
+}
+
 /// A full poll of `table` (its `queries`), then a suspects poll. A client a rule matched during
 /// the full poll was flagged at its last event before it, and nothing unflags it but a suspects
-/// poll finding it tagged (left out): an untagged offender of the full poll without a flag was
-/// missed by the lines in HAProxy.
+/// poll finding it tagged: an offender of the full poll without a flag that is neither tagged nor
+/// listed in the block ACL (asked of HAProxy for those few) was missed by the lines in HAProxy.
 pub async fn sweep(
     client: &Client,
     table: &str,
@@ -173,8 +184,9 @@ pub async fn sweep(
     key_type: crate::proto::KeyType,
     queries: &[Vec<Filter>],
     rules: &RuleSet,
-    tag: Option<&DataField>,
+    blocked: Blocked<'_>,
 ) -> Result<Sweep, ClientError> {
+    let tag = blocked.tag;
     let mut untagged: HashSet<IpAddr> = HashSet::new();
     let mut full = poll_each(client, table, queries, rules, |addr, e| {
         if !is_tagged(e, tag) {
@@ -185,6 +197,18 @@ pub async fn sweep(
     let flagged = poll_suspects(client, table, suspects, key_type, rules, tag).await?;
     let mut missed: Vec<IpAddr> = untagged.into_iter().filter(|a| !flagged.flagged.contains(a)).collect();
     missed.sort_unstable();
+    if let (Some(acl), false) = (blocked.acl, missed.is_empty()) {
+        let asks: Vec<crate::proto::Command> =
+            missed.iter().map(|a| crate::proto::Command::GetAcl { acl: acl.clone(), addr: *a }).collect();
+        let listed: Vec<bool> = client
+            .execute_many(&asks)
+            .await
+            .into_iter()
+            .map(|b| b.map(|b| crate::proto::acl::parse_get_acl(&b).unwrap_or(false)))
+            .collect::<Result<_, _>>()?;
+        let mut listed = listed.into_iter();
+        missed.retain(|_| !listed.next().unwrap_or(false));
+    }
     let seen: HashSet<IpAddr> = full.observations.iter().map(|o| o.addr).collect();
     full.observations.extend(flagged.polled.observations.into_iter().filter(|o| !seen.contains(&o.addr)));
     full.scanned += flagged.polled.scanned;
