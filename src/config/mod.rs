@@ -440,7 +440,9 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
         }
         if let Some(s) = &t.suspects {
             let suspects = s.get_ref();
-            if suspects.is_empty() || suspects == name || read_tables.contains(&suspects.as_str()) {
+            let shared =
+                raw.table[..i].iter().any(|o| o.get_ref().suspects.as_ref().is_some_and(|x| x.get_ref() == suspects));
+            if suspects.is_empty() || suspects == name || read_tables.contains(&suspects.as_str()) || shared {
                 return Err(src.error(&s.span(), format!("suspects must name a table of its own, not '{suspects}'")));
             }
             if let Err(why) = crate::suspects::check_rules(rules.for_table(name).map(|(_, r)| r)) {
@@ -456,6 +458,15 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
     }
 
     let block = check_block(src, &raw.block, &tables)?;
+    let tag_table = tables.iter().find(|t| t.suspects.is_some() && block.table.as_deref() == Some(t.name.as_str()));
+    if let (Some(t), false) = (tag_table, matches!(block.tag.as_str(), "gpt0" | "gpc0" | "gpc1")) {
+        // The lines of suspects mode skip tagged clients with `sc0_get_<tag>`, which HAProxy has
+        // for these columns only.
+        return Err(file_error(format!(
+            "table '{}' uses a suspects table, which needs [block] tag to be gpt0, gpc0 or gpc1 (not {})",
+            t.name, block.tag
+        )));
+    }
     if rules.policy.uses(Action::Acl) && block.acl.is_none() {
         return Err(file_error("the ladder uses \"acl\" but [block] has no acl = \"/path/of/the/acl/file\"".into()));
     }

@@ -223,6 +223,11 @@ fn a_suspects_table_only_for_rules_it_can_vouch_for() {
         e.starts_with("DIR/stickwarden.toml:10:12: table 'ft_web' cannot use a suspects table: rule 'flood' (DIR/rules/r.toml:2:8) reads bytes_in_rate"),
         "{e}"
     );
+    let two = format!("{text}\n[[table]]\nname = \"ft_api\"\nsuspects = \"sw_suspects\"\n");
+    let api_rule = RULE.replace("ft_web", "ft_api").replace("\"flood\"", "\"api\"");
+    assert!(load(&two, &format!("{RULE}\n{api_rule}")).unwrap_err().contains("suspects must name a table of its own"));
+    let tag = text.replace("[block]\n", "[block]\ntag = \"gpt1\"\n");
+    assert!(load(&tag, RULE).unwrap_err().contains("needs [block] tag to be gpt0, gpc0 or gpc1 (not gpt1)"));
     let below = RULE.replace("http_req_rate gt 100", "http_req_rate lt 100");
     assert!(load(&text, &below).unwrap_err().contains("'http_req_rate lt 100' is not a lower bound"));
 }
