@@ -26,7 +26,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stickwarden::config::BlockConfig;
 use stickwarden::daemon::poller;
 use stickwarden::proto::{Command as Cmd, DataField, KeyType, TableKey};
 use stickwarden::sandbox::{fill_table, nth_addr, Sandbox, SandboxOptions};
@@ -54,14 +53,10 @@ async fn run() {
     let acl_dir = tempfile::tempdir().unwrap();
     let acl = acl_dir.path().join("block.lst");
     std::fs::write(&acl, "").unwrap();
-    let block = BlockConfig {
-        table: Some("ft_web".into()),
-        tag: "gpt0".parse().unwrap(),
-        tag_value: 1,
-        acl: Some(acl.display().to_string().parse().unwrap()),
-    };
+    let (tag, acl_ref) = ("gpt0".parse().unwrap(), acl.display().to_string().parse().unwrap());
+    let blocked = stickwarden::suspects::Blocked { tag: Some(&tag), acl: Some(&acl_ref) };
     let lines =
-        stickwarden::suspects::lines("ft_web", "sw_suspects", rules.for_table("ft_web").map(|(_, r)| r), &block);
+        stickwarden::suspects::lines("ft_web", "sw_suspects", rules.for_table("ft_web").map(|(_, r)| r), blocked);
     let mut sb =
         Sandbox::start(&SandboxOptions { acl_file: Some(acl.clone()), suspects: Some(lines), ..Default::default() })
             .expect("haproxy");

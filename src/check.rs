@@ -186,11 +186,10 @@ async fn suspects_findings(
         }
         Err(e) => return vec![Finding::fail(format!("suspects table '{sus}': {e}"))],
     }
-    let tag = (cfg.block.table.as_deref() == Some(name.as_str())).then_some(&cfg.block.tag);
     let swept = async {
         let queries = crate::daemon::poller::plan(client, name, &cfg.rules).await?;
         let key_type = client.table_key_type(name).await?;
-        let blocked = crate::daemon::poller::Blocked { tag, acl: cfg.block.acl.as_ref() };
+        let blocked = cfg.block.blocked_in(name);
         crate::daemon::poller::sweep(client, name, sus, key_type, &queries, &cfg.rules, blocked).await
     };
     match swept.await {

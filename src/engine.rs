@@ -76,7 +76,7 @@ pub fn assess(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Location;
+    use crate::checked::Location;
     use crate::rules::{Action, Step};
 
     fn rule(name: &str, weight: f64, dry_run: bool) -> Rule {

@@ -152,7 +152,7 @@ impl Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Location;
+    use crate::checked::Location;
     use proptest::prelude::*;
 
     fn cond(s: &str) -> Condition {

@@ -13,6 +13,8 @@
 //!   bound to chosen loopback source addresses; used by `stickwarden demo` and by the tests.
 //! - [`time`], [`net`]: instants as the store keeps them (ms since the epoch, RFC 3339 for people);
 //!   addresses and networks in the one canonical form blocks are keyed by.
+//! - [`checked`]: checked TOML, below every file reader: errors at file:line:column, the value
+//!   types (durations, networks, times) and their limits.
 //! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
 //! - [`rules`]: rule files, conditions, the scoring and escalation policy, and the server-side
 //!   filters derived from them ([`rules::filters`]).
@@ -39,6 +41,7 @@ pub mod actuator;
 pub mod allowlist;
 pub mod api;
 pub mod check;
+pub mod checked;
 pub mod cli;
 pub mod client;
 pub mod columns;

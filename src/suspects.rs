@@ -18,8 +18,7 @@
 //! rest. A periodic full poll (the sweep) backs the argument with a measurement: what it finds
 //! that was not flagged is counted and logged.
 
-use crate::config::BlockConfig;
-use crate::proto::FilterOp;
+use crate::proto::{AclRef, DataField, FilterOp};
 use crate::rules::{Condition, Rule};
 
 /// The sticky counter the suspects table is tracked with in the generated lines.
@@ -71,6 +70,14 @@ fn fetch(c: &Condition) -> Option<String> {
     Some(f)
 }
 
+/// How a blocked client is known, in HAProxy and in the poller: the tag column of the watched
+/// table (when the tag is set there), and the block ACL.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Blocked<'a> {
+    pub tag: Option<&'a DataField>,
+    pub acl: Option<&'a AclRef>,
+}
+
 /// One condition as an HAProxy ACL term: `{ sc0_http_req_rate gt 100 }`.
 fn term(c: &Condition) -> String {
     let f = fetch(c).unwrap_or_else(|| c.column.to_string());
@@ -108,17 +115,22 @@ pub struct Lines {
     pub section: Vec<String>,
 }
 
-/// The lines that flag, in `suspects`, the clients `rules` (of `table`) match. `block` says which
-/// clients are blocked (its tag in `table`, its ACL file), so that they are never flagged again.
+/// The lines that flag, in `suspects`, the clients `rules` (of `table`) match. `blocked` says
+/// which clients are blocked (the tag, the ACL file), so that they are never flagged again.
 /// One `set-var` line per conjunction and event (HAProxy reads at most 64 words a line); the
 /// `tcp-request` lines come first, as HAProxy runs them first.
-pub fn lines<'a>(table: &str, suspects: &str, rules: impl IntoIterator<Item = &'a Rule>, block: &BlockConfig) -> Lines {
+pub fn lines<'a>(
+    table: &str,
+    suspects: &str,
+    rules: impl IntoIterator<Item = &'a Rule>,
+    blocked: Blocked<'_>,
+) -> Lines {
     let rules: Vec<&Rule> = rules.into_iter().collect();
     let mut guard = Vec::new();
-    if block.table.as_deref() == Some(table) {
-        guard.push(format!("!{{ sc{TRACKED_AS}_get_{} gt 0 }}", block.tag));
+    if let Some(tag) = blocked.tag {
+        guard.push(format!("!{{ sc{TRACKED_AS}_get_{tag} gt 0 }}"));
     }
-    if let Some(acl) = &block.acl {
+    if let Some(acl) = blocked.acl {
         guard.push(format!("!{{ src -f {acl} }}"));
     }
     let guard = guard.join(" ");
@@ -157,7 +169,7 @@ pub fn lines<'a>(table: &str, suspects: &str, rules: impl IntoIterator<Item = &'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Location;
+    use crate::checked::Location;
     use proptest::prelude::*;
 
     fn rule(all: &[&str], any: &[&str]) -> Rule {
@@ -180,13 +192,8 @@ mod tests {
             rule(&["http_req_rate gt 100"], &[]),
             rule(&["http_err_rate gt 20"], &[]),
         ];
-        let block = BlockConfig {
-            table: Some("ft_web".into()),
-            tag: "gpt0".parse().unwrap(),
-            tag_value: 1,
-            acl: Some("/etc/haproxy/block.lst".parse().unwrap()),
-        };
-        let l = lines("ft_web", "sw_suspects", &rules, &block);
+        let (tag, acl) = ("gpt0".parse().unwrap(), "/etc/haproxy/block.lst".parse().unwrap());
+        let l = lines("ft_web", "sw_suspects", &rules, Blocked { tag: Some(&tag), acl: Some(&acl) });
         let guard = "!{ sc0_get_gpt0 gt 0 } !{ src -f /etc/haproxy/block.lst }";
         assert_eq!(
             &l.frontend[3..9],

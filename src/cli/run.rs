@@ -144,7 +144,8 @@ pub fn haproxy_config(a: ConfigArgs) -> Result<(), Failure> {
     for t in &cfg.tables {
         let Some(s) = &t.suspects else { continue };
         any = true;
-        let lines = crate::suspects::lines(&t.name, &s.table, cfg.rules.for_table(&t.name).map(|(_, r)| r), &cfg.block);
+        let blocked = cfg.block.blocked_in(&t.name);
+        let lines = crate::suspects::lines(&t.name, &s.table, cfg.rules.for_table(&t.name).map(|(_, r)| r), blocked);
         say!("# In the frontend that tracks '{}' (after `tcp-request connection track-sc0 src`):", t.name)?;
         for l in &lines.frontend {
             say!("    {l}")?;

@@ -5,9 +5,6 @@
 //! checks it into [`Config`]: every problem is reported with file, line and column before any
 //! socket is opened or any store touched (exit code 64). `docs/configuration.md` documents every key.
 
-pub(crate) mod error;
-pub(crate) mod values;
-
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,9 +13,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use error::{read, Source};
-pub use error::{ConfigError, Location};
-use values::{Dur, Net, Time};
+pub mod tokens;
+
+use crate::checked::error::{read, Source};
+use crate::checked::values::{Dur, Net, Time};
+pub use crate::checked::{ConfigError, Location};
 
 use crate::proto::{AclRef, DataField};
 use crate::rules::{Action, RuleSet};
@@ -52,7 +51,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub listen: Vec<Listen>,
-    pub tokens: std::sync::Arc<crate::api::auth::Tokens>,
+    pub tokens: std::sync::Arc<tokens::Tokens>,
     /// Open API connections at most (lowered to fit the file descriptor limit).
     pub max_connections: usize,
 }
@@ -139,6 +138,16 @@ pub struct BlockConfig {
     pub tag_value: u32,
     /// The ACL file (as HAProxy loaded it) the `acl` action adds to.
     pub acl: Option<AclRef>,
+}
+
+impl BlockConfig {
+    /// How a blocked client of `table` is known: the tag, when it is set in `table`, and the ACL.
+    pub fn blocked_in(&self, table: &str) -> crate::suspects::Blocked<'_> {
+        crate::suspects::Blocked {
+            tag: (self.table.as_deref() == Some(table)).then_some(&self.tag),
+            acl: self.acl.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -588,7 +597,7 @@ fn check(src: &Source<'_>, raw: RawConfig, rules_dir: PathBuf, rules: RuleSet) -
             if let Some(m) = a.max_connections.as_ref().filter(|m| !(1..=65_536).contains(m.get_ref())) {
                 return Err(src.error(&m.span(), "max_connections must be between 1 and 65536"));
             }
-            let tokens = crate::api::auth::Tokens::load(&base.join(a.tokens.get_ref()))?;
+            let tokens = tokens::Tokens::load(&base.join(a.tokens.get_ref()))?;
             Some(ApiConfig { listen, tokens: std::sync::Arc::new(tokens), max_connections })
         }
     };

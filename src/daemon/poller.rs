@@ -24,6 +24,7 @@ use crate::config::TableConfig;
 use crate::metrics::Metrics;
 use crate::proto::{DataField, ErrorKind, Filter, TableSelect};
 use crate::rules::{filters, Condition, Rule, RuleSet};
+pub use crate::suspects::Blocked;
 
 /// An entry that matched at least one rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,14 +164,6 @@ pub struct Sweep {
     pub missed: Vec<IpAddr>,
     /// How many keys were flagged.
     pub flagged: usize,
-}
-
-/// How a sweep knows a client is blocked already (HAProxy never flags those): the tag column of
-/// the watched table, and the block ACL.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Blocked<'a> {
-    pub tag: Option<&'a DataField>,
-    pub acl: Option<&'a crate::proto::AclRef>,
 }
 
 /// A full poll of `table` (its `queries`), then a suspects poll. A client a rule matched during

@@ -58,7 +58,7 @@ pub fn queries_by<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Location;
+    use crate::checked::Location;
 
     fn rule(all: &[&str], any: &[&str]) -> Rule {
         Rule {

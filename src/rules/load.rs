@@ -7,9 +7,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Action, Actions, Condition, Policy, Rule, RuleSet, Step};
-use crate::config::error::{read, Source};
-use crate::config::values::Dur;
-use crate::config::{ConfigError, Location};
+use crate::checked::error::{read, Source};
+use crate::checked::values::Dur;
+use crate::checked::{ConfigError, Location};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Location;
+use crate::checked::Location;
 use crate::proto::table::Entry;
 use crate::proto::{DataField, FilterOp};
 
