@@ -152,24 +152,10 @@ impl Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checked::Location;
     use proptest::prelude::*;
 
     fn cond(s: &str) -> Condition {
         s.parse().unwrap()
-    }
-
-    fn rule(all: &[&str], any: &[&str]) -> Rule {
-        Rule {
-            name: "r".into(),
-            table: "t".into(),
-            description: String::new(),
-            all: all.iter().map(|c| cond(c)).collect(),
-            any: any.iter().map(|c| cond(c)).collect(),
-            weight: 1.0,
-            dry_run: false,
-            at: Location { path: "r.toml".into(), line: 1, column: 1 },
-        }
     }
 
     #[test]
@@ -192,15 +178,15 @@ mod tests {
         let m = relax(&cond("gpt0 gt 0"), MergeMode::Max, 5).unwrap();
         assert_eq!(m.to_string(), "gpt0 gt 0");
         let merge = MergeConfig { enabled: true, ..Default::default() };
-        let r = relax_rule(&rule(&["http_req_rate gt 100", "conn_cur lt 3"], &[]), &merge, 4);
+        let r = relax_rule(&Rule::parsed(&["http_req_rate gt 100", "conn_cur lt 3"], &[]), &merge, 4);
         assert_eq!(r.all.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["http_req_rate gt 25"]);
-        let r = relax_rule(&rule(&[], &["gpt0 gt 0", "conn_cur eq 3"]), &merge, 4);
+        let r = relax_rule(&Rule::parsed(&[], &["gpt0 gt 0", "conn_cur eq 3"]), &merge, 4);
         assert!(r.any.is_empty() && r.all.is_empty(), "an unrelaxable any widens to every entry");
     }
 
     #[test]
     fn merging_sums_counters_and_takes_the_largest_tag() {
-        let r = rule(&["http_req_rate gt 100", "gpt0 ge 0"], &[]);
+        let r = Rule::parsed(&["http_req_rate gt 100", "gpt0 ge 0"], &[]);
         let cols = Columns::of([&r], &MergeConfig::default());
         let mut m = Merged::new(cols.names.len(), 3);
         m.add(0, &[Some(40), Some(0)], &cols.modes);

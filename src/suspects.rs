@@ -125,7 +125,6 @@ pub fn lines<'a>(
     rules: impl IntoIterator<Item = &'a Rule>,
     blocked: Blocked<'_>,
 ) -> Lines {
-    let rules: Vec<&Rule> = rules.into_iter().collect();
     let mut guard = Vec::new();
     if let Some(tag) = blocked.tag {
         guard.push(format!("!{{ sc{TRACKED_AS}_get_{tag} gt 0 }}"));
@@ -134,7 +133,7 @@ pub fn lines<'a>(
         guard.push(format!("!{{ src -f {acl} }}"));
     }
     let guard = guard.join(" ");
-    let conjunctions = conjunctions(rules.iter().copied());
+    let conjunctions = conjunctions(rules);
     let var = format!("sw_{}", table.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
     let (sc, s) = (SUSPECTS_COUNTER, suspects);
     let flagged = |scope: &str| format!("{{ var({scope}.{var}) -m int gt 0 }}");
@@ -169,20 +168,13 @@ pub fn lines<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checked::Location;
     use proptest::prelude::*;
 
+    /// [`Rule::parsed`], placed at line 3 of its file.
     fn rule(all: &[&str], any: &[&str]) -> Rule {
-        Rule {
-            name: "r".into(),
-            table: "ft_web".into(),
-            description: String::new(),
-            all: all.iter().map(|c| c.parse().unwrap()).collect(),
-            any: any.iter().map(|c| c.parse().unwrap()).collect(),
-            weight: 100.0,
-            dry_run: false,
-            at: Location { path: "r.toml".into(), line: 3, column: 1 },
-        }
+        let mut r = Rule::parsed(all, any);
+        r.at.line = 3;
+        r
     }
 
     #[test]

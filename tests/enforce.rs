@@ -323,6 +323,16 @@ async fn actuator_is_rate_limited() {
     a.run(Job::ApplyMany { blocks, place: place(&Actions::new(vec![Action::Tag])), fresh: false }).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "re-apply was rate limited: {:?}", started.elapsed());
     assert_eq!(gpt0(&c, "10.0.0.199").await, Some(1));
+    // A poll's new blocks, one pipelined job, are limited like any command: 12 tags cannot take
+    // less than (12 - 4) / 4 s.
+    let fresh: Vec<_> = (0..12u8)
+        .map(|i| (stickwarden::net::parse_net(&format!("10.9.1.{i}")).unwrap(), Actions::new(vec![Action::Tag])))
+        .collect();
+    let started = Instant::now();
+    a.run(Job::ApplyMany { blocks: fresh, place: place(&Actions::new(vec![Action::Tag])), fresh: true }).await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1900), "a poll's 12 tags at 4/s took only {took:?}");
+    assert_eq!(gpt0(&c, "10.9.1.11").await, Some(1));
 }
 
 /// HAProxy refusing one action (here the tag: a column the table does not store) does not keep

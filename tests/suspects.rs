@@ -77,14 +77,12 @@ fn printed_lines(acl: &std::path::Path) -> stickwarden::suspects::Lines {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     let text = String::from_utf8(o.stdout).unwrap();
-    let mut lines = stickwarden::suspects::Lines { frontend: Vec::new(), section: Vec::new() };
-    for l in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(inner) = l.strip_prefix("    ").filter(|_| lines.section.is_empty()) {
-            lines.frontend.push(inner.to_owned());
-        } else if !l.starts_with('#') || !lines.section.is_empty() {
-            lines.section.push(l.to_owned());
-        }
-    }
+    // A comment, the frontend's lines (indented), a blank line, the suspects table's section.
+    let (front, section) = text.split_once("\n\n").expect("a blank line before the section");
+    let lines = stickwarden::suspects::Lines {
+        frontend: front.lines().skip(1).map(|l| l.trim_start().to_owned()).collect(),
+        section: section.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+    };
     assert!(lines.frontend.len() > 5 && lines.section[0] == "backend sw_suspects", "{text}");
     lines
 }

@@ -87,8 +87,8 @@ pub enum ClientError {
     /// configuration that no longer has that part of `[block]`).
     #[error("{0}")]
     Unplaced(String),
-    /// Some keys of a job of many were refused (the others were applied): which, and the first
-    /// refusal.
+    /// Some keys of a job of many were refused (the others were applied): which (sorted, for a
+    /// binary search), and the first refusal.
     #[error("{} key(s) refused; the first: {first}", keys.len())]
     Refused { keys: Vec<ipnet::IpNet>, first: Box<ClientError> },
 }

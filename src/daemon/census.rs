@@ -20,13 +20,7 @@ pub struct Census {
 impl Census {
     /// Records that `table` on `target` tracked `used` entries when last read.
     pub fn record(&self, target: &str, table: &str, used: u64) {
-        let mut map = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        match map.get_mut(&(target.to_owned(), table.to_owned())) {
-            Some(n) => *n = used,
-            None => {
-                map.insert((target.to_owned(), table.to_owned()), used);
-            }
-        }
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).insert((target.to_owned(), table.to_owned()), used);
     }
 
     /// The tracked clients: for each table, its entries added up across the targets (each sees

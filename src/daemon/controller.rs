@@ -29,7 +29,7 @@ use crate::store::{AuditRecord, Block, Event, Origin, Place, Store, StoreError, 
 use crate::time::{ms, now_ms, Millis};
 
 /// How a job ended on every target ([`Controller::done`]).
-pub(super) struct Outcome {
+pub(crate) struct Outcome {
     pub what: &'static str,
     pub release: bool,
     /// One line per target that refused or failed.
@@ -605,7 +605,8 @@ impl Controller {
             failures.sort();
             refused.sort_unstable();
             refused.dedup();
-            let _ = tx.send(Msg::Done { block, what, release, failures, refused, polled_at, notify }).await;
+            let outcome = Outcome { what, release, failures, refused, polled_at };
+            let _ = tx.send(Msg::Done { block, outcome, notify }).await;
         });
     }
 

@@ -43,18 +43,9 @@ pub use poller::Observation;
 pub(crate) enum Msg {
     /// The candidates of one poll that started at `polled_at`.
     Observed { polled_at: crate::time::Millis, observations: Vec<Observation> },
-    /// A job finished on every target (`failures` lists those that refused or failed).
-    Done {
-        block: Option<Block>,
-        what: &'static str,
-        release: bool,
-        failures: Vec<String>,
-        /// Keys of a job of many that a target refused (the rest of the job was applied).
-        refused: Vec<ipnet::IpNet>,
-        /// When the poll that decided these blocks started, for the detection latency.
-        polled_at: Option<crate::time::Millis>,
-        notify: Option<oneshot::Sender<Vec<String>>>,
-    },
+    /// A job finished on every target: how ([`controller::Outcome`]), for `block` when it was one
+    /// block's, and whom to tell once it is recorded.
+    Done { block: Option<Block>, outcome: controller::Outcome, notify: Option<oneshot::Sender<Vec<String>>> },
     /// An operator action.
     Manual { op: Manual, actor: String, reply: oneshot::Sender<Result<ManualReply, OpError>> },
     /// A target's HAProxy is a new process (reload, restart).
@@ -198,8 +189,7 @@ pub async fn run_with(
                 table: table.clone(),
                 rules: rules.clone(),
                 census: census.clone(),
-                tag: (cfg.block.table.as_deref() == Some(table.name.as_str())).then(|| cfg.block.tag.clone()),
-                acl: cfg.block.acl.clone(),
+                block: cfg.block.clone(),
             };
             tokio::spawn(poller::run(task, tx.clone(), stop_rx.clone(), metrics.clone()));
         }
@@ -294,10 +284,7 @@ pub async fn run_with(
 async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreError> {
     match msg {
         Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
-        Msg::Done { block, what, release, failures, refused, polled_at, notify } => {
-            let outcome = controller::Outcome { what, release, failures, refused, polled_at };
-            ctl.done(block, outcome, notify).await
-        }
+        Msg::Done { block, outcome, notify } => ctl.done(block, outcome, notify).await,
         Msg::Restarted { target, was, now } => ctl.target_restarted(&target, &was, &now).await,
         Msg::Actual(actual) => ctl.reconcile(actual).await,
         Msg::Backup { reply } => {

@@ -69,10 +69,8 @@ pub(super) struct Task {
     pub table: TableConfig,
     pub rules: Arc<RuleSet>,
     pub census: Arc<super::Census>,
-    /// The tag column, when the tag is set in this table (a tagged client is blocked already).
-    pub tag: Option<DataField>,
-    /// The block ACL (a listed client is blocked already).
-    pub acl: Option<crate::proto::AclRef>,
+    /// Where blocks go (a tagged or listed client is blocked already).
+    pub block: crate::config::BlockConfig,
 }
 
 /// What a poller task keeps from one poll to the next.
@@ -139,12 +137,11 @@ async fn poll_once(task: &Task, state: &mut State, metrics: &Metrics) -> Result<
         Some(t) => t,
         None => *state.key_type.insert(client.table_key_type(table).await?),
     };
-    let tag = task.tag.as_ref();
+    let blocked = task.block.blocked_in(table);
     if state.last_sweep.is_some_and(|t| t.elapsed() < suspects.sweep) {
-        return Ok(poll_suspects(client, table, &suspects.table, key_type, rules, tag).await?.polled);
+        return Ok(poll_suspects(client, table, &suspects.table, key_type, rules, blocked.tag).await?.polled);
     }
-    let blocked = Blocked { tag, acl: task.acl.as_ref() };
-    let mut sweep = sweep(client, table, &suspects.table, key_type, queries, rules, blocked).await?;
+    let sweep = sweep(client, table, &suspects.table, key_type, queries, rules, blocked).await?;
     state.last_sweep = Some(Instant::now());
     if !sweep.missed.is_empty() {
         let missed = &sweep.missed;
@@ -152,7 +149,7 @@ async fn poll_once(task: &Task, state: &mut State, metrics: &Metrics) -> Result<
         warn!(target = %task.target, table, suspects = %suspects.table, missed = missed.len(), first = ?&missed[..missed.len().min(5)],
               "the sweep found offenders the suspects table had not flagged: are the lines of `stickwarden haproxy-config` in HAProxy's configuration?");
     }
-    Ok(std::mem::take(&mut sweep.polled))
+    Ok(sweep.polled)
 }
 
 /// What a sweep found: the union of a full poll and a suspects poll, and the offenders the full

@@ -58,20 +58,6 @@ pub fn queries_by<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checked::Location;
-
-    fn rule(all: &[&str], any: &[&str]) -> Rule {
-        Rule {
-            name: "r".into(),
-            table: "t".into(),
-            description: String::new(),
-            all: all.iter().map(|c| c.parse().unwrap()).collect(),
-            any: any.iter().map(|c| c.parse().unwrap()).collect(),
-            weight: 1.0,
-            dry_run: false,
-            at: Location { path: "r.toml".into(), line: 1, column: 1 },
-        }
-    }
 
     fn text(q: &[Vec<Filter>]) -> Vec<String> {
         q.iter().map(|f| f.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" ")).collect()
@@ -79,8 +65,10 @@ mod tests {
 
     #[test]
     fn all_is_one_query_any_is_several() {
-        let r =
-            [rule(&["http_req_rate gt 100", "conn_cur gt 2"], &[]), rule(&[], &["gpt0 gt 0", "http_err_rate gt 20"])];
+        let r = [
+            Rule::parsed(&["http_req_rate gt 100", "conn_cur gt 2"], &[]),
+            Rule::parsed(&[], &["gpt0 gt 0", "http_err_rate gt 20"]),
+        ];
         assert_eq!(
             text(&queries(&r)),
             ["data.http_req_rate gt 100 data.conn_cur gt 2", "data.gpt0 gt 0", "data.http_err_rate gt 20"]
@@ -90,14 +78,18 @@ mod tests {
     #[test]
     fn at_most_four_filters_and_covered_queries_dropped() {
         let five = ["gpc0 gt 1", "gpc1 gt 1", "conn_cur gt 1", "conn_rate gt 1", "sess_rate gt 1"];
-        assert_eq!(queries(&[rule(&five, &[])])[0].len(), 4);
+        assert_eq!(queries(&[Rule::parsed(&five, &[])])[0].len(), 4);
         // `gpt0 gt 0` covers `gpt0 gt 0 AND conn_cur gt 5`, in either order.
-        let r = [rule(&["gpt0 gt 0", "conn_cur gt 5"], &[]), rule(&["gpt0 gt 0"], &[])];
+        let r = [Rule::parsed(&["gpt0 gt 0", "conn_cur gt 5"], &[]), Rule::parsed(&["gpt0 gt 0"], &[])];
         assert_eq!(text(&queries(&r)), ["data.gpt0 gt 0"]);
-        let r = [rule(&["gpt0 gt 0"], &[]), rule(&["gpt0 gt 0", "conn_cur gt 5"], &[]), rule(&["gpt0 gt 0"], &[])];
+        let r = [
+            Rule::parsed(&["gpt0 gt 0"], &[]),
+            Rule::parsed(&["gpt0 gt 0", "conn_cur gt 5"], &[]),
+            Rule::parsed(&["gpt0 gt 0"], &[]),
+        ];
         assert_eq!(text(&queries(&r)), ["data.gpt0 gt 0"]);
         // A rule with `any` only and the same condition as another's `all`: one query.
-        let r = [rule(&["gpt0 gt 0"], &[]), rule(&[], &["gpt0 gt 0"])];
+        let r = [Rule::parsed(&["gpt0 gt 0"], &[]), Rule::parsed(&[], &["gpt0 gt 0"])];
         assert_eq!(queries(&r).len(), 1);
     }
 
@@ -108,10 +100,10 @@ mod tests {
             "gpt0" => Some("gpt".parse().unwrap()),
             _ => Some(c.clone()),
         };
-        let r = [rule(&["gpt1 gt 0", "gpt0 gt 0"], &[])];
+        let r = [Rule::parsed(&["gpt1 gt 0", "gpt0 gt 0"], &[])];
         assert_eq!(text(&queries_as(&r, rename)), ["data.gpt gt 0"]);
         // An `any` condition that cannot be filtered needs the whole table, which covers the rest.
-        let r = [rule(&["conn_cur gt 5"], &[]), rule(&[], &["gpt1 gt 0", "conn_rate gt 9"])];
+        let r = [Rule::parsed(&["conn_cur gt 5"], &[]), Rule::parsed(&[], &["gpt1 gt 0", "conn_rate gt 9"])];
         assert_eq!(queries_as(&r, rename), [Vec::<Filter>::new()]);
     }
 }

@@ -124,6 +124,23 @@ impl Rule {
     }
 }
 
+#[cfg(test)]
+impl Rule {
+    /// A rule `r` of table `t` for unit tests: the conditions parsed, weight 1, at `r.toml:1:1`.
+    pub(crate) fn parsed(all: &[&str], any: &[&str]) -> Rule {
+        Rule {
+            name: "r".into(),
+            table: "t".into(),
+            description: String::new(),
+            all: all.iter().map(|c| c.parse().unwrap()).collect(),
+            any: any.iter().map(|c| c.parse().unwrap()).collect(),
+            weight: 1.0,
+            dry_run: false,
+            at: Location { path: "r.toml".into(), line: 1, column: 1 },
+        }
+    }
+}
+
 /// A way to block, chosen per ladder step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
