@@ -86,6 +86,13 @@ pub fn covers_addr(net: &IpNet, addr: IpAddr) -> bool {
     covers(net, &host_net(addr))
 }
 
+/// Every network holding `addr`, narrowest first: the address itself, then each shorter prefix
+/// down to `/0` (33 for IPv4, 129 for IPv6), as blocks are keyed.
+pub fn prefixes(addr: IpAddr) -> Vec<IpNet> {
+    let host = host_net(addr);
+    (0..=host.max_prefix_len()).rev().map(|p| IpNet::new_assert(host.addr(), p).trunc()).collect()
+}
+
 /// Whether some client is reached by both networks.
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     // Two CIDR ranges of one family meet exactly when one holds the other.

@@ -70,7 +70,7 @@ pub async fn explain(
     let addr = addr.to_canonical();
     let allow = Allowlist::new(cfg, &store.allows()?);
     let allowlisted = allow.allows(addr, now).map(str::to_owned);
-    let block = store.blocks()?.into_iter().find(|b| b.covers(addr)).map(|b| BlockView::of(&b, now));
+    let block = store.block_covering(addr)?.map(|b| BlockView::of(&b, now));
     let policy = &cfg.rules.policy;
     let offender = store.offender(addr)?.unwrap_or_default();
     let window_start = now.saturating_sub(ms(policy.forgiveness));

@@ -282,13 +282,8 @@ pub fn blocks_unconfirmed(
 pub fn history(store: &Store, addr: IpAddr, now: Millis) -> Result<HistoryView, OpError> {
     let key = crate::net::host_net(addr);
     let offender = store.offender(addr)?;
-    let block = store.blocks()?.into_iter().find(|b| b.covers(addr)).map(|b| BlockView::of(&b, now));
-    let events = store
-        .audit_since(0)?
-        .iter()
-        .filter(|r| r.key.is_some_and(|k| crate::net::covers_addr(&k, addr)))
-        .map(AuditView::of)
-        .collect();
+    let block = store.block_covering(addr)?.map(|b| BlockView::of(&b, now));
+    let events = store.audit_covering(addr)?.iter().map(AuditView::of).collect();
     Ok(HistoryView::new(key, offender.as_ref(), block, events))
 }
 

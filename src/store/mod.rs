@@ -116,9 +116,32 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn allows(&self) -> Result<Vec<AllowEntry>, StoreError>;
     /// Audit records from `since` on, oldest first.
     fn audit_since(&self, since: Millis) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The audit records about any of `nets` exactly, oldest first (read through an index: an
+    /// address's history costs its own records, not the log).
+    fn audit_about(&self, nets: &[IpNet]) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Audit records newest first, from the one before id `before` (the newest when `None`), each
+    /// given to `f` until it returns false: a page of the log, or a time window, read without
+    /// holding the rest.
+    fn audit_back(&self, before: Option<u64>, f: &mut dyn FnMut(AuditRecord) -> bool) -> Result<(), StoreError>;
     /// Drops offenders with no offence and no score since `offender_cutoff`, and audit records
     /// older than `audit_cutoff` (the newest always stays). Returns (offenders, records) removed.
     fn prune(&self, offender_cutoff: Millis, audit_cutoff: Millis) -> Result<(usize, usize), StoreError>;
+
+    /// The block in force on `addr`: its own, else the narrowest network block that covers it.
+    /// One lookup per prefix length, whatever the number of blocks.
+    fn block_covering(&self, addr: IpAddr) -> Result<Option<Block>, StoreError> {
+        for net in crate::net::prefixes(addr) {
+            if let Some(b) = self.block(&net)? {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every audit record about `addr` or a network containing it, oldest first.
+    fn audit_covering(&self, addr: IpAddr) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit_about(&crate::net::prefixes(addr))
+    }
 
     /// The offenders of `addrs`, in order: a poll's reads in one call.
     fn offenders(&self, addrs: &[IpAddr]) -> Result<Vec<Option<Offender>>, StoreError> {
@@ -316,6 +339,65 @@ mod tests {
         assert_eq!(s.prune(1_001, 1_500).unwrap(), (1, 1));
         assert!(!s.owns(&b.key).unwrap(), "until the audit retention forgets it");
         assert_eq!(s.audit_since(0).unwrap().len(), 1);
+    }
+    #[test]
+    fn an_addresses_records_and_block_are_found_without_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let addr: IpAddr = "10.0.0.7".parse().unwrap();
+        let all = [block("10.0.0.7", 1_000), block("10.0.0.0/24", 2_000), block("10.0.1.7", 3_000)];
+        s.decide_many(&all, |b| AuditRecord::of(Event::Block, b, b.since)).unwrap();
+        s.audit(AuditRecord::note(Event::BreakerOpen, 4_000, "stickwarden", "no key".into())).unwrap();
+        // The address's own block first, then the network's.
+        assert_eq!(s.block_covering(addr).unwrap().unwrap().key, all[0].key);
+        assert!(s.release(&all[0].key, 1_000, AuditRecord::of(Event::Release, &all[0], 5_000)).unwrap());
+        assert_eq!(s.block_covering(addr).unwrap().unwrap().key, all[1].key);
+        let about = |s: &Store| s.audit_covering(addr).unwrap().iter().map(|r| (r.event, r.at)).collect::<Vec<_>>();
+        let want = [(Event::Block, 1_000), (Event::Block, 2_000), (Event::Release, 5_000)];
+        assert_eq!(about(&s), want);
+        // "::ffff:10.0.0.7" is the same client.
+        assert_eq!(s.audit_covering("::ffff:10.0.0.7".parse().unwrap()).unwrap().len(), 3);
+
+        // Newest first from any point, stopping when asked.
+        let mut seen = Vec::new();
+        s.audit_back(None, &mut |r| {
+            seen.push(r.at);
+            seen.len() < 3
+        })
+        .unwrap();
+        assert_eq!(seen, [5_000, 4_000, 3_000]);
+        let newest = s.audit_since(0).unwrap().last().unwrap().id;
+        let mut older = Vec::new();
+        s.audit_back(Some(newest), &mut |r| {
+            older.push(r.at);
+            true
+        })
+        .unwrap();
+        assert_eq!(older, [4_000, 3_000, 2_000, 1_000]);
+
+        // Pruning removes the index entries with the records.
+        s.prune(0, 1_500).unwrap();
+        assert_eq!(about(&s), want[1..]);
+    }
+
+    #[test]
+    fn a_store_made_before_the_key_index_is_indexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let b = block("10.0.0.7", 1_000);
+            s.decide(&b, None, AuditRecord::of(Event::Block, &b, 1_000)).unwrap();
+            s.flush().unwrap();
+        }
+        {
+            // What an older version left: no index, no marker.
+            let db = ::sled::open(dir.path()).unwrap();
+            db.drop_tree("audit_keys").unwrap();
+            db.open_tree("meta").unwrap().remove("audit_keys_v1").unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.audit_covering("10.0.0.7".parse().unwrap()).unwrap().len(), 1);
     }
 }
 

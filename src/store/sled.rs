@@ -34,6 +34,9 @@ pub struct SledStore {
     /// Every key stickwarden has blocked (key -> time of its last block): what the reconciler may
     /// remove from HAProxy when no block wants it any more. Nothing else is ever removed.
     owned: sled::Tree,
+    /// The audit records about each key: `key \0 id` -> nothing, written with the record. An
+    /// address's history reads its own and its networks' records without scanning the log.
+    audit_keys: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -50,6 +53,14 @@ fn addr_key(addr: IpAddr) -> Vec<u8> {
     key(&crate::net::host_net(addr))
 }
 
+/// The entry of [`SledStore::audit_keys`] for record `id` about `net`.
+fn index_key(net: &IpNet, id: u64) -> Vec<u8> {
+    let mut k = key(net);
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("store records always serialize")
 }
@@ -63,6 +74,8 @@ fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]
 }
 
 const ID_BASE: &[u8] = b"id_base";
+/// Set in `meta` once [`SledStore::audit_keys`] indexes every audit record.
+const AUDIT_KEYS_BUILT: &[u8] = b"audit_keys_v1";
 
 impl SledStore {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`, and checks that
@@ -86,6 +99,7 @@ impl SledStore {
                 store.write_manifest()?;
             }
         }
+        store.build_audit_keys()?;
         Ok(store)
     }
 
@@ -110,8 +124,32 @@ impl SledStore {
             allow: db.open_tree("allow")?,
             audit: db.open_tree("audit")?,
             owned: db.open_tree("owned")?,
+            audit_keys: db.open_tree("audit_keys")?,
             db,
         })
+    }
+
+    /// Indexes the audit records of a store written before [`SledStore::audit_keys`] existed: once,
+    /// at the first open by this version.
+    fn build_audit_keys(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree("meta")?;
+        if meta.contains_key(AUDIT_KEYS_BUILT)? {
+            return Ok(());
+        }
+        let mut n = 0u64;
+        for r in self.audit.iter() {
+            let (k, v) = r?;
+            let rec: AuditRecord = decode("audit", &k, &v)?;
+            if let Some(net) = &rec.key {
+                self.audit_keys.insert(index_key(net, rec.id), &[])?;
+                n += 1;
+            }
+        }
+        meta.insert(AUDIT_KEYS_BUILT, &[1])?;
+        if n > 0 {
+            tracing::info!(records = n, "indexed the audit log by key (once, for this version)");
+        }
+        Ok(())
     }
 
     fn write_manifest(&self) -> Result<(), StoreError> {
@@ -175,7 +213,12 @@ impl SledStore {
             Line::Offender { key, offender } => self.offenders.insert(key.as_bytes(), encode(offender)).map(drop)?,
             Line::Allow(a) => self.allow.insert(key(&a.net), encode(a)).map(drop)?,
             Line::Owned { key, at } => self.owned.insert(key.as_bytes(), &at.to_be_bytes()).map(drop)?,
-            Line::Audit(r) => self.audit.insert(r.id.to_be_bytes(), encode(r)).map(drop)?,
+            Line::Audit(r) => {
+                self.audit.insert(r.id.to_be_bytes(), encode(r))?;
+                if let Some(net) = &r.key {
+                    self.audit_keys.insert(index_key(net, r.id), &[])?;
+                }
+            }
             Line::Header(_) | Line::End { .. } => {}
         }
         Ok(())
@@ -359,17 +402,14 @@ impl Backend for SledStore {
         let off = offender.map(|(a, o)| (addr_key(a), encode(o)));
         let since = block.since.to_be_bytes();
         let base = self.id_base;
-        let id = (&self.blocks, &self.offenders, &self.audit, &self.owned).transaction(
-            |(blocks, offenders, audit, owned)| {
+        let id = (&self.blocks, &self.offenders, &self.audit, &self.owned, &self.audit_keys).transaction(
+            |(blocks, offenders, audit, owned, keys)| {
                 blocks.insert(bk.as_slice(), bv.as_slice())?;
                 owned.insert(bk.as_slice(), &since)?;
                 if let Some((k, v)) = &off {
                     offenders.insert(k.as_slice(), v.as_slice())?;
                 }
-                let mut rec = rec.clone();
-                rec.id = base + audit.generate_id()?;
-                audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(rec.id)
+                append(audit, keys, base, &rec)
             },
         )?;
         Ok(id)
@@ -382,14 +422,9 @@ impl Backend for SledStore {
         for chunk in writes.chunks(BATCH) {
             // Encoded once, outside the transaction (which sled may run more than once).
             let encoded: Vec<Encoded> = chunk.iter().map(Encoded::of).collect();
-            (&self.blocks, &self.offenders, &self.audit, &self.owned).transaction(
-                |(blocks, offenders, audit, owned)| {
-                    let audited = |rec: &AuditRecord| {
-                        let mut rec = rec.clone();
-                        rec.id = base + audit.generate_id()?;
-                        audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    };
+            (&self.blocks, &self.offenders, &self.audit, &self.owned, &self.audit_keys).transaction(
+                |(blocks, offenders, audit, owned, keys)| {
+                    let audited = |rec: &AuditRecord| append(audit, keys, base, rec).map(drop);
                     for e in &encoded {
                         match e {
                             Encoded::Offender(k, v) => {
@@ -430,13 +465,11 @@ impl Backend for SledStore {
         for chunk in blocks.chunks(BATCH) {
             let encoded: Vec<(Vec<u8>, Vec<u8>, AuditRecord)> =
                 chunk.iter().map(|b| (key(&b.key), encode(b), rec(b))).collect();
-            (&self.blocks, &self.audit, &self.owned).transaction(|(bt, at, ot)| {
+            (&self.blocks, &self.audit, &self.owned, &self.audit_keys).transaction(|(bt, at, ot, kt)| {
                 for (k, v, r) in &encoded {
                     bt.insert(k.as_slice(), v.as_slice())?;
                     ot.insert(k.as_slice(), &r.at.to_be_bytes())?;
-                    let mut r = r.clone();
-                    r.id = base + at.generate_id()?;
-                    at.insert(&r.id.to_be_bytes(), encode(&r))?;
+                    append(at, kt, base, r)?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
@@ -449,16 +482,14 @@ impl Backend for SledStore {
     fn release(&self, key_net: &IpNet, since: Millis, rec: AuditRecord) -> Result<bool, StoreError> {
         let k = key(key_net);
         let base = self.id_base;
-        let removed = (&self.blocks, &self.audit).transaction(|(blocks, audit)| {
+        let removed = (&self.blocks, &self.audit, &self.audit_keys).transaction(|(blocks, audit, keys)| {
             let Some(v) = blocks.get(&k)? else { return Ok(false) };
             let b: Block = decode("blocks", &k, &v).map_err(ConflictableTransactionError::Abort)?;
             if b.since != since {
                 return Ok(false);
             }
             blocks.remove(k.as_slice())?;
-            let mut rec = rec.clone();
-            rec.id = base + audit.generate_id()?;
-            audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
+            append(audit, keys, base, &rec)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(true)
         })?;
         Ok(removed)
@@ -472,7 +503,15 @@ impl Backend for SledStore {
     /// Appends one audit record; returns its id.
     fn audit(&self, mut rec: AuditRecord) -> Result<u64, StoreError> {
         rec.id = self.next_id()?;
-        self.audit.insert(rec.id.to_be_bytes(), encode(&rec))?;
+        let (k, v) = (rec.id.to_be_bytes(), encode(&rec));
+        let entry = rec.key.as_ref().map(|net| index_key(net, rec.id));
+        (&self.audit, &self.audit_keys).transaction(|(audit, keys)| {
+            audit.insert(&k, v.as_slice())?;
+            if let Some(e) = &entry {
+                keys.insert(e.as_slice(), &[])?;
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
         Ok(rec.id)
     }
 
@@ -532,6 +571,46 @@ impl Backend for SledStore {
         Ok(out)
     }
 
+    fn audit_about(&self, nets: &[IpNet]) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut ids = Vec::new();
+        for net in nets {
+            let mut prefix = key(net);
+            prefix.push(0);
+            for r in self.audit_keys.scan_prefix(&prefix) {
+                let (k, _) = r?;
+                let id = <[u8; 8]>::try_from(&k[prefix.len()..]).map(u64::from_be_bytes).map_err(|_| {
+                    StoreError::Corrupt {
+                        tree: "audit_keys",
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        error: "not a key, a NUL and an id".into(),
+                    }
+                })?;
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A record pruned since its entry was read is simply gone.
+            if let Some(v) = self.audit.get(id.to_be_bytes())? {
+                out.push(decode("audit", &id.to_be_bytes(), &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn audit_back(&self, before: Option<u64>, f: &mut dyn FnMut(AuditRecord) -> bool) -> Result<(), StoreError> {
+        let end = before.map_or(std::ops::Bound::Unbounded, |b| std::ops::Bound::Excluded(b.to_be_bytes()));
+        for r in self.audit.range((std::ops::Bound::Unbounded, end)).rev() {
+            let (k, v) = r?;
+            if !f(decode("audit", &k, &v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops offenders with no offence and no score since `offender_cutoff`, and audit records
     /// older than `audit_cutoff`. Returns (offenders, audit records) removed.
     fn prune(&self, offender_cutoff: Millis, audit_cutoff: Millis) -> Result<(usize, usize), StoreError> {
@@ -561,11 +640,31 @@ impl Backend for SledStore {
             if rec.at >= audit_cutoff || newest.is_some_and(|n| k.as_ref() == n) {
                 break;
             }
+            if let Some(net) = &rec.key {
+                self.audit_keys.remove(index_key(net, rec.id))?;
+            }
             self.audit.remove(&k)?;
             audit += 1;
         }
         Ok((offenders, audit))
     }
+}
+
+/// Appends `rec` to the audit log within a transaction, with its entry in the key index; returns
+/// its id.
+fn append(
+    audit: &sled::transaction::TransactionalTree,
+    keys: &sled::transaction::TransactionalTree,
+    base: u64,
+    rec: &AuditRecord,
+) -> Result<u64, ConflictableTransactionError<StoreError>> {
+    let mut rec = rec.clone();
+    rec.id = base + audit.generate_id()?;
+    audit.insert(&rec.id.to_be_bytes(), encode(&rec))?;
+    if let Some(net) = &rec.key {
+        keys.insert(index_key(net, rec.id), &[])?;
+    }
+    Ok(rec.id)
 }
 
 /// A [`Write`] with its keys and values encoded, ready for a transaction.
