@@ -10,6 +10,7 @@
 //! | `GET /v1/blocks`, `GET /v1/blocks/{key}` | viewer | active blocks |
 //! | `POST /v1/blocks` | operator | manual block (`BlockRequest`) |
 //! | `POST /v1/unblock` | operator | `UnblockRequest` |
+//! | `POST /v1/extend` | operator | move the end of a block (`ExtendRequest`) |
 //! | `GET /v1/allow`, `POST /v1/allow`, `POST /v1/allow/remove` | viewer / operator | the allowlist |
 //! | `POST /v1/import` | operator | bulk block (`ImportRequest`) |
 //! | `GET /v1/history/{addr}`, `GET /v1/explain/{addr}` | viewer | one address |
@@ -41,7 +42,7 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::daemon::Handle;
 use crate::metrics::Metrics;
-use crate::ops::{self, AllowRequest, AuditQuery, BlockRequest, ImportRequest, OpError, UnblockRequest};
+use crate::ops::{self, AllowRequest, AuditQuery, BlockRequest, ExtendRequest, ImportRequest, OpError, UnblockRequest};
 use crate::store::Store;
 use crate::time::{now_ms, rfc3339};
 use auth::{Role, Tokens};
@@ -206,6 +207,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/blocks", get(list_blocks).post(block))
         .route("/v1/blocks/{key}", get(get_block))
         .route("/v1/unblock", post(unblock))
+        .route("/v1/extend", post(extend))
         .route("/v1/allow", get(list_allow).post(allow))
         .route("/v1/allow/remove", post(disallow))
         .route("/v1/import", post(import))
@@ -413,6 +415,16 @@ async fn unblock(
     State(s): State<ApiState>,
     caller: Caller,
     body: Result<Json<UnblockRequest>, JsonRejection>,
+) -> Result<Json<ops::Outcome>, ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body?;
+    act(&s, &caller, req.check()).await
+}
+
+async fn extend(
+    State(s): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<ExtendRequest>, JsonRejection>,
 ) -> Result<Json<ops::Outcome>, ApiError> {
     caller.require(Role::Operator)?;
     let Json(req) = body?;

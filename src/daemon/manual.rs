@@ -54,6 +54,29 @@ impl Controller {
                 }
                 self.unblock(key, actor, &reason, &mut reply).await?;
             }
+            Manual::Extend { key, duration, reason } => {
+                let Some(old) = self.active.get(&key).cloned() else {
+                    return Err(OpError::NotFound(format!("{} is not blocked", net::display(&key))));
+                };
+                if self.releasing.contains_key(&key) {
+                    return Err(OpError::Conflict(format!("the block of {} is being released", net::display(&key))));
+                }
+                let block = Block { until: now + ms(duration), ..old.clone() };
+                let mut rec = AuditRecord::of(Event::ExpiryChanged, &block, now);
+                (rec.actor, rec.reason, rec.source) = (actor.to_owned(), reason, Origin::Manual);
+                rec.duration_ms = ms(duration);
+                self.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
+                self.flush().await?;
+                info!(
+                    key = %net::display(&key),
+                    actor,
+                    was = %crate::time::rfc3339(old.until),
+                    until = %crate::time::rfc3339(block.until),
+                    "block end moved"
+                );
+                reply.outcome.blocked.push(BlockView::of(&block, now));
+                self.index(block);
+            }
             Manual::Allow { key, duration, reason } => {
                 let entry = AllowEntry {
                     net: key,

@@ -30,6 +30,7 @@ use crate::actuator::Actuator;
 use crate::client::{Client, ClientOptions};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ops::listing::{Listing, Page, Summary};
 use crate::ops::{Manual, OpError, Outcome};
 use crate::store::{Block, Store, StoreError};
 
@@ -55,6 +56,10 @@ pub(crate) enum Msg {
     /// A consistent backup of the store, written to a temp file while the controller (the only
     /// writer) waits for it.
     Backup { reply: oneshot::Sender<Result<tempfile::NamedTempFile, StoreError>> },
+    /// A page of the active blocks ([`crate::ops::listing`]).
+    Listing { listing: Box<Listing>, reply: oneshot::Sender<Page> },
+    /// The summary of the active blocks.
+    Summary { reply: oneshot::Sender<Summary> },
 }
 
 /// The longest time between two checks of a target's process identity (reload detection).
@@ -98,6 +103,21 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Backup { reply }).await.map_err(|_| OpError::Unavailable)?;
         Ok(rx.await.map_err(|_| OpError::Unavailable)??)
+    }
+
+    /// A page of the active blocks, from the controller's index (the blocks it enforces).
+    pub async fn blocks_page(&self, listing: Listing) -> Result<Page, OpError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Listing { listing: Box::new(listing), reply };
+        self.tx.send(msg).await.map_err(|_| OpError::Unavailable)?;
+        rx.await.map_err(|_| OpError::Unavailable)
+    }
+
+    /// The active blocks by level, rule, source and network.
+    pub async fn summary(&self) -> Result<Summary, OpError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Summary { reply }).await.map_err(|_| OpError::Unavailable)?;
+        rx.await.map_err(|_| OpError::Unavailable)
     }
 
     /// Runs `op` in the controller and waits (at most [`CONFIRM_WAIT`]) for HAProxy to confirm.
@@ -300,6 +320,15 @@ async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreE
                 })
                 .await;
             let _ = reply.send(made);
+            Ok(())
+        }
+        Msg::Listing { listing, reply } => {
+            let lagging = ctl.lag.lagging();
+            let _ = reply.send(listing.select(ctl.active.values(), crate::time::now_ms(), &lagging));
+            Ok(())
+        }
+        Msg::Summary { reply } => {
+            let _ = reply.send(crate::ops::listing::summary(ctl.active.values()));
             Ok(())
         }
         Msg::Manual { op, actor, reply } => match ctl.manual(op, &actor).await {

@@ -5,6 +5,7 @@
 //! of blocks, whether it is the running daemon or one started by the CLI for a single action.
 
 pub mod explain;
+pub mod listing;
 pub mod view;
 
 use std::net::IpAddr;
@@ -127,6 +128,25 @@ pub struct UnblockRequest {
     pub grace: Option<String>,
 }
 
+/// `POST /v1/extend`: the block of `key` ends `duration` from now instead (longer or shorter).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    pub key: String,
+    pub duration: String,
+    pub reason: String,
+}
+
+impl ExtendRequest {
+    pub fn check(&self) -> Result<Manual, OpError> {
+        Ok(Manual::Extend {
+            key: parse_key(&self.key)?,
+            duration: parse_duration(&self.duration)?,
+            reason: check_reason(&self.reason)?,
+        })
+    }
+}
+
 /// `POST /v1/allow` (add) and `POST /v1/allow/remove`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +176,8 @@ pub struct ImportRequest {
 pub enum Manual {
     Block { key: IpNet, duration: Duration, reason: String, allow_broad: bool },
     Unblock { key: IpNet, reason: String, grace: Option<Duration> },
+    /// The active block of `key` ends `duration` from now; everything else about it stays.
+    Extend { key: IpNet, duration: Duration, reason: String },
     Allow { key: IpNet, duration: Option<Duration>, reason: String },
     Disallow { key: IpNet, reason: String },
     Import { keys: Vec<IpNet>, duration: Duration, reason: String, allow_broad: bool },

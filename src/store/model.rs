@@ -192,6 +192,8 @@ pub enum Event {
     Recovered,
     /// `store restore` put a backup back.
     Restored,
+    /// An operator moved the end of an active block (extended or shortened it).
+    ExpiryChanged,
 }
 
 impl Event {
@@ -211,6 +213,7 @@ impl Event {
             Event::Repaired => "repaired",
             Event::Recovered => "recovered",
             Event::Restored => "restored",
+            Event::ExpiryChanged => "expiry_changed",
         }
     }
 }
