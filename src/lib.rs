@@ -35,6 +35,8 @@
 //! - [`recover`]: `store recover`: a damaged store rebuilt from what it still holds, a backup and
 //!   what HAProxy holds of keys stickwarden blocked.
 //! - [`api`]: the HTTP API (axum): routes, token auth, JSON errors; its server and the CLI's client.
+//! - [`console`]: the review console under `/ui/` (server-rendered pages, sessions, charts),
+//!   beside the API on its listeners.
 //! - [`cli`]: the `stickwarden` subcommands, their arguments and exit codes.
 
 pub mod actuator;
@@ -46,6 +48,7 @@ pub mod cli;
 pub mod client;
 pub mod columns;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod engine;
 pub mod fleet;

@@ -48,7 +48,16 @@ impl Api {
             },
         ));
         let (handle, clients) = ready.await.unwrap();
-        let state = ApiState { cfg: shared, store: store.clone(), handle, clients: Arc::new(clients), tokens, metrics };
+        let console = Arc::new(stickwarden::console::Console::new(std::time::Duration::from_secs(3600)));
+        let state = ApiState {
+            cfg: shared,
+            store: store.clone(),
+            handle,
+            clients: Arc::new(clients),
+            tokens,
+            metrics,
+            console,
+        };
         Api { router: router(state), store, stop: Some(stop), task, _setup: s }
     }
 

@@ -17,6 +17,7 @@
 //! | `GET /v1/audit?since=&key=&actor=&event=` | viewer | the audit log |
 //! | `POST /v1/reconcile` | operator | compare every target with the active blocks now |
 //! | `GET /v1/store/backup` | operator | a consistent backup of the store, as JSON Lines |
+//! | `/ui/...` | session | the review console ([`crate::console`]) |
 //!
 //! Keys in paths are percent-encoded (`10.0.0.0%2F24`). A request body must arrive within
 //! [`BODY_TIMEOUT`] (408 `request_timeout`) and stay within [`MAX_BODY`], or [`MAX_IMPORT_BODY`]
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub clients: Arc<Vec<(String, Client)>>,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
+    /// The review console's sessions and caches.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// An error answer: `{"error": {"code": "...", "message": "..."}}`.
@@ -216,6 +219,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/store/backup", get(backup))
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // The body is read and bounded by read_body; axum's own 2 MB default would refuse imports.
         .layer(axum::extract::DefaultBodyLimit::disable())

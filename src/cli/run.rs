@@ -39,6 +39,7 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    let session_ttl = cfg.api.as_ref().map_or(crate::config::DEFAULT_CONSOLE_SESSION, |a| a.console_session);
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
@@ -56,6 +57,7 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
                 clients: Arc::new(clients),
                 tokens,
                 metrics: api_metrics,
+                console: Arc::new(crate::console::Console::new(session_ttl)),
             };
             let mut stop = stop_rx;
             tokio::spawn(crate::api::serve::serve(crate::api::router(state), bound, cap, async move {

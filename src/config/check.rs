@@ -14,9 +14,9 @@ use toml::Spanned;
 use super::{
     default_store_path, tokens, Aggregate, ApiConfig, BlockConfig, Config, ConfigError, Listen, Protected, Safety,
     StaticAllow, StoreConfig, SuspectsConfig, TableConfig, TargetConfig, DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_PORT,
-    DEFAULT_BREAKER_FLOOR, DEFAULT_BREAKER_SHARE, DEFAULT_CACHE_MB, DEFAULT_COMMANDS_PER_SECOND, DEFAULT_MAX_PREFIX_V4,
-    DEFAULT_MAX_PREFIX_V6, DEFAULT_POLL_INTERVAL, DEFAULT_RECONCILE_INTERVAL, DEFAULT_SWEEP_INTERVAL,
-    MIN_POLL_INTERVAL,
+    DEFAULT_BREAKER_FLOOR, DEFAULT_BREAKER_SHARE, DEFAULT_CACHE_MB, DEFAULT_COMMANDS_PER_SECOND,
+    DEFAULT_CONSOLE_SESSION, DEFAULT_MAX_PREFIX_V4, DEFAULT_MAX_PREFIX_V6, DEFAULT_POLL_INTERVAL,
+    DEFAULT_RECONCILE_INTERVAL, DEFAULT_SWEEP_INTERVAL, MAX_CONSOLE_SESSION, MIN_POLL_INTERVAL,
 };
 use crate::checked::error::Source;
 use crate::checked::values::{Dur, Net, Time};
@@ -63,6 +63,7 @@ pub(super) struct RawApi {
     listen: Option<Vec<Spanned<String>>>,
     tokens: Spanned<String>,
     max_connections: Option<Spanned<usize>>,
+    console_session: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,8 +452,12 @@ fn check_api(src: &Source<'_>, raw: Option<&RawApi>) -> Result<Option<ApiConfig>
             if let Some(m) = a.max_connections.as_ref().filter(|m| !(1..=65_536).contains(m.get_ref())) {
                 return Err(src.error(&m.span(), "max_connections must be between 1 and 65536"));
             }
+            let console_session = a.console_session.as_ref().map_or(DEFAULT_CONSOLE_SESSION, |d| d.get_ref().0);
+            if let Some(d) = a.console_session.as_ref().filter(|d| d.get_ref().0 > MAX_CONSOLE_SESSION) {
+                return Err(src.error(&d.span(), "console_session is at most 7d"));
+            }
             let tokens = tokens::Tokens::load(&base.join(a.tokens.get_ref()))?;
-            Some(ApiConfig { listen, tokens: std::sync::Arc::new(tokens), max_connections })
+            Some(ApiConfig { listen, tokens: std::sync::Arc::new(tokens), max_connections, console_session })
         }
     };
     Ok(api)

@@ -51,7 +51,14 @@ pub struct ApiConfig {
     pub tokens: std::sync::Arc<tokens::Tokens>,
     /// Open API connections at most (lowered to fit the file descriptor limit).
     pub max_connections: usize,
+    /// How long a review console login lasts (from the login, not from the last request).
+    pub console_session: std::time::Duration,
 }
+
+/// Default of `[api] console_session`.
+pub const DEFAULT_CONSOLE_SESSION: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+/// Longest `[api] console_session`.
+pub const MAX_CONSOLE_SESSION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// Default of `[api] max_connections`.
 pub const DEFAULT_API_MAX_CONNECTIONS: usize = 256;

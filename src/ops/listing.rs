@@ -125,7 +125,9 @@ impl BlockQuery {
             }
         };
         let level = filled(&self.level)
-            .map(|l| l.parse::<u32>().map_err(|_| OpError::bad("invalid_request", format!("level: '{l}' is not a number"))))
+            .map(|l| {
+                l.parse::<u32>().map_err(|_| OpError::bad("invalid_request", format!("level: '{l}' is not a number")))
+            })
             .transpose()?;
         let source = match filled(&self.source) {
             None => None,
@@ -242,7 +244,10 @@ impl Listing {
         hits.sort_unstable_by(|a, b| self.compare(a, b));
         let rows = hits[start.min(hits.len())..]
             .iter()
-            .map(|b| BlockView { unconfirmed_on: lagging.get(&b.key).cloned().unwrap_or_default(), ..BlockView::of(b, now) })
+            .map(|b| BlockView {
+                unconfirmed_on: lagging.get(&b.key).cloned().unwrap_or_default(),
+                ..BlockView::of(b, now)
+            })
             .collect();
         Page { total, matched, page: page + 1, pages, rows }
     }
@@ -319,8 +324,9 @@ mod tests {
     }
 
     fn sample() -> Vec<Block> {
-        let mut v: Vec<Block> =
-            (0..120).map(|i| block(&format!("10.0.{}.{}", i / 100, i % 100), 1_000 + i, "flood", 1, Origin::Auto)).collect();
+        let mut v: Vec<Block> = (0..120)
+            .map(|i| block(&format!("10.0.{}.{}", i / 100, i % 100), 1_000 + i, "flood", 1, Origin::Auto))
+            .collect();
         v.push(block("192.0.2.0/24", 5_000, "manual", 0, Origin::Manual));
         v.push(block("2001:db8::1", 6_000, "import", 0, Origin::Manual));
         v[3].dry_run = true;

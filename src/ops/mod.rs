@@ -174,13 +174,38 @@ pub struct ImportRequest {
 /// A checked operator action, ready for the controller.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manual {
-    Block { key: IpNet, duration: Duration, reason: String, allow_broad: bool },
-    Unblock { key: IpNet, reason: String, grace: Option<Duration> },
+    Block {
+        key: IpNet,
+        duration: Duration,
+        reason: String,
+        allow_broad: bool,
+    },
+    Unblock {
+        key: IpNet,
+        reason: String,
+        grace: Option<Duration>,
+    },
     /// The active block of `key` ends `duration` from now; everything else about it stays.
-    Extend { key: IpNet, duration: Duration, reason: String },
-    Allow { key: IpNet, duration: Option<Duration>, reason: String },
-    Disallow { key: IpNet, reason: String },
-    Import { keys: Vec<IpNet>, duration: Duration, reason: String, allow_broad: bool },
+    Extend {
+        key: IpNet,
+        duration: Duration,
+        reason: String,
+    },
+    Allow {
+        key: IpNet,
+        duration: Option<Duration>,
+        reason: String,
+    },
+    Disallow {
+        key: IpNet,
+        reason: String,
+    },
+    Import {
+        keys: Vec<IpNet>,
+        duration: Duration,
+        reason: String,
+        allow_broad: bool,
+    },
 }
 
 impl BlockRequest {
@@ -327,9 +352,10 @@ pub fn audit_check(q: &AuditQuery) -> Result<(), OpError> {
     audit_filters(q, 0).map(drop)
 }
 
-type Filters = (Millis, Option<IpNet>, Option<Event>);
+/// An audit query's filters, checked: since when, about which key, which event.
+pub type Filters = (Millis, Option<IpNet>, Option<Event>);
 
-fn audit_filters(q: &AuditQuery, now: Millis) -> Result<Filters, OpError> {
+pub fn audit_filters(q: &AuditQuery, now: Millis) -> Result<Filters, OpError> {
     let since = match q.since.as_deref() {
         None => 0,
         Some(s) if s.contains('T') || s.contains('-') => {

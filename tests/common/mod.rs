@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the helper
 
+pub mod browser;
+
 use stickwarden::sandbox::{Sandbox, SandboxOptions};
 use stickwarden::{Client, ClientOptions};
 
