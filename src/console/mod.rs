@@ -877,7 +877,7 @@ mod tests {
         let out = csv(&[r]);
         let line = out.lines().nth(1).unwrap();
         assert!(line.ends_with("\"'=HYPERLINK(\"\"x\"\"), \"\"quoted\"\""), "{out}");
-        assert!(out.contains("line,http_req_rate=120\r\n"));
+        assert!(out.contains("line\",http_req_rate=120\r\n"), "{out}");
     }
 
     #[test]
