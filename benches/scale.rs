@@ -222,6 +222,7 @@ fn populate(path: &Path) {
             counters: vec![("http_req_rate".into(), 150)],
             dry_run: false,
             place: None,
+            nodes: Vec::new(),
         })
         .collect();
     store.decide_many(&blocks, |b| AuditRecord::of(Event::Block, b, now)).unwrap();

@@ -118,11 +118,13 @@ pub struct Merged {
     pub values: Vec<Option<i128>>,
     /// Which nodes (by index) reported the address.
     pub nodes: Vec<bool>,
+    /// Each node's own values (in [`Columns`] order), for the decision's evidence.
+    pub each: Vec<Vec<Option<i128>>>,
 }
 
 impl Merged {
     pub fn new(columns: usize, nodes: usize) -> Merged {
-        Merged { values: vec![None; columns], nodes: vec![false; nodes] }
+        Merged { values: vec![None; columns], nodes: vec![false; nodes], each: vec![Vec::new(); nodes] }
     }
 
     /// Adds node `node`'s values (in [`Columns`] order). A node reporting twice (two queries) is
@@ -131,6 +133,7 @@ impl Merged {
         if std::mem::replace(&mut self.nodes[node], true) {
             return;
         }
+        self.each[node] = values.to_vec();
         for ((slot, v), mode) in self.values.iter_mut().zip(values).zip(modes) {
             if let Some(v) = *v {
                 *slot = Some(slot.map_or(v, |s| mode.merge(s, v)));
@@ -141,6 +144,12 @@ impl Merged {
     /// The nodes that have not reported the address.
     pub fn missing(&self) -> impl Iterator<Item = usize> + '_ {
         self.nodes.iter().enumerate().filter(|(_, seen)| !**seen).map(|(i, _)| i)
+    }
+
+    /// Node `node`'s own value of `column`, if it reported one.
+    pub fn node_value(&self, columns: &Columns, node: usize, column: &str) -> Option<i128> {
+        let i = columns.names.iter().position(|n| n.to_string() == column)?;
+        self.each.get(node)?.get(i).copied().flatten()
     }
 
     /// The merged value of `column`.

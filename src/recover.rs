@@ -200,6 +200,7 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
             key,
             level: 0,
             place: Some(std::sync::Arc::new(Place::of(&cfg.block, &actions))),
+            nodes: Vec::new(),
             actions,
             rule: "recovered".into(),
             reason: "held by HAProxy when the store was recovered".into(),

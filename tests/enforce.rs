@@ -526,6 +526,7 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
                 counters: vec![],
                 dry_run: false,
                 place: None,
+                nodes: Vec::new(),
             })
             .collect();
         store.decide_many(&blocks, |b| AuditRecord::of(Event::Block, b, now)).unwrap();

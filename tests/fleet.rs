@@ -92,6 +92,12 @@ async fn an_abuser_under_the_threshold_on_each_node_but_over_it_in_total_is_bloc
     let b = d.store.blocks().unwrap().into_iter().find(|b| b.key.to_string() == "127.0.0.2/32").unwrap();
     let rate = b.counters.iter().find(|(n, _)| n == "http_req_rate").map(|(_, v)| *v).unwrap();
     assert!((150..=160).contains(&rate), "the decision saw the fleet-wide rate: {rate}");
+    // And the evidence keeps each node's share of it.
+    assert_eq!(b.nodes.len(), NODES, "{:?}", b.nodes);
+    let shares: Vec<i64> =
+        b.nodes.iter().map(|n| n.counters.iter().find(|(c, _)| c == "http_req_rate").unwrap().1).collect();
+    assert!(shares.iter().all(|v| (30..=32).contains(v)), "{shares:?}");
+    assert_eq!(shares.iter().sum::<i64>(), rate);
     d.stop().await;
 }
 

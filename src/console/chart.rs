@@ -33,6 +33,11 @@ impl Activity {
         Activity { start: (now / HOUR + 1).saturating_sub(HOURS as u64) * HOUR, ..Default::default() }
     }
 
+    /// Whether this chart still covers the 24 hours up to `now` (else a new one is needed).
+    pub fn current(&self, now: Millis) -> bool {
+        Activity::new(now).start == self.start
+    }
+
     /// Counts `r` if it is a block or release within the chart; returns false once records are
     /// older than the chart (the caller reads newest first and stops there).
     pub fn add(&mut self, r: &AuditRecord) -> bool {
@@ -116,8 +121,9 @@ impl Activity {
     }
 }
 
-/// An address's score over time: its offences (dots, with their ladder level), the stored score
-/// decaying from when it was last computed through the next two half-lives, and the threshold.
+/// An address's score over time: its offences (the score reaching the threshold, with the ladder
+/// level they got; the score then starts again from 0), the score gathered since, decaying from
+/// when it was last computed through the next two half-lives, and the threshold.
 pub fn score_svg(
     offences: &[(Millis, u32)],
     score: Option<(f64, Millis)>,
@@ -135,7 +141,7 @@ pub fn score_svg(
     let x = |t: Millis| LEFT + (t.saturating_sub(first)) as f64 / span * (W - LEFT - 8.0);
     let top = score.map_or(0.0, |s| s.0).max(threshold) * 1.15;
     let y = |v: f64| H - 24.0 - v / top * (H - 40.0);
-    let curve: Vec<String> = match score {
+    let curve: Vec<String> = match score.filter(|s| s.0 > 0.0) {
         Some((value, at)) => (0..=48)
             .map(|i| {
                 let t = at + (end.saturating_sub(at)) * i / 48;
@@ -155,9 +161,12 @@ pub fn score_svg(
             text.axis x=(format!("{:.1}", x(now) + 3.0)) y="16" { "now" }
             @if !curve.is_empty() { polyline.score points=(curve.join(" ")) {} }
             @for (at, level) in offences {
-                circle.offence cx=(format!("{:.1}", x(*at))) cy=(H - 24.0) r="5" {
+                // An offence is the score reaching the threshold; the score then starts again at 0.
+                line.reset x1=(format!("{:.1}", x(*at))) x2=(format!("{:.1}", x(*at))) y1=(format!("{:.1}", y(threshold))) y2=(H - 24.0) {}
+                circle.offence cx=(format!("{:.1}", x(*at))) cy=(format!("{:.1}", y(threshold))) r="5" {
                     title { "offence at " (crate::time::rfc3339(*at)) ", level " (level) }
                 }
+                text.axis x=(format!("{:.1}", x(*at) + 6.0)) y=(format!("{:.1}", y(threshold) - 6.0)) { "L" (level) }
             }
             text.axis x=(LEFT) y=(H - 4.0) { (crate::time::rfc3339(first)) }
             text.axis x=(W - 170.0) y=(H - 4.0) { (crate::time::rfc3339(end)) }

@@ -47,15 +47,14 @@ use chart::Activity;
 use pages::{Confirm, Confirmation};
 use session::{Session, Sessions};
 
-/// The console's own state beside the API's: sessions, and the 24-hour chart (rebuilt at most
-/// every [`ACTIVITY_TTL`] ms: it reads a day of the audit log).
+/// The console's own state beside the API's: sessions, and the 24-hour chart with the newest
+/// audit id it counts.
 #[derive(Debug)]
 pub struct Console {
     pub sessions: Sessions,
-    activity: Mutex<Option<(Millis, Arc<Activity>)>>,
+    activity: Mutex<Option<(u64, Arc<Activity>)>>,
 }
 
-const ACTIVITY_TTL: Millis = 30_000;
 /// Audit records per page of the audit page.
 pub const AUDIT_PAGE: usize = 100;
 /// Audit records read at most for one page of a filtered audit listing.
@@ -258,24 +257,31 @@ async fn overview_data(s: &ApiState) -> Result<pages::Overview, OpError> {
     })
 }
 
-/// The 24-hour chart, from the cache when it is fresh.
+/// The 24-hour chart, kept up to date a few records at a time: each request reads only the audit
+/// records newer than the last it saw (a new chart is read whole when the hour changes).
 async fn activity(s: &ApiState) -> Result<Arc<Activity>, OpError> {
     let now = now_ms();
-    if let Some((at, a)) = s.console.activity.lock().expect("activity lock").as_ref() {
-        if now.saturating_sub(*at) < ACTIVITY_TTL {
-            return Ok(a.clone());
-        }
-    }
+    let cached = s.console.activity.lock().expect("activity lock").clone();
     let store = s.store.clone();
-    let made = tokio::task::spawn_blocking(move || {
-        let mut a = Activity::new(now);
-        store.audit_back(None, &mut |r| a.add(&r))?;
-        Ok::<_, OpError>(a)
+    let (made, newest) = tokio::task::spawn_blocking(move || {
+        let (mut a, seen) = match cached {
+            Some((seen, a)) if a.current(now) => ((*a).clone(), Some(seen)),
+            _ => (Activity::new(now), None),
+        };
+        let mut newest = seen;
+        store.audit_back(None, &mut |r| {
+            if seen.is_some_and(|s| r.id <= s) {
+                return false;
+            }
+            newest = newest.max(Some(r.id));
+            a.add(&r)
+        })?;
+        Ok::<_, OpError>((a, newest.unwrap_or(0)))
     })
     .await
     .map_err(|e| OpError::Store(crate::store::StoreError::Io(format!("chart task: {e}"))))??;
     let made = Arc::new(made);
-    *s.console.activity.lock().expect("activity lock") = Some((now, made.clone()));
+    *s.console.activity.lock().expect("activity lock") = Some((newest, made.clone()));
     Ok(made)
 }
 

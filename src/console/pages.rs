@@ -438,9 +438,17 @@ pub fn address(who: &Session, a: &Address) -> Markup {
                     h2 { "Evidence at decision time" }
                     @match &e.block {
                         Some(b) if !b.counters.is_empty() => {
-                            p.note { "The counters that crossed, as the controller saw them (merged across the fleet when it merges)." }
-                            table { thead { tr { th { "counter" } th { "value" } } }
-                                tbody { @for (k, v) in &b.counters { tr { td { (k) } td { (v) } } } } }
+                            @if b.nodes.is_empty() {
+                                p.note { "The counters that crossed, as the controller read them." }
+                            } @else {
+                                p.note { "The counters that crossed: merged across the fleet, and each node's own value." }
+                            }
+                            table.evidence {
+                                thead { tr { th { "counter" } th { (if b.nodes.is_empty() { "value" } else { "merged" }) }
+                                    @for n in b.nodes.keys() { th { (text(n)) } } } }
+                                tbody { @for (k, v) in &b.counters { tr { td { (k) } td { (v) }
+                                    @for n in b.nodes.values() { td { @if let Some(x) = n.get(k) { (x) } @else { "–" } } } } } }
+                            }
                         }
                         Some(_) => { p.note { "A manual or imported block: no counters." } }
                         None => { p.note { "No block in force." } }
@@ -457,7 +465,7 @@ pub fn address(who: &Session, a: &Address) -> Markup {
             section.card.wide {
                 h2 { "Score over time" }
                 (chart::score_svg(&a.offences, a.score, a.half_life, e.threshold, a.now))
-                p.note { "Dots: offences. Line: the score as last stored, decaying with the half-life. Dashed: the threshold." }
+                p.note { "Dots: offences, where the score reached the threshold (dashed) and started again from 0, with the level they got. Line: the score gathered since, decaying with the half-life." }
             }
             section.card.wide {
                 h2 { "HAProxy now" }

@@ -272,6 +272,7 @@ impl Controller {
                 counters: obs.counters,
                 dry_run: v.dry_run,
                 place: Some(Arc::new(Place::of(&self.cfg.block, &v.actions))),
+                nodes: obs.nodes,
             };
             if !v.dry_run {
                 self.breaker.record(now);
@@ -412,6 +413,7 @@ impl Controller {
             counters: vec![("offenders".into(), n as i64)],
             dry_run: false,
             place: Some(Arc::new(Place::of(&self.cfg.block, &Actions::new(vec![Action::Acl])))),
+            nodes: Vec::new(),
         };
         let rec = AuditRecord::of(Event::Block, &block, now);
         self.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });

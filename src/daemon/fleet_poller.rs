@@ -59,6 +59,7 @@ pub(super) async fn run(
     let own: Vec<Rule> = rules.for_table(&table.name).map(|(_, r)| r.clone()).collect();
     let relaxed: Arc<Vec<Rule>> = Arc::new(own.iter().map(|r| relax_rule(r, &merge, nodes.len())).collect());
     let columns = Arc::new(Columns::of(&own, &merge));
+    let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
     let mut plans: Vec<Option<NodePlan>> = vec![None; nodes.len()];
     let mut last_error: Vec<Option<String>> = vec![None; nodes.len()];
     let mut tick = tokio::time::interval(table.interval);
@@ -128,7 +129,7 @@ pub(super) async fn run(
             }
         }
         let lookups = look_up_missing(&nodes, &plans, &up, &table.name, &own, &columns, &mut merged).await;
-        let observations = observe(&rules, &table.name, &columns, &merged);
+        let observations = observe(&rules, &table.name, &columns, &merged, &names);
         debug!(table = %table.name, nodes_up = up.iter().filter(|u| **u).count(), candidates = merged.len(),
                lookups, offending = observations.len(), took = ?started.elapsed(), "fleet polled");
         if !observations.is_empty() && tx.send(Msg::Observed { polled_at, observations }).await.is_err() {
@@ -236,6 +237,30 @@ async fn look_up_missing(
 }
 
 /// The merged addresses that match at least one rule of `table`, as observations.
-fn observe(rules: &RuleSet, table: &str, columns: &Columns, merged: &HashMap<IpAddr, Merged>) -> Vec<Observation> {
-    merged.iter().filter_map(|(addr, m)| Observation::of(*addr, rules, table, |c| m.get(columns, &c.column))).collect()
+/// Each carries every node's own values of its counters, the evidence of the merge.
+fn observe(
+    rules: &RuleSet,
+    table: &str,
+    columns: &Columns,
+    merged: &HashMap<IpAddr, Merged>,
+    names: &[String],
+) -> Vec<Observation> {
+    merged
+        .iter()
+        .filter_map(|(addr, m)| {
+            let mut o = Observation::of(*addr, rules, table, |c| m.get(columns, &c.column))?;
+            for (i, node) in names.iter().enumerate().filter(|(i, _)| m.nodes[*i]) {
+                let counters = o
+                    .counters
+                    .iter()
+                    .filter_map(|(c, _)| {
+                        let v = m.node_value(columns, i, c)?;
+                        Some((c.clone(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64))
+                    })
+                    .collect();
+                o.nodes.push(crate::store::NodeCounters { node: node.clone(), counters });
+            }
+            Some(o)
+        })
+        .collect()
 }

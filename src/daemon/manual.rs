@@ -182,6 +182,7 @@ impl Controller {
             key,
             level: 0,
             place: Some(std::sync::Arc::new(Place::of(&self.cfg.block, &actions))),
+            nodes: Vec::new(),
             actions,
             rule: MANUAL_RULE.into(),
             reason,
@@ -256,6 +257,7 @@ impl Controller {
                     counters: Vec::new(),
                     dry_run: false,
                     place: Some(place.clone()),
+                    nodes: Vec::new(),
                 };
                 fresh.push(block);
             }

@@ -34,6 +34,8 @@ pub struct Observation {
     pub rules: Vec<usize>,
     /// The values of the columns those rules read.
     pub counters: Vec<(String, i64)>,
+    /// Each node's own values of `counters`, when they were merged across a fleet.
+    pub nodes: Vec<crate::store::NodeCounters>,
 }
 
 impl Observation {
@@ -58,7 +60,7 @@ impl Observation {
                 counters.push((c.column.to_string(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
             }
         }
-        Some(Observation { addr, rules: matched, counters })
+        Some(Observation { addr, rules: matched, counters, nodes: Vec::new() })
     }
 }
 

@@ -228,6 +228,7 @@ mod tests {
             counters: vec![],
             dry_run: false,
             place: None,
+            nodes: Vec::new(),
         };
         let b = [block(1_000)];
         let mut releasing = HashMap::new();

@@ -320,6 +320,7 @@ mod tests {
             counters: Vec::new(),
             dry_run: false,
             place: None,
+            nodes: Vec::new(),
         }
     }
 

@@ -38,6 +38,9 @@ pub struct BlockView {
     pub remaining_s: u64,
     pub dry_run: bool,
     pub counters: BTreeMap<String, i64>,
+    /// Each node's own values of `counters` when a fleet's values were merged for the decision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, BTreeMap<String, i64>>,
     /// Targets that have not confirmed the block yet (a fleet node down or lagging); only the
     /// running daemon knows, so this is empty in answers made without it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -60,6 +63,7 @@ impl BlockView {
             remaining_s: b.until.saturating_sub(now).div_ceil(1000),
             dry_run: b.dry_run,
             counters: b.counters.iter().cloned().collect(),
+            nodes: b.nodes.iter().map(|n| (n.node.clone(), n.counters.iter().cloned().collect())).collect(),
             unconfirmed_on: Vec::new(),
         }
     }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use ::sled::transaction::TransactionError;
 use ipnet::IpNet;
 
-pub use model::{AllowEntry, AuditRecord, Block, Event, Offence, Offender, Origin, Place, Score, TagPlace};
+pub use model::{
+    AllowEntry, AuditRecord, Block, Event, NodeCounters, Offence, Offender, Origin, Place, Score, TagPlace,
+};
 
 use crate::time::Millis;
 
@@ -287,6 +289,7 @@ mod tests {
             counters: vec![("http_req_rate".into(), 120)],
             dry_run: false,
             place: None,
+            nodes: Vec::new(),
         }
     }
 
@@ -431,6 +434,7 @@ mod damage_tests {
                     counters: Vec::new(),
                     dry_run: false,
                     place: None,
+                    nodes: Vec::new(),
                 })
                 .collect();
             s.decide_many(&blocks, |b| AuditRecord::of(Event::Block, b, 1_000)).unwrap();

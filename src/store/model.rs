@@ -89,6 +89,17 @@ pub struct Block {
     /// Shared: the controller keeps one copy of each place for all the blocks applied there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<std::sync::Arc<Place>>,
+    /// Each node's values of `counters` when a fleet's values were merged for the decision
+    /// (empty for one target, and for manual blocks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeCounters>,
+}
+
+/// One node's values of the counters a merged decision read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCounters {
+    pub node: String,
+    pub counters: Vec<(String, i64)>,
 }
 
 /// Where a block's actions were applied, recorded with the decision so that release and the

@@ -231,6 +231,7 @@ pub fn store_acl_block(store: &stickwarden::store::Store, key: &str) {
         counters: Vec::new(),
         dry_run: false,
         place: None,
+        nodes: Vec::new(),
     };
     store.decide(&b, None, AuditRecord::of(Event::Block, &b, now)).unwrap();
 }
