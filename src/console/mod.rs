@@ -52,7 +52,7 @@ use session::{Session, Sessions};
 #[derive(Debug)]
 pub struct Console {
     pub sessions: Sessions,
-    activity: Mutex<Option<(u64, Arc<Activity>)>>,
+    activity: Mutex<Option<(Option<u64>, Arc<Activity>)>>,
 }
 
 /// Audit records per page of the audit page.
@@ -265,7 +265,7 @@ async fn activity(s: &ApiState) -> Result<Arc<Activity>, OpError> {
     let store = s.store.clone();
     let (made, newest) = tokio::task::spawn_blocking(move || {
         let (mut a, seen) = match cached {
-            Some((seen, a)) if a.current(now) => ((*a).clone(), Some(seen)),
+            Some((seen, a)) if a.current(now) => ((*a).clone(), seen),
             _ => (Activity::new(now), None),
         };
         let mut newest = seen;
@@ -276,7 +276,7 @@ async fn activity(s: &ApiState) -> Result<Arc<Activity>, OpError> {
             newest = newest.max(Some(r.id));
             a.add(&r)
         })?;
-        Ok::<_, OpError>((a, newest.unwrap_or(0)))
+        Ok::<_, OpError>((a, newest))
     })
     .await
     .map_err(|e| OpError::Store(crate::store::StoreError::Io(format!("chart task: {e}"))))??;
