@@ -1,7 +1,7 @@
 # One command per job; .ci/run calls the same targets a person does.
 CARGO ?= cargo
 
-.PHONY: demo test test-integration test-versions bench bench-socat lint haproxy fuzz
+.PHONY: test-deps demo test test-integration test-versions bench bench-socat lint haproxy fuzz
 
 # The HAProxy builds beside the repository (3.0.0, 3.4.0, 3.5-dev5; see ../shared/haproxy/README.md).
 HAPROXY_BUILDS ?= ../shared/haproxy
@@ -10,19 +10,23 @@ HAPROXY_VERSIONS ?= 3.0.0 3.4.0 3.5-dev5
 haproxy:
 	@scripts/ensure-haproxy.sh
 
+## HAProxy, and headless Chromium with chromedriver for the console's browser tests.
+test-deps:
+	@scripts/ensure-haproxy.sh --browser
+
 ## Sandbox HAProxy on loopback, abusive and normal traffic, block and release through the Runtime API.
 demo: haproxy
 	$(CARGO) run --release -- demo
 
-## Unit tests (captured HAProxy answers) and integration tests (a real haproxy, real HTTP), on
-## $$HAPROXY when set, else Debian's haproxy.
-test: haproxy
+## Unit tests (captured HAProxy answers) and integration tests (a real haproxy, real HTTP, the
+## console in headless Chromium), on $$HAPROXY when set, else Debian's haproxy.
+test: test-deps
 	$(CARGO) test
 
 ## The integration tests on one HAProxy build: make test-integration HAPROXY=/path/to/haproxy
 test-integration:
 	@test -n "$(HAPROXY)" || { echo "usage: make test-integration HAPROXY=/path/to/haproxy" >&2; exit 2; }
-	HAPROXY=$(HAPROXY) scripts/ensure-haproxy.sh
+	HAPROXY=$(HAPROXY) scripts/ensure-haproxy.sh --browser
 	HAPROXY=$(HAPROXY) $(CARGO) test --test '*'
 
 ## The whole suite on Debian's HAProxy (2.6.12), then the integration tests on every build of

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure a `haproxy` binary is available for the demo and the tests (and `socat` with --socat,
-# for the benchmarks). As root it installs the distribution's packages with apt-get; otherwise it
+# for the benchmarks; Chromium and its WebDriver with --browser, for the console's browser tests). As root it installs the distribution's packages with apt-get; otherwise it
 # prints the exact command to run and fails.
 set -euo pipefail
 
@@ -11,9 +11,15 @@ if [ -n "${HAPROXY:-}" ]; then
 else
   find_bin haproxy || need+=(haproxy)
 fi
-if [ "${1:-}" = "--socat" ]; then
-  find_bin socat || need+=(socat)
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --socat) find_bin socat || need+=(socat) ;;
+    --browser)
+      [ -x /usr/bin/chromium ] || need+=(chromium)
+      [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+      ;;
+  esac
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -375,6 +375,83 @@ pub async fn http_burst(src: IpAddr, port: u16, count: usize, concurrency: usize
     Ok(statuses)
 }
 
+/// One blocking HTTP/1.1 exchange with 127.0.0.1:`port`: the status, the head and the body (read
+/// by the answer's own framing: Content-Length or chunked). For the console's tests and bench,
+/// and the WebDriver calls of the browser tests.
+pub fn http_exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<(u16, String, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    // Read by the answer's own framing: chromedriver keeps the connection open after it.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection closed before the answer's head"));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let lower = head.to_ascii_lowercase();
+    let length =
+        lower.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+    let chunked = lower.contains("transfer-encoding: chunked");
+    loop {
+        let have = raw.len() - head_end;
+        let done = match length {
+            Some(n) => have >= n,
+            // The last chunk: `0` and an empty trailer, after the data's own CRLF or alone.
+            None if chunked => raw[head_end..].ends_with(b"\r\n0\r\n\r\n") || raw[head_end..] == *b"0\r\n\r\n",
+            None => false,
+        };
+        if done {
+            break;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let rest = String::from_utf8_lossy(&raw[head_end..]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if chunked { dechunk(&rest) } else { rest };
+    Ok((status, head.trim_end().to_owned(), body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// The address of the `i`-th generated entry: 10.0.0.0 plus `i`.
 pub fn nth_addr(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i))
