@@ -10,7 +10,12 @@
 //!    at every phase of the 1 s poll interval); for each, the time from the request that takes
 //!    its rate over the threshold (the 101st within 10 s) to HAProxy's first 403, probed every
 //!    10 ms (target: p99 under interval + 50 ms);
-//! 5. memory: the daemon's peak RSS (`VmHWM`) at the end (target < 200 MB).
+//! 5. the review console (issue 15), logged in over loopback TCP: server time of the blocks
+//!    page's first screen (target < 150 ms), of other listings (sorted, filtered, a deep page, an
+//!    address search), of an address page (target < 100 ms), of the overview (its first answer
+//!    reads the day's 100,000 audit records), and every page's size with its stylesheet and
+//!    script (target < 200 KB);
+//! 6. memory: the daemon's peak RSS (`VmHWM`) at the end (target < 200 MB).
 //!
 //! Not criterion: these are one-shot end-to-end figures (percentiles, a peak), printed as a
 //! report. `cargo bench --bench scale` (about two minutes; needs `haproxy`).
@@ -52,6 +57,10 @@ async fn run() {
 
     let work = tempfile::tempdir().unwrap();
     let cfg = write_config(work.path(), &sb);
+    let console_port = stickwarden::sandbox::free_port().unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace("listen = [\"unix:", &format!("listen = [\"127.0.0.1:{console_port}\", \"unix:"));
+    std::fs::write(&cfg, text).unwrap();
     let t = Instant::now();
     populate(&work.path().join("store"));
     eprintln!(
@@ -96,6 +105,9 @@ async fn run() {
     review.sort();
     memory.push(("after the reviews", rss(&daemon)));
 
+    let console = console_figures(console_port);
+    memory.push(("after the console", rss(&daemon)));
+
     // Reload: the new worker has nothing; time until it has everything.
     let old = c.show_info().await.unwrap().pid().unwrap();
     sb.reload(old).unwrap();
@@ -133,10 +145,75 @@ async fn run() {
         ms(pct(99)),
         ms(lat[lat.len() - 1])
     );
+    for line in &console {
+        println!("console: {line}");
+    }
     for (when, (now_kb, peak_kb)) in &memory {
         println!("daemon memory {when}: RSS {} MB, peak so far {} MB", now_kb / 1024, peak_kb / 1024);
     }
     println!("(target: peak under 200 MB)");
+}
+
+/// The console's figures, one line each: the server time of each page (from the request sent to
+/// the last byte read, on loopback; 15 runs), and its size.
+fn console_figures(port: u16) -> Vec<String> {
+    use stickwarden::sandbox::http_exchange;
+    let form = format!("token={TOKEN}");
+    let (status, head, _) = http_exchange(
+        port,
+        "POST",
+        "/ui/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 303, "console login: {head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    let get = |path: &str| {
+        let t = Instant::now();
+        let (status, _, body) = http_exchange(port, "GET", path, &[("Cookie", &cookie)], b"").unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        (t.elapsed(), body.len())
+    };
+    let assets: usize = ["/ui/static/console.css", "/ui/static/console.js"].iter().map(|p| get(p).1).sum();
+    let mut out = Vec::new();
+    let (cold, _) = get("/ui/");
+    out.push(format!("overview, first answer (reads the day's audit records): {:.1} ms", cold.as_secs_f64() * 1e3));
+    let pages = [
+        ("blocks page, first screen", "/ui/blocks", "< 150 ms"),
+        ("blocks sorted by address", "/ui/blocks?sort=key&order=asc", "< 150 ms"),
+        ("blocks filtered by rule, page 1000", "/ui/blocks?rule=http-flood&page=1000", "< 150 ms"),
+        ("blocks searched by address", "/ui/blocks?q=12.0.1.7", "< 150 ms"),
+        ("address page, blocked with history", "/ui/address/12.0.0.5", "< 100 ms"),
+        ("address page, offender in history", "/ui/address/11.0.0.5", "< 100 ms"),
+        ("overview", "/ui/", ""),
+        ("audit page", "/ui/audit", ""),
+        ("allowlist", "/ui/allow", ""),
+    ];
+    for (what, path, target) in pages {
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..15 {
+            let (t, n) = get(path);
+            times.push(t);
+            size = n;
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        out.push(format!(
+            "{what} ({path}): median {:.1} ms, max {:.1} ms{}; {} KB with its stylesheet and script (target < 200 KB)",
+            ms(times[7]),
+            ms(times[14]),
+            if target.is_empty() { String::new() } else { format!(" (target {target})") },
+            (size + assets).div_ceil(1024)
+        ));
+    }
+    out
 }
 
 /// The process's RSS and peak RSS (`VmHWM`), in kB.
@@ -225,6 +302,24 @@ fn populate(path: &Path) {
             nodes: Vec::new(),
         })
         .collect();
+    // One blocked address with a past: three offences, and its earlier blocks and their releases
+    // (recorded first: the log is in time order).
+    let repeat = IpAddr::V4(Ipv4Addr::from(0x0c00_0005));
+    let offences = (0..3).map(|i| Offence {
+        at: now - (3 - i) * 600_000,
+        rule: "http-flood".into(),
+        level: 1 + i as u32,
+        dry_run: false,
+    });
+    store
+        .put_offender(repeat, &Offender { offences: offences.collect(), last_seen: now, ..Default::default() })
+        .unwrap();
+    for i in 1..3u64 {
+        let mut old = blocks[5].clone();
+        (old.since, old.until) = (now - (4 - i) * 600_000, now - (4 - i) * 600_000 + 300_000);
+        store.audit(AuditRecord::of(Event::Block, &old, old.since)).unwrap();
+        store.audit(AuditRecord::of(Event::Release, &old, old.until)).unwrap();
+    }
     store.decide_many(&blocks, |b| AuditRecord::of(Event::Block, b, now)).unwrap();
     store.flush().unwrap();
 }

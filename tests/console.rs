@@ -316,3 +316,103 @@ async fn networks_hostile_reasons_changes_of_end_and_100000_blocks() {
     b.goto(&format!("{}/ui/allow", base(port)));
     assert!(!b.body_text().contains("partner monitoring"));
 }
+
+/// The session cookie of a login with `token`, for plain HTTP requests.
+fn session_cookie(port: u16, token: &str) -> String {
+    let form = format!("token={token}");
+    let (status, head, _) =
+        http(port, "POST", "/ui/login", &[("Content-Type", "application/x-www-form-urlencoded")], form.as_bytes());
+    assert_eq!(status, 303, "{head}");
+    let line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
+    line.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn careless_and_hostile_requests_change_nothing() {
+    let (_sb, s) = sandbox_and_setup("{ action = [\"tag\", \"acl\"], duration = \"1h\" }");
+    let (_d, port) = console_daemon(&s).await;
+    let ops = session_cookie(port, OPERATOR_TOKEN);
+    let get = |path: &str| http(port, "GET", path, &[("Cookie", &ops)], b"");
+    let csrf = {
+        let (_, _, page) = get("/ui/");
+        let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+        page[at..at + 64].to_owned()
+    };
+    let post = |path: &str, form: &str| {
+        http(
+            port,
+            "POST",
+            path,
+            &[("Cookie", &ops), ("Content-Type", "application/x-www-form-urlencoded")],
+            form.as_bytes(),
+        )
+    };
+
+    // Bad filters and addresses: 400 with what was wrong.
+    for (path, want) in [
+        ("/ui/blocks?per_page=100000", "per_page"),
+        ("/ui/blocks?level=high", "level"),
+        (&format!("/ui/blocks?q={}", "a".repeat(10_000)), "is not an IPv4 or IPv6 address"),
+        ("/ui/address/not-an-address", "is not an IPv4 or IPv6 address"),
+        ("/ui/address/10.0.0.0%2F24", "expected one address"),
+        ("/ui/audit?since=yesterday-ish", "yesterday-ish"),
+        ("/ui/audit.csv?event=nope", "unknown event"),
+        ("/ui/live/confirm?key=10.0.0.300", "10.0.0.300"),
+    ] {
+        let (status, _, body) = get(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(want), "{path}: '{want}' not in {body}");
+    }
+    assert_eq!(get("/ui/blocks?page=999999999").0, 200, "a page beyond the last shows the last");
+    assert_eq!(get("/ui/confirm/nope?key=10.0.0.1").0, 404);
+    // A garbage cookie is no session.
+    let (status, _, _) = http(port, "GET", "/ui/", &[("Cookie", "stickwarden_session=00ff")], b"");
+    assert_eq!(status, 303);
+
+    // Actions that must be refused: every address there is, a block with no reason, an unblock of
+    // what is not blocked, a duration beyond the limit, an unknown action.
+    for (path, form, status, want) in [
+        ("/ui/act/block", format!("csrf={csrf}&key=0.0.0.0%2F0&duration=1h&reason=all"), 400, "every IPv4 client"),
+        ("/ui/act/block", format!("csrf={csrf}&key=10.1.2.3&duration=1h&reason=+"), 400, "a reason is required"),
+        ("/ui/act/unblock", format!("csrf={csrf}&key=10.1.2.3&reason=x"), 404, "is not blocked"),
+        ("/ui/act/extend", format!("csrf={csrf}&key=10.1.2.3&duration=1h&reason=x"), 404, "is not blocked"),
+        ("/ui/act/block", format!("csrf={csrf}&key=10.1.2.3&duration=400d&reason=x"), 400, "at most"),
+        ("/ui/act/launch", format!("csrf={csrf}&key=10.1.2.3&reason=x"), 404, "no action"),
+    ] {
+        let (got, _, body) = post(path, &form);
+        assert_eq!(got, status, "{path} {form}: {body}");
+        assert!(body.contains(want), "{path} {form}: '{want}' not in {body}");
+    }
+    // A body beyond the API's limit is refused before any handler.
+    let (status, _, _) = post("/ui/login", &"x".repeat(100_000));
+    assert_eq!(status, 413);
+    let o = sw(&s, &["blocks", "--json"]);
+    assert_eq!(out(&o).trim(), "", "nothing was blocked");
+    let o = sw(&s, &["audit", "--json"]);
+    assert!(!out(&o).contains("\"ops\""), "nothing was audited for ops: {}", out(&o));
+}
+
+/// docs/console.md is true: its `[api]` example loads, and the security headers it lists are the
+/// ones every answer carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_guide_is_true() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.md")).unwrap();
+    let block = |lang: &str| {
+        let start = doc.find(&format!("```{lang}\n")).unwrap() + 4 + lang.len();
+        doc[start..start + doc[start..].find("```").unwrap()].to_owned()
+    };
+    let (_sb, s) = sandbox_and_setup("{ action = [\"tag\", \"acl\"], duration = \"1h\" }");
+    let (_d, port) = console_daemon(&s).await;
+    let (_, head, _) = http(port, "GET", "/ui/login", &[], b"");
+    for line in block("http").lines() {
+        assert!(head.lines().any(|h| h.eq_ignore_ascii_case(line)), "documented header '{line}' not sent:\n{head}");
+    }
+    // The example [api] section, with this setup's tokens file.
+    let tokens = s.dir.path().join("tokens.toml");
+    let example = block("toml").replace("/etc/stickwarden/tokens.toml", tokens.to_str().unwrap());
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    let cfg = &cfg[..cfg.find("\n[api]").unwrap()];
+    std::fs::write(&s.config, format!("{cfg}\n{example}")).unwrap();
+    let loaded = stickwarden::config::Config::load(&s.config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.api.unwrap().console_session, Duration::from_secs(8 * 3600));
+}

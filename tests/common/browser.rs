@@ -68,7 +68,7 @@ impl Browser {
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--window-size=1280,1000",
+                    "--disable-sync", "--window-size=1280,1300",
                     format!("--user-data-dir={}", b._profile.path().display()),
                 ]
             }
