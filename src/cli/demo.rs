@@ -3,7 +3,8 @@
 //! sled store in a temp dir, and three loopback clients sending real HTTP: an abuser (127.0.0.2),
 //! a normal client (127.0.0.3) and an allowlisted abuser (127.0.0.4). Every second a line shows
 //! what each client got from HAProxy and what is blocked; every decision is printed from the
-//! store's audit log as it is written. Nothing here is canned: it is `stickwarden run` at work.
+//! store's audit log as it is written, and the review console shows it all on a loopback port
+//! with a token made for the run. Nothing here is canned: it is `stickwarden run` at work.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -83,8 +84,12 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
     )?;
     say!()?;
 
+    if let Some(port) = console_port(&cfg) {
+        let token = std::fs::read_to_string(work.path().join("token")).map_err(Failure::runtime)?;
+        say!("== review console: http://127.0.0.1:{port}/ui/ (this run's operator token: {})", token.trim())?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(crate::daemon::run(cfg, store.clone(), async move {
+    let daemon = tokio::spawn(super::run::serve(cfg, store.clone(), async move {
         let _ = stop_rx.await;
     }));
 
@@ -136,6 +141,11 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
 
     if a.hold.unwrap_or_else(|| std::io::stdout().is_terminal()) {
         say!("\nHAProxy and the controller keep running until Ctrl-C. Try, in another terminal:")?;
+        if let Some(port) =
+            console_port(&Config::load(&work.path().join("stickwarden.toml")).map_err(Failure::runtime)?)
+        {
+            say!("   the review console at http://127.0.0.1:{port}/ui/ (the token is printed above)")?;
+        }
         say!("   cargo run -q -- table --haproxy {} ft_web", sb.admin())?;
         say!(
             "   echo 'show acl {}' | socat stdio {}",
@@ -145,9 +155,17 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
         tokio::signal::ctrl_c().await.map_err(Failure::runtime)?;
     }
     let _ = stop_tx.send(());
-    daemon.await.map_err(Failure::runtime)?.map_err(Failure::runtime)?;
+    daemon.await.map_err(Failure::runtime)??;
     say!("\ndemo done.")?;
     Ok(())
+}
+
+/// The loopback port of the demo's console.
+fn console_port(cfg: &Config) -> Option<u16> {
+    cfg.api.as_ref()?.listen.iter().find_map(|l| match l {
+        crate::config::Listen::Tcp(a) => Some(a.port()),
+        crate::config::Listen::Unix(_) => None,
+    })
 }
 
 fn write_config(dir: &std::path::Path, sb: &Sandbox) -> std::io::Result<std::path::PathBuf> {
@@ -157,11 +175,20 @@ fn write_config(dir: &std::path::Path, sb: &Sandbox) -> std::io::Result<std::pat
         std::fs::write(rules.join(name), text)?;
     }
     std::fs::write(rules.join("policy.toml"), DEMO_POLICY)?;
+    // An operator token for this run only, for the review console.
+    let token = crate::api::auth::new_nonce()?;
+    std::fs::write(dir.join("token"), &token)?;
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(&tokens, format!("[[token]]\nname = \"demo\"\nrole = \"operator\"\ntoken = \"{token}\"\n"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600))?;
+    let port = sandbox::free_port()?;
     let path = dir.join("stickwarden.toml");
     let text = format!(
         "rules = \"rules\"\npoll_interval = \"500ms\"\n\n[[haproxy]]\nname = \"sandbox\"\nsocket = \"{}\"\n\n\
          [block]\ntable = \"ft_web\"\ntag = \"gpt0\"\nacl = \"{}\"\n\n[store]\npath = \"store\"\ncache_mb = 16\n\n\
-         [[allow]]\ncidr = \"{}\"\nreason = \"demo: allowlisted load tester\"\n",
+         [[allow]]\ncidr = \"{}\"\nreason = \"demo: allowlisted load tester\"\n\n\
+         [api]\nlisten = [\"127.0.0.1:{port}\"]\ntokens = \"tokens.toml\"\n",
         sb.admin(),
         sb.block_acl().display(),
         sandbox::client_addr(ALLOWED)

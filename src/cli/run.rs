@@ -32,6 +32,12 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
         .with_context(|| format!("cannot create the store directory {}", cfg.store.path.display()))
         .map_err(Failure::runtime)?;
     let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
+    serve(cfg, store, shutdown_signal()).await
+}
+
+/// The daemon on an opened store, with its API and review console when `[api]` is configured,
+/// until `stop` resolves (`stickwarden run`: SIGTERM or SIGINT; the demo: its end).
+pub async fn serve(cfg: Config, store: Store, stop: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
     let bound = match &cfg.api {
         Some(api) => {
             let cap = crate::api::serve::connection_cap(api.max_connections, cfg.targets.len());
@@ -43,7 +49,7 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
-        shutdown_signal().await;
+        stop.await;
         let _ = stop_tx.send(true);
     };
     let shared = Arc::new(cfg.clone());
