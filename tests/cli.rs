@@ -278,3 +278,46 @@ async fn simulate_runs_the_shipped_rules_over_recorded_dumps() {
     let o = stickwarden(&["simulate", "--rules", "/nonexistent", d1.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(64));
 }
+
+/// The demo's blocks can be watched in the review console: the URL and token it prints let a
+/// client in, and the abuser shows on the blocks page while the demo runs.
+#[test]
+fn the_demo_serves_its_blocks_in_the_console() {
+    use std::io::BufRead;
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["demo", "--seconds", "8", "--hold", "false"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut console = None;
+    let mut blocked = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("== review console: http://127.0.0.1:") {
+            let (port, rest) = rest.split_once("/ui/").unwrap();
+            let token = rest.rsplit(' ').next().unwrap().trim_end_matches(')').to_owned();
+            console = Some((port.parse::<u16>().unwrap(), token));
+        }
+        if line.contains(">> block 127.0.0.2") {
+            blocked = true;
+            break;
+        }
+    }
+    let (port, token) = console.expect("the demo prints its console's address and token");
+    assert!(blocked, "the demo never blocked the abuser");
+    let form = format!("token={token}");
+    let ct = ("Content-Type", "application/x-www-form-urlencoded");
+    let (status, head, _) =
+        stickwarden::sandbox::http_exchange(port, "POST", "/ui/login", &[ct], form.as_bytes()).unwrap();
+    assert_eq!(status, 303, "{head}");
+    let cookie =
+        head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).unwrap().split(';').next().unwrap().to_owned();
+    let (status, _, page) =
+        stickwarden::sandbox::http_exchange(port, "GET", "/ui/blocks", &[("Cookie", &cookie)], b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains(">127.0.0.2</bdi>") && page.contains("http-flood"), "{page}");
+    for _ in lines {} // the rest of the demo's output
+    assert_eq!(demo.wait().unwrap().code(), Some(0));
+}
