@@ -152,7 +152,7 @@ async fn logins_roles_and_forged_posts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abuser_is_reviewed_and_unblocked_by_an_operator() {
     let (sb, s) = sandbox_and_setup("{ action = [\"tag\", \"acl\"], duration = \"1h\" }");
-    let (_d, port) = console_daemon(&s).await;
+    let (d, port) = console_daemon(&s).await;
     let b = Browser::start();
     login(&b, port, OPERATOR_TOKEN);
 
@@ -227,6 +227,36 @@ async fn an_abuser_is_reviewed_and_unblocked_by_an_operator() {
     b.goto(&format!("{}/ui/allow", base(port)));
     assert!(b.body_text().contains("grace after unblock"), "{}", b.body_text());
     shot(&b, "allowlist");
+
+    // The daemon goes away: the open overview says so, and keeps its last figures.
+    b.goto(&format!("{}/ui/", base(port)));
+    assert!(b.wait_for_text("Active blocks: 0", Duration::from_secs(10)), "{}", b.body_text());
+    drop(d);
+    assert!(b.wait_for_text("The daemon is unreachable since", Duration::from_secs(10)), "{}", b.body_text());
+    assert!(b.body_text().contains("Active blocks: 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_reads_the_same_without_javascript() {
+    let (sb, s) = sandbox_and_setup("{ action = [\"tag\", \"acl\"], duration = \"1h\" }");
+    let (_d, port) = console_daemon(&s).await;
+    flood(&sb, 1, 150).await;
+    let blocked = eventually(Duration::from_secs(10), || async { get(&sb, 1).await == 403 }).await;
+    assert!(blocked, "the flooder was never blocked");
+    let b = Browser::start_without_javascript();
+    login(&b, port, VIEWER_TOKEN);
+    assert_eq!(b.try_find("script:not([src])"), None, "no inline script anywhere");
+    assert!(b.body_text().contains("Active blocks: 1"), "{}", b.body_text());
+    assert!(b.body_text().contains("Live updates need JavaScript"), "the page says how to refresh it");
+    b.goto(&format!("{}/ui/blocks?q=127.0.0.2", base(port)));
+    assert_eq!(b.text("table.blocks tbody tr td"), "127.0.0.2");
+    b.click("table.blocks tbody tr a");
+    assert!(b.wait_for_text("Evidence at decision time", Duration::from_secs(5)));
+    assert!(b.text("table.audit tbody").contains("block"));
+    b.goto(&format!("{}/ui/audit", base(port)));
+    assert!(b.text("table.audit tbody").contains("127.0.0.2"));
+    b.click("form.logout button");
+    assert!(b.wait_for_text("Log in", Duration::from_secs(5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,15 @@ fn free_port() -> u16 {
 impl Browser {
     /// A new headless browser. `CHROMEDRIVER` and `CHROMIUM` override where they are.
     pub fn start() -> Browser {
+        Browser::start_with(&[])
+    }
+
+    /// A browser that runs no script at all.
+    pub fn start_without_javascript() -> Browser {
+        Browser::start_with(&["--blink-settings=scriptEnabled=false"])
+    }
+
+    fn start_with(extra: &[&str]) -> Browser {
         let driver_bin = found("CHROMEDRIVER", "/usr/bin/chromedriver");
         let chromium = found("CHROMIUM", "/usr/bin/chromium");
         let port = free_port();
@@ -61,17 +70,23 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not listen within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--window-size=1280,1300".into(),
+            format!("--user-data-dir={}", b._profile.path().display()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--window-size=1280,1300",
-                    format!("--user-data-dir={}", b._profile.path().display()),
-                ]
-            }
+            "goog:chromeOptions": { "binary": chromium, "args": args }
         }}});
         let v = b.call("POST", "/session", Some(caps));
         b.session = v["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_owned();
