@@ -3,7 +3,7 @@
 //!
 //! - `socat_raw_dump`: `echo 'show table ft_web' | socat - UNIX-CONNECT:...` into /dev/null, the
 //!   floor set by HAProxy's own dump speed;
-//! - `daemon_full_poll`: the daemon's poll function (`daemon::poller::poll`) asking for the whole
+//! - `daemon_full_poll`: the daemon's poll function (`stickwarden::poll::poll`) asking for the whole
 //!   table (what it does when a rule reads a column HAProxy cannot filter on), every rule
 //!   evaluated on every entry;
 //! - `daemon_filtered_poll`: the same function with the daemon's own plan (server-side filters
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use stickwarden::client::TableItem;
-use stickwarden::daemon::poller;
+use stickwarden::poll;
 use stickwarden::proto::{Filter, TableSelect};
 use stickwarden::sandbox::{fill_table, Sandbox, SandboxOptions};
 use stickwarden::Client;
@@ -98,7 +98,7 @@ fn bench(c: &mut Criterion) {
     std::fs::write(dir.path().join("r.toml"), RULES).unwrap();
     let rules = stickwarden::rules::load_dir(dir.path()).unwrap();
     let full: Vec<Vec<Filter>> = vec![Vec::new()];
-    let planned = rt.block_on(poller::plan(&client, "ft_web", &rules)).unwrap();
+    let planned = rt.block_on(poll::plan(&client, "ft_web", &rules)).unwrap();
     let offending = (ENTRIES / FLAG_EVERY + 1) as usize;
 
     let (fb, fe) = rt.block_on(traffic(&client, &full));
@@ -116,7 +116,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("socat_raw_dump", |b| b.iter(|| socat(&sock, b"show table ft_web\n")));
     g.bench_function("daemon_full_poll", |b| {
         b.iter(|| {
-            let p = rt.block_on(poller::poll(&client, "ft_web", &full, &rules)).unwrap();
+            let p = rt.block_on(poll::poll(&client, "ft_web", &full, &rules)).unwrap();
             assert_eq!((p.observations.len(), p.scanned), (offending, u64::from(ENTRIES)));
         })
     });
@@ -128,7 +128,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("socat_filtered_dump", |b| b.iter(|| socat(&sock, &filtered_input)));
     g.bench_function("daemon_filtered_poll", |b| {
         b.iter(|| {
-            let p = rt.block_on(poller::poll(&client, "ft_web", &planned, &rules)).unwrap();
+            let p = rt.block_on(poll::poll(&client, "ft_web", &planned, &rules)).unwrap();
             assert_eq!(p.observations.len(), offending);
         })
     });
@@ -140,7 +140,7 @@ fn bench(c: &mut Criterion) {
         socat(&sock, b"show table ft_web\n");
         theirs.push(t.elapsed());
         let t = Instant::now();
-        rt.block_on(poller::poll(&client, "ft_web", &full, &rules)).unwrap();
+        rt.block_on(poll::poll(&client, "ft_web", &full, &rules)).unwrap();
         ours.push(t.elapsed());
     }
     let (o, t) = (median(ours), median(theirs));

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stickwarden::daemon::poller;
+use stickwarden::poll;
 use stickwarden::proto::{Command as Cmd, DataField, KeyType, TableKey};
 use stickwarden::sandbox::{fill_table, nth_addr, Sandbox, SandboxOptions};
 use stickwarden::Client;
@@ -97,12 +97,12 @@ async fn run() {
                 assert!(c.pipeline(chunk).await.iter().all(Result::is_ok));
             }
         };
-        let queries = poller::plan(&c, "ft_web", &rules).await.unwrap();
+        let queries = poll::plan(&c, "ft_web", &rules).await.unwrap();
         let pid = sb.pid();
 
         offend().await;
         let today = per_poll(pid, hz, || async {
-            let p = poller::poll(&c, "ft_web", &queries, &rules).await.unwrap();
+            let p = poll::poll(&c, "ft_web", &queries, &rules).await.unwrap();
             assert_eq!(p.observations.len(), suspects.len());
         })
         .await;
@@ -112,7 +112,7 @@ async fn run() {
         assert!(c.pipeline(&flag_100).await.iter().all(Result::is_ok));
         offend().await;
         let steady = per_poll(pid, hz, || async {
-            let p = poller::poll_suspects(&c, "ft_web", "sw_suspects", KeyType::Ip, &rules, None).await.unwrap();
+            let p = poll::poll_suspects(&c, "ft_web", "sw_suspects", KeyType::Ip, &rules, None).await.unwrap();
             assert_eq!(p.polled.observations.len(), 100);
         })
         .await;
@@ -123,7 +123,7 @@ async fn run() {
         }
         offend().await;
         let burst = per_poll(pid, hz, || async {
-            let p = poller::poll_suspects(&c, "ft_web", "sw_suspects", KeyType::Ip, &rules, None).await.unwrap();
+            let p = poll::poll_suspects(&c, "ft_web", "sw_suspects", KeyType::Ip, &rules, None).await.unwrap();
             assert_eq!(p.polled.observations.len(), suspects.len());
         })
         .await;

@@ -187,10 +187,10 @@ async fn suspects_findings(
         Err(e) => return vec![Finding::fail(format!("suspects table '{sus}': {e}"))],
     }
     let swept = async {
-        let queries = crate::daemon::poller::plan(client, name, &cfg.rules).await?;
+        let queries = crate::poll::plan(client, name, &cfg.rules).await?;
         let key_type = client.table_key_type(name).await?;
         let blocked = cfg.block.blocked_in(name);
-        crate::daemon::poller::sweep(client, name, sus, key_type, &queries, &cfg.rules, blocked).await
+        crate::poll::sweep(client, name, sus, key_type, &queries, &cfg.rules, blocked).await
     };
     match swept.await {
         Ok(sw) if sw.missed.is_empty() => vec![Finding::ok(format!(

@@ -1,6 +1,8 @@
 //! stickwarden: an adaptive security controller for HAProxy stick tables.
 //!
 //! # Layout
+//! Lowest first: each module uses only modules listed above it, so no module imports one that
+//! imports it back (`tests/layout.rs` checks both against the code).
 //! - [`target`]: Runtime API addresses (`unix:/path`, `tcp:host:port`, bare path), parsed and checked.
 //! - [`proto`]: the protocol with no I/O: commands and their encoding, key validation, answer
 //!   framing, error classification, and streaming parsers of `show table`, `show info`,
@@ -9,34 +11,39 @@
 //!   connection, typed results, reconnection with backoff, streamed table dumps.
 //! - [`output`]: how tables and entries are printed for people (aligned columns) and programs
 //!   (JSON Lines), written as they stream.
-//! - [`sandbox`]: a throw-away HAProxy on loopback with a temp-dir socket, and a tiny HTTP client
-//!   bound to chosen loopback source addresses; used by `stickwarden demo` and by the tests.
-//! - [`time`], [`net`]: instants as the store keeps them (ms since the epoch, RFC 3339 for people);
-//!   addresses and networks in the one canonical form blocks are keyed by.
+//! - [`time`]: instants as the store keeps them (ms since the epoch, RFC 3339 for people).
+//! - [`net`]: addresses and networks in the one canonical form blocks are keyed by, and the one
+//!   containment rule.
 //! - [`checked`]: checked TOML, below every file reader: errors at file:line:column, the value
 //!   types (durations, networks, times) and their limits.
-//! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
 //! - [`rules`]: rule files, conditions, the scoring and escalation policy, and the server-side
 //!   filters derived from them ([`rules::filters`]).
 //! - [`suspects`]: suspects mode: HAProxy flags offenders in a small table (the lines it needs,
 //!   and which rules it can vouch for), so that a poll costs the suspects, not the whole table.
+//! - [`sandbox`]: a throw-away HAProxy on loopback with a temp-dir socket, and a tiny HTTP client
+//!   bound to chosen loopback source addresses; used by `stickwarden demo` and by the tests.
+//! - [`fleet`]: how the values of several HAProxy nodes are merged into one view of an address.
+//! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
 //! - [`columns`]: how a column is named in HAProxy's filters (array elements differ by version).
-//! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
-//! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
 //! - [`store`]: offenders, active blocks, allowlist and audit log behind the [`store::Backend`]
 //!   seam, sled the embedded backend; the manifest that detects a damaged or rolled-back
 //!   database, and the backup format (also the way between backends).
-//! - [`actuator`]: one actor per target turning block and release jobs into Runtime API commands.
-//! - [`daemon`]: `stickwarden run`: pollers, the controller that owns decisions, release on time.
+//! - [`poll`]: one poll of a table: the query plan, the filtered walk evaluating every rule,
+//!   suspects mode's flags, the sweep; below the daemon and `check`, which both use it.
+//! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
+//! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
 //! - [`metrics`]: Prometheus metrics shared by pollers, controller, actuators and the API.
-//! - [`ops`]: operator actions and queries (requests, validation, views), shared by API and CLI.
+//! - [`actuator`]: one actor per target turning block and release jobs into Runtime API commands.
+//! - [`ops`]: operator actions and queries (requests, validation, views, the listing of active
+//!   blocks), shared by API, console and CLI.
 //! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
+//! - [`daemon`]: `stickwarden run`: pollers, the controller that owns decisions, release on time.
 //! - [`simulate`]: a rule set run offline over recorded dumps, on a simulated clock.
 //! - [`recover`]: `store recover`: a damaged store rebuilt from what it still holds, a backup and
 //!   what HAProxy holds of keys stickwarden blocked.
 //! - [`api`]: the HTTP API (axum): routes, token auth, JSON errors; its server and the CLI's client.
-//! - [`console`]: the review console under `/ui/` (server-rendered pages, sessions, charts),
-//!   beside the API on its listeners.
+//! - [`console`]: the review console under `/ui/` (server-rendered pages, sessions, charts), on
+//!   the API's state and listeners.
 //! - [`cli`]: the `stickwarden` subcommands, their arguments and exit codes.
 
 pub mod actuator;
@@ -56,6 +63,7 @@ pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod output;
+pub mod poll;
 pub mod proto;
 pub mod recover;
 pub mod rules;

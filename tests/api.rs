@@ -48,17 +48,8 @@ impl Api {
             },
         ));
         let (handle, clients) = ready.await.unwrap();
-        let console = Arc::new(stickwarden::console::Console::new(std::time::Duration::from_secs(3600)));
-        let state = ApiState {
-            cfg: shared,
-            store: store.clone(),
-            handle,
-            clients: Arc::new(clients),
-            tokens,
-            metrics,
-            console,
-        };
-        Api { router: router(state), store, stop: Some(stop), task, _setup: s }
+        let state = ApiState { cfg: shared, store: store.clone(), handle, clients: Arc::new(clients), tokens, metrics };
+        Api { router: router(state, axum::Router::new()), store, stop: Some(stop), task, _setup: s }
     }
 
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {

@@ -377,7 +377,7 @@ async fn rules_on_array_elements_are_polled_with_the_filters_haproxy_knows() {
                  [[rule]]\nname = \"gpt-elem1\"\ntable = \"t_arr\"\nany = [\"gpt1 ge 1\"]\nweight = 100\n";
     std::fs::write(s.dir.path().join("rules/arrays.toml"), rules).unwrap();
     let cfg = stickwarden::config::Config::load(&s.config).unwrap();
-    let plan = stickwarden::daemon::poller::plan(&c, "t_arr", &cfg.rules).await.unwrap();
+    let plan = stickwarden::poll::plan(&c, "t_arr", &cfg.rules).await.unwrap();
     let plan: Vec<String> =
         plan.iter().map(|q| q.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" ")).collect();
     if version(&sb) < (3, 2) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use stickwarden::client::TableItem;
-use stickwarden::daemon::poller;
+use stickwarden::poll;
 use stickwarden::proto::{Filter, KeyType, TableSelect};
 use stickwarden::sandbox::{connect_from, http_burst, Sandbox, SandboxOptions};
 
@@ -191,32 +191,32 @@ async fn every_offender_a_full_poll_finds_is_flagged_and_found_again_by_key() {
     let (expected, _held) = traffic(&sb).await;
     assert!(expected.contains(&listed));
     let cfg = stickwarden::config::Config::load(&s.config).unwrap();
-    let queries = poller::plan(&c, "ft_web", &cfg.rules).await.unwrap();
+    let queries = poll::plan(&c, "ft_web", &cfg.rules).await.unwrap();
     let full: BTreeSet<IpAddr> =
-        poller::poll(&c, "ft_web", &queries, &cfg.rules).await.unwrap().observations.iter().map(|o| o.addr).collect();
+        poll::poll(&c, "ft_web", &queries, &cfg.rules).await.unwrap().observations.iter().map(|o| o.addr).collect();
     assert_eq!(full, expected, "the traffic did not make the offenders it meant to");
     let flags = flagged(&c).await;
     let unflagged: Vec<&IpAddr> = full.difference(&flags).collect();
     assert_eq!(unflagged, [&listed], "offenders without a flag (flags: {flags:?})");
     let full: BTreeSet<IpAddr> = full.into_iter().filter(|a| *a != listed).collect();
     let tag = Some(&cfg.block.tag);
-    let by_key = poller::poll_suspects(&c, "ft_web", "sw_suspects", KeyType::Ip, &cfg.rules, tag).await.unwrap();
+    let by_key = poll::poll_suspects(&c, "ft_web", "sw_suspects", KeyType::Ip, &cfg.rules, tag).await.unwrap();
     assert_eq!(by_key.flagged.iter().copied().collect::<BTreeSet<_>>(), flags);
     let found: BTreeSet<IpAddr> = by_key.polled.observations.iter().map(|o| o.addr).collect();
     assert_eq!(found, full, "the suspects poll must find what the full poll finds");
     // The same counters as the full poll's, read by key.
-    let again = poller::poll(&c, "ft_web", &queries, &cfg.rules).await.unwrap();
+    let again = poll::poll(&c, "ft_web", &queries, &cfg.rules).await.unwrap();
     for o in &by_key.polled.observations {
         let twin = again.observations.iter().find(|x| x.addr == o.addr).unwrap();
         assert_eq!(o.rules, twin.rules, "{}", o.addr);
     }
     // And the sweep that checks it in the daemon agrees: nothing missed (the listed client is
     // blocked, not missed); without the ACL to ask, it would count as missed.
-    let blocked = poller::Blocked { tag, acl: cfg.block.acl.as_ref() };
-    let sweep = poller::sweep(&c, "ft_web", "sw_suspects", KeyType::Ip, &queries, &cfg.rules, blocked).await.unwrap();
+    let blocked = poll::Blocked { tag, acl: cfg.block.acl.as_ref() };
+    let sweep = poll::sweep(&c, "ft_web", "sw_suspects", KeyType::Ip, &queries, &cfg.rules, blocked).await.unwrap();
     assert!(sweep.missed.is_empty(), "{:?}", sweep.missed);
-    let unasked = poller::Blocked { tag, acl: None };
-    let blind = poller::sweep(&c, "ft_web", "sw_suspects", KeyType::Ip, &queries, &cfg.rules, unasked).await.unwrap();
+    let unasked = poll::Blocked { tag, acl: None };
+    let blind = poll::sweep(&c, "ft_web", "sw_suspects", KeyType::Ip, &queries, &cfg.rules, unasked).await.unwrap();
     assert_eq!(blind.missed, [listed]);
     assert_eq!(sweep.flagged, flags.len());
     let o = sw(&s, &["check"]);

@@ -17,7 +17,7 @@
 //! | `GET /v1/audit?since=&key=&actor=&event=` | viewer | the audit log |
 //! | `POST /v1/reconcile` | operator | compare every target with the active blocks now |
 //! | `GET /v1/store/backup` | operator | a consistent backup of the store, as JSON Lines |
-//! | `/ui/...` | session | the review console ([`crate::console`]) |
+//! | `/ui/...` | session | the review console ([`crate::console`]), merged in by the caller |
 //!
 //! Keys in paths are percent-encoded (`10.0.0.0%2F24`). A request body must arrive within
 //! [`BODY_TIMEOUT`] (408 `request_timeout`) and stay within [`MAX_BODY`], or [`MAX_IMPORT_BODY`]
@@ -57,8 +57,6 @@ pub struct ApiState {
     pub clients: Arc<Vec<(String, Client)>>,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
-    /// The review console's sessions and caches.
-    pub console: Arc<crate::console::Console>,
 }
 
 /// An error answer: `{"error": {"code": "...", "message": "..."}}`.
@@ -202,7 +200,9 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The API's routes, with `beside` (the review console's, made by the caller: the API does not
+/// know the console) under the same body limits.
+pub fn router(state: ApiState, beside: Router) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/identity", get(identity))
@@ -219,12 +219,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/store/backup", get(backup))
-        .merge(crate::console::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // The body is read and bounded by read_body; axum's own 2 MB default would refuse imports.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(read_body))
         .with_state(state)
+        .merge(beside)
+        .layer(axum::middleware::from_fn(read_body))
 }
 
 async fn healthz(State(s): State<ApiState>) -> Json<serde_json::Value> {

@@ -63,10 +63,10 @@ pub async fn serve(cfg: Config, store: Store, stop: impl std::future::Future<Out
                 clients: Arc::new(clients),
                 tokens,
                 metrics: api_metrics,
-                console: Arc::new(crate::console::Console::new(session_ttl)),
             };
+            let app = crate::api::router(state.clone(), crate::console::router(state, session_ttl));
             let mut stop = stop_rx;
-            tokio::spawn(crate::api::serve::serve(crate::api::router(state), bound, cap, async move {
+            tokio::spawn(crate::api::serve::serve(app, bound, cap, async move {
                 let _ = stop.wait_for(|s| *s).await;
             }));
         }

@@ -47,6 +47,21 @@ use chart::Activity;
 use pages::{Confirm, Confirmation};
 use session::{Session, Sessions};
 
+/// What the console's handlers reach: everything the API's do, and the console's own state.
+#[derive(Clone)]
+pub struct ConsoleState {
+    pub api: ApiState,
+    pub console: Arc<Console>,
+}
+
+impl std::ops::Deref for ConsoleState {
+    type Target = ApiState;
+
+    fn deref(&self) -> &ApiState {
+        &self.api
+    }
+}
+
 /// The console's own state beside the API's: sessions, and the 24-hour chart with the newest
 /// audit id it counts.
 #[derive(Debug)]
@@ -71,7 +86,9 @@ impl Console {
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-pub fn router() -> Router<ApiState> {
+/// The console's routes on the API's state, with a new session store lasting `session_ttl`.
+pub fn router(api: ApiState, session_ttl: std::time::Duration) -> Router {
+    let state = ConsoleState { api, console: Arc::new(Console::new(session_ttl)) };
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(overview))
@@ -91,6 +108,7 @@ pub fn router() -> Router<ApiState> {
         .route("/ui/static/console.css", get(|| async { asset("text/css; charset=utf-8", pages::CSS) }))
         .route("/ui/static/console.js", get(|| async { asset("text/javascript; charset=utf-8", pages::JS) }))
         .layer(axum::middleware::from_fn(guard))
+        .with_state(state)
 }
 
 /// Security headers on every console answer, and cross-site POSTs refused. (`Referrer-Policy:
@@ -127,7 +145,7 @@ fn html(status: StatusCode, m: Markup) -> Response {
 }
 
 /// The session of the request's cookie, if it is open.
-fn session(s: &ApiState, h: &HeaderMap) -> Option<(String, Session)> {
+fn session(s: &ConsoleState, h: &HeaderMap) -> Option<(String, Session)> {
     let cookie = h.get(header::COOKIE)?.to_str().ok()?;
     let id = session::cookie_value(cookie)?;
     s.console.sessions.get(id, now_ms()).map(|sess| (id.to_owned(), sess))
@@ -155,7 +173,7 @@ impl IntoResponse for Refused {
 }
 
 /// A page's session.
-fn viewer(s: &ApiState, h: &HeaderMap, live: bool) -> Result<Session, Refused> {
+fn viewer(s: &ConsoleState, h: &HeaderMap, live: bool) -> Result<Session, Refused> {
     match session(s, h) {
         Some((_, sess)) => Ok(sess),
         None if live => Err(Refused::Expired),
@@ -163,7 +181,7 @@ fn viewer(s: &ApiState, h: &HeaderMap, live: bool) -> Result<Session, Refused> {
     }
 }
 
-fn operator(s: &ApiState, h: &HeaderMap) -> Result<Session, Refused> {
+fn operator(s: &ConsoleState, h: &HeaderMap) -> Result<Session, Refused> {
     let sess = viewer(s, h, false)?;
     if sess.role < Role::Operator {
         return Err(Refused::Viewer(sess));
@@ -177,7 +195,7 @@ fn failed(who: &Session, e: OpError) -> Response {
     html(e.status, pages::message("That did not work", Some(who), &e.message))
 }
 
-async fn login_page(State(s): State<ApiState>, h: HeaderMap) -> Response {
+async fn login_page(State(s): State<ConsoleState>, h: HeaderMap) -> Response {
     if session(&s, &h).is_some() {
         return Redirect::to("/ui/").into_response();
     }
@@ -189,7 +207,7 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(s): State<ApiState>, h: HeaderMap, form: Result<Form<LoginForm>, FormRejection>) -> Response {
+async fn login(State(s): State<ConsoleState>, h: HeaderMap, form: Result<Form<LoginForm>, FormRejection>) -> Response {
     let Ok(Form(f)) = form else {
         return html(StatusCode::BAD_REQUEST, pages::login(Some("Paste a token.")));
     };
@@ -220,7 +238,7 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout(State(s): State<ApiState>, h: HeaderMap, form: Result<Form<CsrfForm>, FormRejection>) -> Response {
+async fn logout(State(s): State<ConsoleState>, h: HeaderMap, form: Result<Form<CsrfForm>, FormRejection>) -> Response {
     if let Some((id, sess)) = session(&s, &h) {
         if !form.is_ok_and(|Form(f)| sess.csrf_ok(&f.csrf)) {
             return html(
@@ -235,7 +253,7 @@ async fn logout(State(s): State<ApiState>, h: HeaderMap, form: Result<Form<CsrfF
         .into_response()
 }
 
-async fn overview_data(s: &ApiState) -> Result<pages::Overview, OpError> {
+async fn overview_data(s: &ConsoleState) -> Result<pages::Overview, OpError> {
     let unconfirmed = s.handle.lag().unconfirmed();
     let targets = s
         .clients
@@ -287,7 +305,7 @@ async fn scan_back(
 
 /// The 24-hour chart, kept up to date a few records at a time: each request reads only the audit
 /// records newer than the last it saw (a new chart is read whole when the hour changes).
-async fn activity(s: &ApiState) -> Result<Arc<Activity>, OpError> {
+async fn activity(s: &ConsoleState) -> Result<Arc<Activity>, OpError> {
     let now = now_ms();
     let cached = s.console.activity.lock().expect("activity lock").clone();
     let (mut a, seen) = match cached {
@@ -308,7 +326,7 @@ async fn activity(s: &ApiState) -> Result<Arc<Activity>, OpError> {
     Ok(made)
 }
 
-async fn overview(State(s): State<ApiState>, h: HeaderMap) -> Response {
+async fn overview(State(s): State<ConsoleState>, h: HeaderMap) -> Response {
     let who = match viewer(&s, &h, false) {
         Ok(w) => w,
         Err(r) => return r.into_response(),
@@ -319,7 +337,7 @@ async fn overview(State(s): State<ApiState>, h: HeaderMap) -> Response {
     }
 }
 
-async fn overview_live(State(s): State<ApiState>, h: HeaderMap) -> Response {
+async fn overview_live(State(s): State<ConsoleState>, h: HeaderMap) -> Response {
     if let Err(r) = viewer(&s, &h, true) {
         return r.into_response();
     }
@@ -329,7 +347,7 @@ async fn overview_live(State(s): State<ApiState>, h: HeaderMap) -> Response {
     }
 }
 
-async fn blocks_page(s: &ApiState, q: &BlockQuery) -> Result<(ops::listing::Page, Vec<String>), OpError> {
+async fn blocks_page(s: &ConsoleState, q: &BlockQuery) -> Result<(ops::listing::Page, Vec<String>), OpError> {
     let listing = q.check()?;
     let page = s.handle.blocks_page(listing).await?;
     let mut rules: Vec<String> = s.cfg.rules.rules.iter().map(|r| r.name.clone()).collect();
@@ -339,7 +357,7 @@ async fn blocks_page(s: &ApiState, q: &BlockQuery) -> Result<(ops::listing::Page
     Ok((page, rules))
 }
 
-async fn blocks(State(s): State<ApiState>, h: HeaderMap, q: Result<Query<BlockQuery>, QueryRejection>) -> Response {
+async fn blocks(State(s): State<ConsoleState>, h: HeaderMap, q: Result<Query<BlockQuery>, QueryRejection>) -> Response {
     let who = match viewer(&s, &h, false) {
         Ok(w) => w,
         Err(r) => return r.into_response(),
@@ -364,7 +382,7 @@ async fn blocks(State(s): State<ApiState>, h: HeaderMap, q: Result<Query<BlockQu
 }
 
 async fn blocks_live(
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     h: HeaderMap,
     q: Result<Query<BlockQuery>, QueryRejection>,
 ) -> Response {
@@ -378,7 +396,7 @@ async fn blocks_live(
     }
 }
 
-async fn address(State(s): State<ApiState>, h: HeaderMap, Path(addr): Path<String>) -> Response {
+async fn address(State(s): State<ConsoleState>, h: HeaderMap, Path(addr): Path<String>) -> Response {
     let who = match viewer(&s, &h, false) {
         Ok(w) => w,
         Err(r) => return r.into_response(),
@@ -389,7 +407,7 @@ async fn address(State(s): State<ApiState>, h: HeaderMap, Path(addr): Path<Strin
     }
 }
 
-async fn address_data(s: &ApiState, addr: &str) -> Result<pages::Address, OpError> {
+async fn address_data(s: &ConsoleState, addr: &str) -> Result<pages::Address, OpError> {
     let addr: IpAddr = ops::parse_addr(addr)?;
     let now = now_ms();
     let mut explain = ops::explain::explain(&s.cfg, &s.store, &s.clients, addr, now).await?;
@@ -417,7 +435,11 @@ async fn address_data(s: &ApiState, addr: &str) -> Result<pages::Address, OpErro
 
 /// Newest-first audit records the filters select, [`AUDIT_PAGE`] at most, before id `before`;
 /// and the id to go on from when there are more.
-async fn audit_rows(s: &ApiState, f: &pages::AuditForm, now: Millis) -> Result<(Vec<AuditView>, Option<u64>), OpError> {
+async fn audit_rows(
+    s: &ConsoleState,
+    f: &pages::AuditForm,
+    now: Millis,
+) -> Result<(Vec<AuditView>, Option<u64>), OpError> {
     let q = AuditQuery { since: f.since.clone(), key: f.key.clone(), actor: f.actor.clone(), event: f.event.clone() };
     let q = blank_to_none(q);
     let (since, key, event) = ops::audit_filters(&q, now)?;
@@ -475,7 +497,7 @@ fn blank_to_none(q: AuditQuery) -> AuditQuery {
 }
 
 async fn audit(
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     h: HeaderMap,
     q: Result<Query<pages::AuditForm>, QueryRejection>,
 ) -> Response {
@@ -494,7 +516,7 @@ async fn audit(
 }
 
 /// Every audit record the filters select, oldest first, for an export.
-async fn export_rows(s: &ApiState, f: pages::AuditForm) -> Result<Vec<AuditView>, OpError> {
+async fn export_rows(s: &ConsoleState, f: pages::AuditForm) -> Result<Vec<AuditView>, OpError> {
     let q = blank_to_none(AuditQuery { since: f.since, key: f.key, actor: f.actor, event: f.event });
     let store = s.store.clone();
     tokio::task::spawn_blocking(move || ops::audit(&store, &q, now_ms()))
@@ -503,7 +525,7 @@ async fn export_rows(s: &ApiState, f: pages::AuditForm) -> Result<Vec<AuditView>
 }
 
 async fn audit_csv(
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     h: HeaderMap,
     q: Result<Query<pages::AuditForm>, QueryRejection>,
 ) -> Response {
@@ -518,7 +540,7 @@ async fn audit_csv(
 }
 
 async fn audit_jsonl(
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     h: HeaderMap,
     q: Result<Query<pages::AuditForm>, QueryRejection>,
 ) -> Response {
@@ -585,7 +607,7 @@ pub fn csv(rows: &[AuditView]) -> String {
     out
 }
 
-async fn allowlist(State(s): State<ApiState>, h: HeaderMap) -> Response {
+async fn allowlist(State(s): State<ConsoleState>, h: HeaderMap) -> Response {
     let who = match viewer(&s, &h, false) {
         Ok(w) => w,
         Err(r) => return r.into_response(),
@@ -629,7 +651,7 @@ fn manual(name: &str, f: &ActionFields) -> Result<Manual, OpError> {
 }
 
 async fn confirm(
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     h: HeaderMap,
     Path(action): Path<String>,
     Query(f): Query<ActionFields>,
@@ -645,7 +667,7 @@ async fn confirm(
 }
 
 /// What `action` on `f` will change, worked out without changing anything.
-async fn confirm_page(s: &ApiState, action: &str, f: &ActionFields) -> Result<Confirm, OpError> {
+async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Result<Confirm, OpError> {
     // Checked with a placeholder reason: the reason is asked on this page.
     let probe = ActionFields {
         reason: "review".into(),
@@ -768,7 +790,7 @@ async fn confirm_page(s: &ApiState, action: &str, f: &ActionFields) -> Result<Co
 }
 
 async fn act(
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     h: HeaderMap,
     Path(action): Path<String>,
     form: Result<Form<ActionFields>, FormRejection>,
@@ -819,7 +841,7 @@ async fn act(
 
 /// Each target's state for `keys`: refused (its failure), waiting (not confirmed yet) or
 /// confirmed; "nothing to send" when the action needed no HAProxy command.
-fn states(s: &ApiState, keys: &[IpNet], failures: &[String]) -> Vec<Confirmation> {
+fn states(s: &ConsoleState, keys: &[IpNet], failures: &[String]) -> Vec<Confirmation> {
     s.cfg
         .targets
         .iter()
@@ -862,7 +884,7 @@ struct KeysQuery {
     key: String,
 }
 
-async fn confirm_live(State(s): State<ApiState>, h: HeaderMap, Query(q): Query<KeysQuery>) -> Response {
+async fn confirm_live(State(s): State<ConsoleState>, h: HeaderMap, Query(q): Query<KeysQuery>) -> Response {
     if let Err(r) = viewer(&s, &h, true) {
         return r.into_response();
     }

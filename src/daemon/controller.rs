@@ -13,7 +13,6 @@ use tracing::{error, info, warn};
 
 use super::census::Census;
 use super::lag::Lag;
-use super::poller::Observation;
 use super::reconcile::Actual;
 use super::windows::{self, Aggregator, Breaker, Limits, Transition};
 use super::Msg;
@@ -24,6 +23,7 @@ use crate::config::Config;
 use crate::engine;
 use crate::metrics::Metrics;
 use crate::net;
+use crate::poll::Observation;
 use crate::rules::{Action, Actions, Rule};
 use crate::store::{AuditRecord, Block, Event, Origin, Place, Store, StoreError, Write};
 use crate::time::{ms, now_ms, Millis};

@@ -17,12 +17,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::poller::{plan_for, Observation};
 use super::Msg;
 use crate::client::{Client, ClientError, TableItem};
 use crate::config::TableConfig;
 use crate::fleet::{relax_rule, Columns, MergeConfig, Merged};
 use crate::metrics::Metrics;
+use crate::poll::{plan_for, Observation};
 use crate::proto::key::{KeyType, TableKey};
 use crate::proto::table::Entry;
 use crate::proto::{Filter, TableSelect};

@@ -34,11 +34,11 @@ use crate::ops::listing::{Listing, Page, Summary};
 use crate::ops::{Manual, OpError, Outcome};
 use crate::store::{Block, Store, StoreError};
 
+pub use crate::poll::Observation;
 pub use census::Census;
 pub use controller::AUTO_ACTOR;
 pub use lag::Lag;
 pub use manual::{ManualReply, MANUAL_RULE};
-pub use poller::Observation;
 
 /// What the controller's inbox receives.
 pub(crate) enum Msg {
