@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::debug;
 
 use super::Msg;
-use crate::client::{Client, ClientError, TableItem};
+use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::proto::{DataField, Filter, FilterOp, TableSelect};
+use crate::proto::DataField;
 use crate::time::{now_ms, Millis};
 
 /// What one target holds, read at `read_at`. `None`: not used by this configuration.
@@ -68,9 +68,7 @@ pub(crate) async fn read(
     let read_at = now_ms();
     let acl = match &cfg.block.acl {
         None => None,
-        Some(a) => {
-            Some(client.show_acl(a).await?.iter().filter_map(|e| crate::net::parse_net(&e.pattern).ok()).collect())
-        }
+        Some(a) => Some(crate::actuator::acl::listed(client, a).await?),
     };
     let tagged = match &cfg.block.table {
         None => None,
@@ -81,20 +79,7 @@ pub(crate) async fn read(
             match tag_field.clone().flatten() {
                 // A tag HAProxy cannot filter on is not compared (check reports it).
                 None => None,
-                Some(field) => {
-                    let filter = Filter { field, op: FilterOp::Ge, value: i64::from(cfg.block.tag_value) };
-                    let mut set = HashSet::new();
-                    client
-                        .show_table(table, TableSelect::Filters(vec![filter]))
-                        .await?
-                        .for_each(|item| {
-                            if let TableItem::Entry(e) = item {
-                                set.extend(e.key_addr());
-                            }
-                        })
-                        .await?;
-                    Some(set)
-                }
+                Some(field) => Some(crate::actuator::tag::tagged(client, table, field, cfg.block.tag_value).await?),
             }
         }
     };

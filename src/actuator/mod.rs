@@ -1,5 +1,6 @@
 //! The actuator: one actor per HAProxy target that owns its client and turns block and release
-//! jobs into Runtime API commands, rate limited (governor) and confirmed.
+//! jobs into Runtime API commands, rate limited (governor) and confirmed. Each action has a module
+//! of its own ([`tag`], [`acl`], [`kill`]): how it is applied, released, and read back.
 //!
 //! Apply: `set table` the tag, `add acl` the address or CIDR (once: the ACL's contents are read
 //! first, because HAProxy does not refuse duplicates), and for a kill step `show sess` then
@@ -11,8 +12,11 @@
 //! Every answer is checked; connection failures are retried with backoff until they succeed or the
 //! daemon stops, and HAProxy's refusals are returned to the caller, who audits them.
 
+pub mod acl;
+pub mod kill;
+pub mod tag;
+
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +31,7 @@ use crate::config::TargetConfig;
 use crate::metrics::{JobLabels, Metrics};
 use crate::proto::{AclPattern, AclRef, Command, DataField, ErrorKind, KeyType, TableKey};
 use crate::rules::{Action, Actions};
-use crate::store::{Place, TagPlace};
+use crate::store::Place;
 
 /// What to do, to which key.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,9 +167,9 @@ struct Actor {
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Commands of an import sent in one pipelined batch.
-const IMPORT_CHUNK: usize = 32 * 1024;
+pub(super) const IMPORT_CHUNK: usize = 32 * 1024;
 /// How long an in-use entry's clear is retried before it is left to HAProxy's expiry (its tag is 0).
-const CLEAR_PATIENCE: Duration = Duration::from_secs(600);
+pub(super) const CLEAR_PATIENCE: Duration = Duration::from_secs(600);
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(Job, Reply)>) {
@@ -299,138 +303,6 @@ impl Actor {
         self.metrics.commands.get_or_create(&self.labels).inc_by(n);
     }
 
-    /// The key of a host block in `table`, if it can be tagged there.
-    async fn table_key(&mut self, table: &str, key: &IpNet) -> Result<Option<TableKey>, ClientError> {
-        if !crate::net::is_host(key) {
-            return Ok(None); // networks are blocked through the ACL only
-        }
-        let ty = match self.key_types.get(table) {
-            Some(t) => *t,
-            None => {
-                self.command().await;
-                let t = self.client.table_key_type(table).await?;
-                self.key_types.insert(table.to_owned(), t);
-                t
-            }
-        };
-        match TableKey::from_addr(ty, key.addr()) {
-            Ok(k) => Ok(Some(k)),
-            Err(e) => {
-                warn!(target = %self.name, key = %crate::net::display(key), table, error = %e, "cannot tag this address in the block table");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Sets the tag to `value` where `tag` says; returns the key it used.
-    async fn set_tag(&mut self, tag: &TagPlace, key: &IpNet, value: u32) -> Result<Option<TableKey>, ClientError> {
-        let Some(k) = self.table_key(&tag.table, key).await? else { return Ok(None) };
-        let field: DataField = tag.column.parse()?;
-        self.command().await;
-        self.client.set_table(&tag.table, k.clone(), &[(field, u64::from(value))]).await?;
-        Ok(Some(k))
-    }
-
-    async fn clear(&mut self, table: &str, k: TableKey) -> Result<(), ClientError> {
-        self.command().await;
-        match self.client.clear_table_key(table, k.clone()).await {
-            Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::EntryInUse) => {
-                debug!(target = %self.name, key = %k, "entry in use; clearing it later");
-                self.pending_clears.push((table.to_owned(), k, Instant::now()));
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    async fn retry_clears(&mut self) {
-        let pending = std::mem::take(&mut self.pending_clears);
-        for (table, k, first) in pending {
-            self.command().await;
-            match self.client.clear_table_key(&table, k.clone()).await {
-                Ok(()) => debug!(target = %self.name, key = %k, "cleared"),
-                Err(e) if first.elapsed() > CLEAR_PATIENCE => {
-                    warn!(target = %self.name, key = %k, error = %e, "giving up clearing an untagged entry; HAProxy's expiry will")
-                }
-                Err(_) => self.pending_clears.push((table, k, first)),
-            }
-        }
-    }
-
-    fn pattern(key: &IpNet) -> AclPattern {
-        if crate::net::is_host(key) {
-            AclPattern::addr(key.addr())
-        } else {
-            AclPattern::Net(*key)
-        }
-    }
-
-    /// The patterns of the ACL file `file`, read once per connection.
-    async fn known_acl(&mut self, file: &str) -> Result<&mut HashSet<AclPattern>, ClientError> {
-        if !self.acl_known.contains_key(file) {
-            let acl: AclRef = file.parse()?;
-            self.command().await;
-            let entries = self.client.show_acl(&acl).await?;
-            let set = entries.iter().filter_map(|e| e.pattern.parse::<AclPattern>().ok()).collect();
-            self.acl_known.insert(file.to_owned(), set);
-        }
-        Ok(self.acl_known.entry(file.to_owned()).or_default())
-    }
-
-    async fn add_acl(&mut self, file: &str, key: &IpNet) -> Result<(), ClientError> {
-        let p = Self::pattern(key);
-        if self.known_acl(file).await?.contains(&p) {
-            return Ok(());
-        }
-        self.command().await;
-        self.client.add_acl(&file.parse()?, p).await?;
-        self.known_acl(file).await?.insert(p);
-        Ok(())
-    }
-
-    async fn del_acl(&mut self, file: &str, key: &IpNet) -> Result<(), ClientError> {
-        let p = Self::pattern(key);
-        self.command().await;
-        match self.client.del_acl(&file.parse()?, p).await {
-            Err(e) if !e.haproxy().is_some_and(|h| h.kind == ErrorKind::KeyNotFound) => return Err(e),
-            _ => {}
-        }
-        if let Some(known) = self.acl_known.get_mut(file) {
-            known.remove(&p);
-        }
-        Ok(())
-    }
-
-    async fn import_acl(&mut self, file: &str, keys: &[IpNet]) -> Result<(), ClientError> {
-        let acl: AclRef = file.parse()?;
-        let known = self.known_acl(file).await?;
-        let mut fresh: Vec<AclPattern> = keys.iter().map(Self::pattern).filter(|p| !known.contains(p)).collect();
-        fresh.sort_unstable();
-        fresh.dedup();
-        let mut all: Vec<AclPattern> = known.iter().copied().collect();
-        let known_len = all.len();
-        all.extend(fresh);
-        self.command().await;
-        let version = self.client.prepare_acl(&acl).await?;
-        let cmds: Vec<Command> =
-            all.iter().map(|p| Command::AddAcl { acl: acl.clone(), version: Some(version), pattern: *p }).collect();
-        for chunk in cmds.chunks(IMPORT_CHUNK) {
-            for _ in 0..chunk.len() {
-                self.command().await;
-            }
-            if let Some(e) = self.client.pipeline(chunk).await.into_iter().find_map(Result::err) {
-                // The live version was never touched: drop the prepared one and report.
-                let _ = self.client.execute(&Command::ClearAclVersion { acl: acl.clone(), version }).await;
-                return Err(e);
-            }
-        }
-        self.command().await;
-        self.client.commit_acl(&acl, version).await?;
-        info!(target = %self.name, added = all.len() - known_len, total = all.len(), "ACL import committed");
-        self.acl_known.insert(file.to_owned(), all.into_iter().collect());
-        Ok(())
-    }
-
     async fn apply_many(&mut self, blocks: &[(IpNet, Actions)], place: &Place, fresh: bool) -> Result<(), ClientError> {
         // What to send, as keys: the commands themselves are made one batch at a time, so that
         // 100,000 blocks never hold 200,000 commands in memory at once.
@@ -548,51 +420,6 @@ impl Actor {
                 Err(ClientError::Refused { keys: refused, first: Box::new(first) })
             }
         }
-    }
-
-    /// Shuts down every live session whose client address is inside one of `keys`: one
-    /// `show sess` for all of them, the shutdowns pipelined.
-    async fn kill_all(&mut self, keys: &[IpNet]) -> Result<(), ClientError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.command().await;
-        let sessions = self.client.show_sess().await?;
-        let doomed: Vec<Command> = sessions
-            .iter()
-            .filter(|s| s.client_ip().is_some_and(|ip: IpAddr| keys.iter().any(|k| crate::net::covers_addr(k, ip))))
-            .map(|s| Command::ShutdownSession { ptr: s.ptr })
-            .collect();
-        for _ in &doomed {
-            self.command().await;
-        }
-        let mut killed = 0;
-        for result in self.client.pipeline(&doomed).await {
-            match result {
-                Ok(()) => killed += 1,
-                Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::NoSuchSession) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        info!(target = %self.name, blocks = keys.len(), killed, "live sessions shut down");
-        Ok(())
-    }
-
-    /// Shuts down every live session whose client address is inside `key`.
-    async fn kill(&mut self, key: &IpNet) -> Result<(), ClientError> {
-        self.command().await;
-        let sessions = self.client.show_sess().await?;
-        let mut killed = 0;
-        for s in sessions.iter().filter(|s| s.client_ip().is_some_and(|ip: IpAddr| crate::net::covers_addr(key, ip))) {
-            self.command().await;
-            match self.client.shutdown_session(s.ptr).await {
-                Ok(()) => killed += 1,
-                Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::NoSuchSession) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        info!(target = %self.name, key = %crate::net::display(key), killed, "live sessions shut down");
-        Ok(())
     }
 }
 
