@@ -59,6 +59,8 @@ pub enum Cmd {
     Block(ops::BlockArgs),
     /// Release a block now: tag, ACL entry and the block record.
     Unblock(ops::UnblockArgs),
+    /// Move the end of an active block: it ends --for DUR from now (rule, level, actions stay).
+    Extend(ops::ExtendArgs),
     /// Add (or --remove) an allowlist entry; blocks inside it are released.
     Allow(ops::AllowArgs),
     /// Block a list of addresses and CIDRs (one per line), through the ACL, atomically.
@@ -174,6 +176,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Explain(a) => ops::explain(a).await,
         Cmd::Block(a) => ops::block(a).await,
         Cmd::Unblock(a) => ops::unblock(a).await,
+        Cmd::Extend(a) => ops::extend(a).await,
         Cmd::Allow(a) => ops::allow(a).await,
         Cmd::Import(a) => ops::import(a).await,
         Cmd::Audit(a) => ops::audit(a).await,

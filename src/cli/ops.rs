@@ -1,4 +1,4 @@
-//! The operator subcommands: `blocks`, `history`, `explain`, `block`, `unblock`, `allow`,
+//! The operator subcommands: `blocks`, `history`, `explain`, `block`, `unblock`, `extend`, `allow`,
 //! `import`, `audit`. Input is checked here first (bad input: exit 2, nothing sent). Then, when a
 //! daemon's API answers (`--api`, or the config's `[api] listen`), they go through it with the
 //! token of `STICKWARDEN_TOKEN`; otherwise they work on the store and the HAProxy targets directly,
@@ -18,8 +18,8 @@ use crate::api::client::{ApiClient, ApiClientError};
 use crate::config::{Config, Listen};
 use crate::ops::explain::ExplainView;
 use crate::ops::{
-    self, AllowRequest, AuditQuery, AuditView, BlockRequest, BlockView, HistoryView, ImportRequest, Manual, OpError,
-    Outcome, UnblockRequest,
+    self, AllowRequest, AuditQuery, AuditView, BlockRequest, BlockView, ExtendRequest, HistoryView, ImportRequest,
+    Manual, OpError, Outcome, UnblockRequest,
 };
 use crate::store::Store;
 use crate::time::{now_ms, relative_text};
@@ -73,6 +73,19 @@ pub struct UnblockArgs {
     /// Keep the rules from blocking it again for this long.
     #[arg(long)]
     grace: Option<String>,
+    #[command(flatten)]
+    access: Access,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// The blocked address or CIDR.
+    key: String,
+    /// The block ends this long from now (longer or shorter than it would): 30m, 2h, 7d.
+    #[arg(long = "for")]
+    duration: String,
+    #[arg(long)]
+    reason: String,
     #[command(flatten)]
     access: Access,
 }
@@ -421,6 +434,13 @@ pub async fn unblock(a: UnblockArgs) -> Result<(), Failure> {
     let op = req.check().map_err(op_failure)?;
     let via = a.access.connect().await?;
     print_outcome(&via.act("/v1/unblock", &req, op).await?, a.access.json)
+}
+
+pub async fn extend(a: ExtendArgs) -> Result<(), Failure> {
+    let req = ExtendRequest { key: a.key, duration: a.duration, reason: a.reason };
+    let op = req.check().map_err(op_failure)?;
+    let via = a.access.connect().await?;
+    print_outcome(&via.act("/v1/extend", &req, op).await?, a.access.json)
 }
 
 pub async fn allow(a: AllowArgs) -> Result<(), Failure> {
