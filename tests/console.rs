@@ -345,6 +345,23 @@ async fn networks_hostile_reasons_changes_of_end_and_100000_blocks() {
     assert!(b.wait_for_text("Removed from the allowlist", Duration::from_secs(15)));
     b.goto(&format!("{}/ui/allow", base(port)));
     assert!(!b.body_text().contains("partner monitoring"));
+
+    // The export streams every record it selects, across many slices of the log: 100,001 blocks.
+    let cookie = session_cookie(port, OPERATOR_TOKEN);
+    let (status, _, body) = http(port, "GET", "/ui/audit.jsonl?event=block", &[("Cookie", &cookie)], b"");
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 100_001);
+    assert!(lines[0].contains("10.250.8.0/24"), "newest first: {}", lines[0]);
+    let ids: Vec<u64> =
+        lines.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "each record once, newest first");
+    let (_, _, csv) = http(port, "GET", "/ui/audit.csv?actor=ops", &[("Cookie", &cookie)], b"");
+    assert_eq!(
+        csv.lines().count(),
+        1 + 100_000 + 1 + 1 + 2,
+        "header, import, block, change of end, allow and its removal"
+    );
 }
 
 /// The session cookie of a login with `token`, for plain HTTP requests.

@@ -373,7 +373,7 @@ async fn backup(State(s): State<ApiState>, caller: Caller) -> Result<Response, A
 }
 
 /// A channel of body chunks as the stream axum's body wants.
-struct Chunks(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+pub struct Chunks(pub tokio::sync::mpsc::Receiver<bytes::Bytes>);
 
 impl futures_core::Stream for Chunks {
     type Item = Result<bytes::Bytes, std::convert::Infallible>;

@@ -97,8 +97,8 @@ pub fn router(api: ApiState, session_ttl: std::time::Duration) -> Router {
         .route("/ui/live/blocks", get(blocks_live))
         .route("/ui/address/{addr}", get(address))
         .route("/ui/audit", get(audit))
-        .route("/ui/audit.csv", get(audit_csv))
-        .route("/ui/audit.jsonl", get(audit_jsonl))
+        .route("/ui/audit.csv", get(|State(s), h, q| audit_export(s, h, q, Export::Csv)))
+        .route("/ui/audit.jsonl", get(|State(s), h, q| audit_export(s, h, q, Export::JsonLines)))
         .route("/ui/allow", get(allowlist))
         .route("/ui/confirm/{action}", get(confirm))
         .route("/ui/act/{action}", post(act))
@@ -433,6 +433,40 @@ async fn address_data(s: &ConsoleState, addr: &str) -> Result<pages::Address, Op
     })
 }
 
+/// The audit page's filters, checked: which records it keeps.
+struct AuditFilter {
+    since: Millis,
+    key: Option<IpNet>,
+    actor: Option<String>,
+    event: Option<crate::store::Event>,
+}
+
+impl AuditFilter {
+    fn of(f: &pages::AuditForm, now: Millis) -> Result<AuditFilter, OpError> {
+        let q =
+            AuditQuery { since: f.since.clone(), key: f.key.clone(), actor: f.actor.clone(), event: f.event.clone() };
+        let q = blank_to_none(q);
+        let (since, key, event) = ops::audit_filters(&q, now)?;
+        Ok(AuditFilter { since, key, actor: q.actor, event })
+    }
+
+    fn keeps(&self, r: &crate::store::AuditRecord) -> bool {
+        r.at >= self.since
+            && self.key.is_none_or(|k| r.key.is_some_and(|rk| crate::net::overlaps(&rk, &k)))
+            && self.actor.as_ref().is_none_or(|a| &r.actor == a)
+            && self.event.is_none_or(|e| r.event == e)
+    }
+
+    /// An address's records, newest first, read through the key index (when the key is one).
+    fn about_one(&self, store: &crate::store::Store) -> Result<Option<Vec<crate::store::AuditRecord>>, OpError> {
+        let Some(k) = self.key.filter(crate::net::is_host) else { return Ok(None) };
+        let mut all = store.audit_covering(k.addr())?;
+        all.retain(|r| self.keeps(r));
+        all.reverse();
+        Ok(Some(all))
+    }
+}
+
 /// Newest-first audit records the filters select, [`AUDIT_PAGE`] at most, before id `before`;
 /// and the id to go on from when there are more.
 async fn audit_rows(
@@ -440,23 +474,12 @@ async fn audit_rows(
     f: &pages::AuditForm,
     now: Millis,
 ) -> Result<(Vec<AuditView>, Option<u64>), OpError> {
-    let q = AuditQuery { since: f.since.clone(), key: f.key.clone(), actor: f.actor.clone(), event: f.event.clone() };
-    let q = blank_to_none(q);
-    let (since, key, event) = ops::audit_filters(&q, now)?;
-    let keep = |r: &crate::store::AuditRecord| {
-        r.at >= since
-            && key.is_none_or(|k| r.key.is_some_and(|rk| crate::net::overlaps(&rk, &k)))
-            && q.actor.as_ref().is_none_or(|a| &r.actor == a)
-            && event.is_none_or(|e| r.event == e)
-    };
+    let filter = AuditFilter::of(f, now)?;
     let mut rows = Vec::new();
     let mut more = None;
-    match key.filter(crate::net::is_host) {
-        // One address: its records through the key index.
-        Some(k) => {
-            let mut all = s.store.audit_covering(k.addr())?;
-            all.retain(|r| keep(r) && f.before.is_none_or(|b| r.id < b));
-            all.reverse();
+    match filter.about_one(&s.store)? {
+        Some(mut all) => {
+            all.retain(|r| f.before.is_none_or(|b| r.id < b));
             if all.len() > AUDIT_PAGE {
                 more = Some(all[AUDIT_PAGE - 1].id);
                 all.truncate(AUDIT_PAGE);
@@ -469,11 +492,11 @@ async fn audit_rows(
             scan_back(&s.store, f.before, |r| {
                 scanned += 1;
                 last = Some(r.id);
-                if r.at < since {
+                if r.at < filter.since {
                     last = None;
                     return false;
                 }
-                if keep(&r) {
+                if filter.keeps(&r) {
                     if rows.len() == AUDIT_PAGE {
                         more = rows.last().map(|v: &AuditView| v.id);
                         return false;
@@ -515,96 +538,141 @@ async fn audit(
     }
 }
 
-/// Every audit record the filters select, oldest first, for an export.
-async fn export_rows(s: &ConsoleState, f: pages::AuditForm) -> Result<Vec<AuditView>, OpError> {
-    let q = blank_to_none(AuditQuery { since: f.since, key: f.key, actor: f.actor, event: f.event });
-    let store = s.store.clone();
-    tokio::task::spawn_blocking(move || ops::audit(&store, &q, now_ms()))
-        .await
-        .map_err(|e| OpError::Store(crate::store::StoreError::Io(format!("export task: {e}"))))?
+/// How an export is written.
+#[derive(Clone, Copy)]
+enum Export {
+    Csv,
+    JsonLines,
 }
 
-async fn audit_csv(
-    State(s): State<ConsoleState>,
-    h: HeaderMap,
-    q: Result<Query<pages::AuditForm>, QueryRejection>,
-) -> Response {
-    let who = match viewer(&s, &h, false) {
-        Ok(w) => w,
-        Err(r) => return r.into_response(),
-    };
-    match export_rows(&s, q.map(|Query(q)| q).unwrap_or_default()).await {
-        Ok(rows) => download("audit.csv", "text/csv; charset=utf-8", csv(&rows)),
-        Err(e) => failed(&who, e),
-    }
-}
-
-async fn audit_jsonl(
-    State(s): State<ConsoleState>,
-    h: HeaderMap,
-    q: Result<Query<pages::AuditForm>, QueryRejection>,
-) -> Response {
-    let who = match viewer(&s, &h, false) {
-        Ok(w) => w,
-        Err(r) => return r.into_response(),
-    };
-    match export_rows(&s, q.map(|Query(q)| q).unwrap_or_default()).await {
-        Ok(rows) => {
-            let mut out = Vec::with_capacity(rows.len() * 300);
-            for r in &rows {
-                serde_json::to_writer(&mut out, r).expect("views serialize");
+impl Export {
+    fn write(self, out: &mut Vec<u8>, r: &crate::store::AuditRecord) {
+        let view = AuditView::of(r);
+        match self {
+            Export::Csv => csv_row(out, &view),
+            Export::JsonLines => {
+                serde_json::to_writer(&mut *out, &view).expect("views serialize");
                 out.push(b'\n');
             }
-            download("audit.jsonl", crate::api::client::NDJSON, String::from_utf8(out).expect("JSON is UTF-8"))
         }
-        Err(e) => failed(&who, e),
     }
 }
 
-fn download(name: &str, kind: &'static str, body: String) -> Response {
+/// Every audit record the filters select, newest first, streamed as it is read: a slice of
+/// [`SLICE`] records at a time on the daemon's thread, so that an export of the whole log never
+/// sits in memory.
+async fn audit_export(
+    s: ConsoleState,
+    h: HeaderMap,
+    q: Result<Query<pages::AuditForm>, QueryRejection>,
+    how: Export,
+) -> Response {
+    let who = match viewer(&s, &h, false) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    let f = q.map(|Query(q)| q).unwrap_or_default();
+    let filter = match AuditFilter::of(&f, now_ms()) {
+        Ok(filter) => filter,
+        Err(e) => return failed(&who, e),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(2);
+    let store = s.store.clone();
+    tokio::spawn(async move {
+        let mut head = Vec::new();
+        if let Export::Csv = how {
+            head.extend_from_slice(CSV_HEADER.as_bytes());
+        }
+        let one = match filter.about_one(&store) {
+            Ok(one) => one,
+            Err(e) => {
+                tracing::error!(error = %e, "audit export: store error; answer cut short");
+                return;
+            }
+        };
+        if let Some(all) = one {
+            for r in &all {
+                how.write(&mut head, r);
+            }
+            let _ = tx.send(head.into()).await;
+            return;
+        }
+        let mut before = None;
+        loop {
+            let (mut buf, mut n, mut done, mut last) = (std::mem::take(&mut head), 0, false, None);
+            let read = store.audit_back(before, &mut |r| {
+                n += 1;
+                last = Some(r.id);
+                if r.at < filter.since {
+                    done = true;
+                    return false;
+                }
+                if filter.keeps(&r) {
+                    how.write(&mut buf, &r);
+                }
+                n < SLICE
+            });
+            if let Err(e) = read {
+                tracing::error!(error = %e, "audit export: store error; answer cut short");
+                return;
+            }
+            if !buf.is_empty() && tx.send(buf.into()).await.is_err() {
+                return; // the browser went away
+            }
+            if done || n < SLICE {
+                return;
+            }
+            before = last;
+            tokio::task::yield_now().await;
+        }
+    });
+    let (name, kind) = match how {
+        Export::Csv => ("audit.csv", "text/csv; charset=utf-8"),
+        Export::JsonLines => ("audit.jsonl", crate::api::client::NDJSON),
+    };
     let disposition = format!("attachment; filename=\"{name}\"");
+    let body = axum::body::Body::from_stream(crate::api::Chunks(rx));
     ([(header::CONTENT_TYPE, kind.to_owned()), (header::CONTENT_DISPOSITION, disposition)], body).into_response()
 }
 
-/// The records as CSV (RFC 4180). A cell a spreadsheet would take for a formula (`=`, `+`, `-`,
-/// `@` first) is written with a leading `'`: a reason is text an attacker may have chosen.
-pub fn csv(rows: &[AuditView]) -> String {
-    fn cell(out: &mut String, v: &str) {
+/// The first line of a CSV export.
+const CSV_HEADER: &str = "id,at,event,key,rule,action,level,duration_s,source,actor,reason,counters\r\n";
+
+/// One audit record as a CSV line (RFC 4180). A cell a spreadsheet would take for a formula (`=`,
+/// `+`, `-`, `@` first) is written with a leading `'`: a reason is text an attacker may have chosen.
+fn csv_row(out: &mut Vec<u8>, r: &AuditView) {
+    fn cell(out: &mut Vec<u8>, v: &str) {
         let guarded = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{v}") } else { v.to_owned() };
         if guarded.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&guarded.replace('"', "\"\""));
-            out.push('"');
+            out.push(b'"');
+            out.extend_from_slice(guarded.replace('"', "\"\"").as_bytes());
+            out.push(b'"');
         } else {
-            out.push_str(&guarded);
+            out.extend_from_slice(guarded.as_bytes());
         }
     }
-    let mut out = String::from("id,at,event,key,rule,action,level,duration_s,source,actor,reason,counters\r\n");
-    for r in rows {
-        let counters: Vec<String> = r.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let fields = [
-            r.id.to_string(),
-            r.at.clone(),
-            r.event.clone(),
-            r.key.clone().unwrap_or_default(),
-            r.rule.clone(),
-            r.action.clone(),
-            r.level.to_string(),
-            r.duration_s.to_string(),
-            r.source.clone(),
-            r.actor.clone(),
-            r.reason.clone(),
-            counters.join(" "),
-        ];
-        for (i, f) in fields.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            cell(&mut out, f);
+    let counters: Vec<String> = r.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let fields = [
+        r.id.to_string(),
+        r.at.clone(),
+        r.event.clone(),
+        r.key.clone().unwrap_or_default(),
+        r.rule.clone(),
+        r.action.clone(),
+        r.level.to_string(),
+        r.duration_s.to_string(),
+        r.source.clone(),
+        r.actor.clone(),
+        r.reason.clone(),
+        counters.join(" "),
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        out.push_str("\r\n");
+        cell(out, f);
     }
-    out
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn allowlist(State(s): State<ConsoleState>, h: HeaderMap) -> Response {
@@ -919,7 +987,9 @@ mod tests {
             counters: Default::default(),
         };
         r.counters.insert("http_req_rate".into(), 120);
-        let out = csv(&[r]);
+        let mut out = Vec::new();
+        csv_row(&mut out, &r);
+        let out = format!("{CSV_HEADER}{}", String::from_utf8(out).unwrap());
         let line = out.lines().nth(1).unwrap();
         assert!(line.ends_with("\"'=HYPERLINK(\"\"x\"\"), \"\"quoted\"\""), "{out}");
         assert!(out.contains("line\",http_req_rate=120\r\n"), "{out}");
