@@ -399,6 +399,9 @@ async fn careless_and_hostile_requests_change_nothing() {
     for (path, want) in [
         ("/ui/blocks?per_page=100000", "per_page"),
         ("/ui/blocks?level=high", "level"),
+        ("/ui/blocks?per_page=lots", "per_page"),
+        ("/ui/audit?before=yesterday", "before"),
+        ("/ui/audit.jsonl?before=x", "before"),
         (&format!("/ui/blocks?q={}", "a".repeat(10_000)), "is not an IPv4 or IPv6 address"),
         ("/ui/address/not-an-address", "is not an IPv4 or IPv6 address"),
         ("/ui/address/10.0.0.0%2F24", "expected one address"),

@@ -189,6 +189,14 @@ fn operator(s: &ConsoleState, h: &HeaderMap) -> Result<Session, Refused> {
     Ok(sess)
 }
 
+/// A query string that does not parse (`per_page=abc`): said, never read as no filter at all.
+fn query<T: Default>(q: Result<Query<T>, QueryRejection>) -> (T, Option<OpError>) {
+    match q {
+        Ok(Query(q)) => (q, None),
+        Err(r) => (T::default(), Some(OpError::bad("invalid_request", r.body_text()))),
+    }
+}
+
 /// An operator action's or query's error as a page, with the API's status for it.
 fn failed(who: &Session, e: OpError) -> Response {
     let e = ApiError::from(e);
@@ -362,8 +370,12 @@ async fn blocks(State(s): State<ConsoleState>, h: HeaderMap, q: Result<Query<Blo
         Ok(w) => w,
         Err(r) => return r.into_response(),
     };
-    let q = q.map(|Query(q)| q).unwrap_or_default();
-    match blocks_page(&s, &q).await {
+    let (q, bad) = query(q);
+    let listed = match bad {
+        Some(e) => Err(e),
+        None => blocks_page(&s, &q).await,
+    };
+    match listed {
         Ok((page, rules)) => html(StatusCode::OK, pages::blocks(&who, &q, &page, &rules, None)),
         Err(e @ OpError::BadInput { .. }) => {
             // The filters with what was wrong, over an empty listing.
@@ -389,7 +401,10 @@ async fn blocks_live(
     if let Err(r) = viewer(&s, &h, true) {
         return r.into_response();
     }
-    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let (q, bad) = query(q);
+    if let Some(e) = bad {
+        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+    }
     match blocks_page(&s, &q).await {
         Ok((page, _)) => html(StatusCode::OK, pages::blocks_live(&q, &page)),
         Err(e) => (ApiError::from(e).status, "unavailable").into_response(),
@@ -528,8 +543,12 @@ async fn audit(
         Ok(w) => w,
         Err(r) => return r.into_response(),
     };
-    let f = q.map(|Query(q)| q).unwrap_or_default();
-    match audit_rows(&s, &f, now_ms()).await {
+    let (f, bad) = query(q);
+    let rows = match bad {
+        Some(e) => Err(e),
+        None => audit_rows(&s, &f, now_ms()).await,
+    };
+    match rows {
         Ok((rows, older)) => html(StatusCode::OK, pages::audit(&who, &f, &rows, older, None)),
         Err(e @ OpError::BadInput { .. }) => {
             html(StatusCode::BAD_REQUEST, pages::audit(&who, &f, &[], None, Some(&e.to_string())))
@@ -571,7 +590,10 @@ async fn audit_export(
         Ok(w) => w,
         Err(r) => return r.into_response(),
     };
-    let f = q.map(|Query(q)| q).unwrap_or_default();
+    let (f, bad) = query(q);
+    if let Some(e) = bad {
+        return failed(&who, e);
+    }
     let filter = match AuditFilter::of(&f, now_ms()) {
         Ok(filter) => filter,
         Err(e) => return failed(&who, e),

@@ -290,7 +290,12 @@ pub fn blocks(who: &Session, q: &BlockQuery, page: &Page, rules: &[String], erro
                 }
             }
             noscript { p.note { "Live updates need JavaScript: reload the page to refresh it." } }
-            div data-live={ "/ui/live/blocks?" (qs) } { (blocks_live(q, page)) }
+            // Filters that are not valid get no live updates: there is nothing to update.
+            @if error.is_none() {
+                div data-live={ "/ui/live/blocks?" (qs) } { (blocks_live(q, page)) }
+            } @else {
+                div { (blocks_live(q, page)) }
+            }
         },
     )
 }
