@@ -466,3 +466,25 @@ async fn the_console_guide_is_true() {
     let loaded = stickwarden::config::Config::load(&s.config).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.api.unwrap().console_session, Duration::from_secs(8 * 3600));
 }
+
+/// An action HAProxy refuses on a target shows that target as failed, with HAProxy's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_shows_on_the_target_that_refused() {
+    let (sb, s) = sandbox_and_setup("{ action = [\"tag\", \"acl\"], duration = \"1h\" }");
+    // An ACL file this HAProxy never loaded.
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, cfg.replace(&sb.block_acl().display().to_string(), "/nonexistent/blocked.acl")).unwrap();
+    let (_d, port) = console_daemon(&s).await;
+    let ops = session_cookie(port, OPERATOR_TOKEN);
+    let (_, _, page) = http(port, "GET", "/ui/", &[("Cookie", &ops)], b"");
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let form = format!("csrf={}&key=10.9.9.9&duration=1h&reason=refused", &page[at..at + 64]);
+    let ct = ("Content-Type", "application/x-www-form-urlencoded");
+    let (status, _, body) = http(port, "POST", "/ui/act/block", &[("Cookie", &ops), ct], form.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let row = &body[body.find("<table class=\"confirm\">").unwrap()..];
+    assert!(row.contains("sandbox") && row.contains(">failed<") && row.contains("ACL"), "{row}");
+    assert!(body.contains("HAProxy did not confirm everything"), "{body}");
+    // The tag went out all the same, and the decision is recorded.
+    assert_eq!(gpt0(&admin(&sb).await, "10.9.9.9").await, Some(1));
+}

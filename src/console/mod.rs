@@ -760,13 +760,11 @@ async fn confirm(
 async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Result<Confirm, OpError> {
     // Checked with a placeholder reason: the reason is asked on this page.
     let probe = ActionFields {
+        key: f.key.clone(),
+        duration: f.duration.clone(),
+        grace: f.grace.clone(),
         reason: "review".into(),
-        ..ActionFields {
-            key: f.key.clone(),
-            duration: f.duration.clone(),
-            grace: f.grace.clone(),
-            ..Default::default()
-        }
+        csrf: String::new(),
     };
     let targets: Vec<&str> = s.cfg.targets.iter().map(|t| t.name.as_str()).collect();
     let on = format!("on {}", targets.join(", "));
@@ -800,7 +798,14 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
                 .ok_or_else(|| OpError::NotFound(format!("{} is not blocked", crate::net::display(&key))))?;
             c.action = "unblock";
             c.title = format!("Unblock {}", crate::net::display(&key));
-            c.changes.push(format!("{} is released now: {} removed {on}.", crate::net::display(&key), b.actions));
+            c.changes.push(if b.dry_run {
+                format!(
+                    "{} is released now (a dry-run block: nothing to remove from HAProxy).",
+                    crate::net::display(&key)
+                )
+            } else {
+                format!("{} is released now: {} removed {on}.", crate::net::display(&key), b.actions)
+            });
             c.changes.push(describe(&b));
             c.changes.push(match grace {
                 Some(g) => format!(
@@ -814,7 +819,16 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
         ("block", Manual::Block { key, duration, .. }) => {
             c.action = "block";
             c.title = format!("Block {}", crate::net::display(&key));
-            let acts = if crate::net::is_host(&key) { "tag and ACL entry" } else { "ACL entry" };
+            // As the controller applies a manual block: the tag for an address, the ACL for any key.
+            let tag = crate::net::is_host(&key) && s.cfg.block.table.is_some();
+            let acts = match (tag, s.cfg.block.acl.is_some()) {
+                (true, true) => "tag and ACL entry",
+                (true, false) => "tag",
+                (false, true) => "ACL entry",
+                (false, false) => {
+                    return Err(OpError::Conflict("a network needs [block] acl in the configuration".into()))
+                }
+            };
             c.changes.push(format!(
                 "{} is blocked for {} (until {}): {acts} {on}.",
                 crate::net::display(&key),

@@ -696,6 +696,12 @@ pub fn done(who: &Session, title: &str, o: &Outcome, states: &[Confirmation], li
                 @if !o.released.is_empty() { p { "Released: " @for k in &o.released { (key_link(k)) " " } } }
                 @if !o.allowed.is_empty() { p { "Allowlist changed: " @for k in &o.allowed { (key_link(k)) " " } } }
                 @if !o.skipped.is_empty() { p { "Left alone: " @for (k, why) in &o.skipped { (text(k)) " (" (text(why)) ") " } } }
+                @if !o.failures.is_empty() {
+                    div.error role="alert" {
+                        p { "HAProxy did not confirm everything (the decision is recorded and retried):" }
+                        ul { @for f in &o.failures { li { (text(f)) } } }
+                    }
+                }
                 h2 { "On each HAProxy target" }
                 @if let Some(url) = live {
                     div data-live=(url) { (confirmations(states)) }
