@@ -14,7 +14,6 @@ use crate::columns;
 use crate::config::{Config, TargetConfig};
 use crate::proto::{DataField, ErrorKind, KeyType};
 use crate::rules::Action;
-use crate::target::Target;
 
 /// One verified fact, or one problem with what to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +75,10 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
     for (name, cols) in &needs {
         let Some(info) = tables.iter().find(|i| i.name == *name) else {
             let known: Vec<&str> = tables.iter().map(|i| i.name.as_str()).collect();
-            out.push(Finding::fail(format!("table '{name}' does not exist (tables: {})", known.join(", "))));
+            out.push(Finding::fail(format!(
+                "table '{name}' does not exist (tables: {}; `stickwarden haproxy-config` prints its lines)",
+                known.join(", ")
+            )));
             continue;
         };
         if !matches!(KeyType::from_header(&info.key_type), Some(KeyType::Ip | KeyType::Ipv6)) {
@@ -119,7 +121,8 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
             out.push(Finding::ok(format!("table '{name}' ({}) stores {}", info.key_type, list.join(", "))));
         } else {
             out.push(Finding::fail(format!(
-                "table '{name}' does not store {}: add them to its 'store' list in the HAProxy config",
+                "table '{name}' does not store {}: add them to its 'store' list in the HAProxy config \
+                 (`stickwarden haproxy-config` prints the lines this configuration needs)",
                 missing.join(", ")
             )));
         }
@@ -145,7 +148,8 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
             }
             Ok(_) => out.push(Finding::fail(format!(
                 "ACL file {acl} is not loaded by HAProxy: reference it with `acl blocked src -f {acl}` and \
-                 `http-request deny if blocked` (see docs/haproxy.md); the file must exist, even empty"
+                 `http-request deny if blocked` (`stickwarden haproxy-config` prints the lines); the file must \
+                 exist, even empty"
             ))),
             // Said once, with the line to change, by the level finding below.
             Err(e) if e.haproxy().is_some_and(|h| h.kind == ErrorKind::PermissionDenied) => acl_refused = true,
@@ -240,14 +244,7 @@ async fn level_finding(cfg: &Config, t: &TargetConfig, client: &Client, acl_refu
     ))
 }
 
-/// The `stats socket` line that gives `level`.
-pub fn socket_line(target: &Target, level: &str) -> String {
-    match target {
-        Target::Unix(p) => format!("stats socket {} mode 600 level {level}", p.display()),
-        Target::Tcp { host, port } => format!("stats socket ipv4@{host}:{port} level {level}"),
-        Target::Master(p) => format!("-S {},level,{level} (haproxy's command line)", p.display()),
-    }
-}
+pub use crate::haproxy_side::socket_line;
 
 /// Runs [`check_target`] on every target; returns every finding with its target's name.
 pub async fn check_all(cfg: &Config) -> Vec<(String, Finding)> {

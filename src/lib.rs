@@ -34,6 +34,8 @@
 //! - [`allowlist`]: networks never blocked (config, never-block list, operator entries).
 //! - [`metrics`]: Prometheus metrics shared by pollers, controller, actuators and the API.
 //! - [`actuator`]: one actor per target turning block and release jobs into Runtime API commands.
+//! - [`haproxy_side`]: the HAProxy lines a configuration needs (`stickwarden haproxy-config`),
+//!   and the `stats socket` line for a level.
 //! - [`ops`]: operator actions and queries (requests, validation, views, the listing of active
 //!   blocks), shared by API, console and CLI.
 //! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
@@ -59,6 +61,7 @@ pub mod console;
 pub mod daemon;
 pub mod engine;
 pub mod fleet;
+pub mod haproxy_side;
 pub mod metrics;
 pub mod net;
 pub mod ops;

@@ -112,7 +112,8 @@ fn check_reports_missing_columns_missing_tables_and_an_unloaded_acl() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("FAIL sandbox: table 'ft_web' does not store bytes_in_rate"), "{out}");
-    assert!(out.contains("FAIL sandbox: table 'ft_api' does not exist (tables: ") && out.contains("ft_web)"), "{out}");
+    assert!(out.contains("FAIL sandbox: table 'ft_api' does not exist (tables: ") && out.contains("ft_web;"), "{out}");
+    assert!(out.contains("`stickwarden haproxy-config` prints"), "check points at the lines to add: {out}");
     assert!(out.contains("FAIL sandbox: ACL file /etc/haproxy/other.lst is not loaded by HAProxy"), "{out}");
     assert!(out.contains("stickwarden: 3 check(s) failed"), "{out}");
 }

@@ -151,7 +151,7 @@ async fn documented_haproxy_and_stickwarden_configs_work_together() {
 }
 
 /// Suspects mode as docs/haproxy.md shows it: its lines are what `stickwarden haproxy-config`
-/// prints for the example configuration, HAProxy runs them in the documented frontend, and
+/// prints last for the example configuration, HAProxy runs them in the documented frontend, and
 /// `check` passes, the suspects table's comparison with a full poll included.
 #[tokio::test]
 async fn documented_suspects_mode_is_what_haproxy_config_prints_and_works() {
@@ -169,10 +169,11 @@ async fn documented_suspects_mode_is_what_haproxy_config_prints_and_works() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim_end(),
-        lines.trim_end(),
-        "docs/haproxy.md is not what haproxy-config prints"
+    // The suspects part comes last, after the lines every configuration needs.
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        printed.trim_end().ends_with(&format!("\n\n{}", lines.trim_end())),
+        "docs/haproxy.md is not what haproxy-config prints:\n{printed}"
     );
     let findings = stickwarden::check::check_all(&cfg).await;
     let failed: Vec<_> = findings.iter().filter(|(_, f)| !f.ok).collect();
@@ -298,4 +299,79 @@ fn fleet_guide_example_loads() {
     assert!(cfg.merge.enabled);
     assert_eq!(cfg.merge.mode(&"conn_cur".parse().unwrap()), MergeMode::Sum);
     assert_eq!(cfg.merge.mode(&"gpt0".parse().unwrap()), MergeMode::Max);
+}
+
+/// `stickwarden haproxy-config` for the example configuration of docs/configuration.md: its lines,
+/// pasted into a minimal HAProxy configuration, pass `haproxy -c`, run, satisfy `stickwarden
+/// check`, and block a real flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_config_prints_lines_that_run_and_block() {
+    let dir = tempfile::Builder::new().prefix("stickwarden-generated-").tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let acl = format!("{d}/block.lst");
+    std::fs::write(&acl, "").unwrap();
+    let conf_doc = read_doc("configuration.md");
+    let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
+    std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
+    common::private(format!("{d}/tokens.toml"));
+    let cfg = cfg
+        .replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
+        .replace("\"127.0.0.1:9180\", ", "")
+        .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))
+        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
+        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
+        .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+        .replace("/var/lib/stickwarden", &format!("{d}/store"));
+    let cfg_path = dir.path().join("stickwarden.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+
+    let o = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["haproxy-config", "--config", cfg_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let part = |heading: &str| {
+        let start = text.find(heading).unwrap_or_else(|| panic!("no '{heading}' in:\n{text}"));
+        let body = &text[start..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        body[..body.find("\n\n").unwrap_or(body.len())].to_owned()
+    };
+    let hap = format!(
+        "global\n{}\n    stats timeout 2m\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    \
+         timeout server 30s\n\nfrontend fe_main\n    bind 127.0.0.1:{port}\n{}\n    \
+         http-request return status 200 content-type text/plain string ok\n\n{}\n",
+        part("# == in the global section"),
+        part("# == in the frontend"),
+        part("# == sections of their own"),
+    );
+    let bin = stickwarden::sandbox::haproxy_binary().unwrap();
+    std::fs::write(dir.path().join("check.cfg"), &hap).unwrap();
+    let checked = Command::new(&bin).args(["-c", "-f"]).arg(dir.path().join("check.cfg")).output().unwrap();
+    assert!(checked.status.success(), "haproxy -c refused:\n{hap}\n{}", String::from_utf8_lossy(&checked.stderr));
+    let sb = stickwarden::sandbox::Sandbox::start_with(dir, &hap, port, 0).unwrap_or_else(|e| panic!("{e}"));
+
+    let loaded = stickwarden::config::Config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+    let findings = stickwarden::check::check_all(&loaded).await;
+    let failed: Vec<_> = findings.iter().filter(|(_, f)| !f.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}\n{hap}");
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["run", "--config", cfg_path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (abuser, normal) = (stickwarden::sandbox::client_addr(1), stickwarden::sandbox::client_addr(2));
+    stickwarden::sandbox::http_burst(abuser, sb.web_port, 150, 10).await.unwrap();
+    let blocked = common::eventually(std::time::Duration::from_secs(10), || async {
+        stickwarden::sandbox::http_get(abuser, sb.web_port).await.unwrap_or(0) == 403
+    })
+    .await;
+    let normal_status = stickwarden::sandbox::http_get(normal, sb.web_port).await.unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(blocked, "the generated lines did not deny the flooder");
+    assert_eq!(normal_status, 200);
 }

@@ -145,29 +145,11 @@ async fn fleet_findings(cfg: &crate::config::Config) -> Vec<crate::check::Findin
     out
 }
 
-/// `stickwarden haproxy-config`: the lines of suspects mode for each table that uses it.
+/// `stickwarden haproxy-config`: the HAProxy lines the configuration needs
+/// ([`crate::haproxy_side`]).
 pub fn haproxy_config(a: ConfigArgs) -> Result<(), Failure> {
     let cfg = load(&a)?;
-    let mut any = false;
-    for t in &cfg.tables {
-        let Some(s) = &t.suspects else { continue };
-        any = true;
-        let blocked = cfg.block.blocked_in(&t.name);
-        let lines = crate::suspects::lines(&t.name, &s.table, cfg.rules.for_table(&t.name).map(|(_, r)| r), blocked);
-        say!("# In the frontend that tracks '{}' (after `tcp-request connection track-sc0 src`):", t.name)?;
-        for l in &lines.frontend {
-            say!("    {l}")?;
-        }
-        say!("")?;
-        for l in &lines.section {
-            say!("{l}")?;
-        }
-        say!("")?;
-    }
-    if !any {
-        say!("# No [[table]] has suspects = \"...\": every poll walks the whole table, and HAProxy needs no more")?;
-        say!("# lines than docs/haproxy.md shows. See \"Suspects mode\" there to make polls cost only the suspects.")?;
-    }
+    say!("{}", crate::haproxy_side::render(&cfg).trim_end())?;
     Ok(())
 }
 

@@ -726,7 +726,7 @@ fn level_advice(cfg: &Config, target: &str, e: &crate::client::ClientError) -> S
         Some(t) if denied => {
             format!(
                 " (the socket's level is too low for this: change its line to `{}`)",
-                crate::check::socket_line(&t.target, "admin")
+                crate::haproxy_side::socket_line(&t.target, "admin")
             )
         }
         _ => String::new(),
