@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
         tag: "gpt0".parse().unwrap(),
         tag_value: 1,
         acl: Some(acl.parse().unwrap()),
+        map: None,
     };
     let place = Arc::new(stickwarden::store::Place::of(&block, &Actions::new(vec![Action::Tag, Action::Acl])));
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);

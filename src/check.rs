@@ -156,6 +156,18 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
             Err(e) => out.push(Finding::fail(format!("cannot list ACLs: {e}"))),
         }
     }
+    if let (Some(_), Some(map)) = (cfg.rules.policy.map_class(), cfg.block.map.as_ref()) {
+        match client.list_maps().await {
+            Ok(list) if list.iter().any(|m| m.file.as_deref() == Some(&map.to_string())) => {
+                out.push(Finding::ok(format!("map {map} is loaded")))
+            }
+            Ok(_) => out.push(Finding::fail(format!(
+                "map file {map} is not loaded by HAProxy: read it with `http-request set-var(txn.sw_class) \
+                 src,map_ip({map})` (`stickwarden haproxy-config` prints the lines); the file must exist, even empty"
+            ))),
+            Err(e) => out.push(Finding::fail(format!("cannot list maps: {e}"))),
+        }
+    }
     out.push(level_finding(cfg, t, &client, acl_refused, &version).await);
     out
 }

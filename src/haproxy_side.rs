@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::rules::Action;
+use crate::rules::{Action, MapClass};
 use crate::target::Target;
 
 /// The `stats socket` line that gives `level`.
@@ -65,6 +65,67 @@ fn tag_fetch(tag: &str, table: &str) -> String {
     }
 }
 
+/// The response classes the ladder uses, in their order.
+fn used_classes(cfg: &Config) -> Vec<MapClass> {
+    MapClass::ALL.into_iter().filter(|c| cfg.rules.policy.uses(Action::Map(*c))).collect()
+}
+
+/// The key the challenge's cookie is made with. Change it (any integer): a client that knows it
+/// can make the cookie of any address without fetching the page.
+pub const CHALLENGE_SEED: u64 = 48879;
+
+/// The lines of the `map:CLASS` actions: the client's class read from the block map, then one
+/// response per class the ladder uses.
+pub fn map_lines(map: &str, classes: &[MapClass]) -> Vec<String> {
+    let is = |c: MapClass| format!("{{ var(txn.sw_class) -m str {} }}", c.as_str());
+    let mut out = vec![
+        "    # The map:CLASS actions: the class stickwarden gave the client's address (or network).".to_owned(),
+        format!("    http-request set-var(txn.sw_class) src,map_ip({map})"),
+    ];
+    for c in classes {
+        match c {
+            MapClass::Tarpit => {
+                out.push("    # tarpit: the request is held for `timeout tarpit`, then answered 429.".into());
+                out.push("    timeout tarpit 5s".into());
+                out.push(format!("    http-request tarpit deny_status 429 if {}", is(*c)));
+            }
+            MapClass::Throttle => {
+                out.push("    # throttle: 429 at once, with the time to wait before trying again.".into());
+                out.push(format!(
+                    "    http-request return status 429 content-type text/plain hdr Retry-After 30 string \"slow down\" if {}",
+                    is(*c)
+                ));
+            }
+            MapClass::Challenge => {
+                out.push(
+                    "    # challenge: a page whose script sets a cookie made from the client's address; a client"
+                        .into(),
+                );
+                out.push(
+                    "    # that runs it (a browser) comes back with the cookie and is served, one that does not".into(),
+                );
+                out.push("    # (a plain script) gets the page again. Not a CAPTCHA: a bot that runs or reads the page passes.".into());
+                out.push(format!(
+                    "    http-request set-var(txn.sw_proof) src,xxh3({CHALLENGE_SEED}),hex if {}",
+                    is(*c)
+                ));
+                out.push(format!(
+                    "    http-request return status 200 content-type text/html lf-string \"<html><script>document.cookie='sw_proof=%[var(txn.sw_proof)]; path=/';location.reload()</script><noscript>Please turn on JavaScript.</noscript></html>\" if {} !{{ req.cook(sw_proof),strcmp(txn.sw_proof) eq 0 }}",
+                    is(*c)
+                ));
+            }
+            MapClass::Deny => {
+                out.push("    # deny: refused with this status and body.".into());
+                out.push(format!(
+                    "    http-request deny deny_status 403 content-type text/plain string \"access denied\" if {}",
+                    is(*c)
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// What `stickwarden haproxy-config` prints for `cfg`.
 pub fn render(cfg: &Config) -> String {
     let mut out = vec![
@@ -73,10 +134,14 @@ pub fn render(cfg: &Config) -> String {
         String::new(),
         "# == in the global section".to_owned(),
     ];
-    let admin = cfg.rules.policy.uses(Action::Kill) || cfg.block.acl.is_some();
+    let admin =
+        cfg.rules.policy.uses(Action::Kill) || cfg.block.acl.is_some() || cfg.rules.policy.map_class().is_some();
     for t in &cfg.targets {
         if admin {
-            out.push("    # level admin: the ladder's kill step and, from HAProxy 3.4 on, ACL changes need it".into());
+            out.push(
+                "    # level admin: the ladder's kill step and, from HAProxy 3.4 on, ACL and map changes need it"
+                    .into(),
+            );
         }
         out.push(format!("    {}", socket_line(&t.target, if admin { "admin" } else { "operator" })));
     }
@@ -90,6 +155,9 @@ pub fn render(cfg: &Config) -> String {
         out.push("    # The acl action: new connections refused; a kept-alive one denied at its next request.".into());
         out.push(format!("    tcp-request connection reject if {{ src -f {acl} }}"));
         out.push(format!("    http-request deny deny_status 403 if {{ src -f {acl} }}"));
+    }
+    if let (Some(map), Some(_)) = (&cfg.block.map, cfg.rules.policy.map_class()) {
+        out.extend(map_lines(&map.to_string(), &used_classes(cfg)));
     }
     if let Some(table) = &cfg.block.table {
         out.push("    # The tag action: stickwarden sets the tag; leave the column to it.".into());

@@ -31,7 +31,13 @@ pub struct SandboxOptions {
     /// Also answer 404 to `GET /missing...`, from a server behind `ft_web` (a frontend of the
     /// sandbox): an error HAProxy counts as a response, as from a real application.
     pub not_found: bool,
+    /// Lines for `ft_web` after its tracking line (the `map:CLASS` responses of
+    /// [`crate::haproxy_side`]'s kind), with [`MAP_FILE`] standing for the sandbox's block map.
+    pub map_lines: Vec<String>,
 }
+
+/// What stands for the sandbox's block map file in [`SandboxOptions::map_lines`].
+pub const MAP_FILE: &str = "@MAP_FILE@";
 
 /// A running HAProxy on loopback; killed on drop.
 pub struct Sandbox {
@@ -56,6 +62,7 @@ impl Sandbox {
         if !acl_file.exists() {
             std::fs::write(&acl_file, "")?;
         }
+        std::fs::write(dir.path().join("block.map"), "")?;
         let cfg = standard_config(dir.path(), web_port, tcp_port, opts);
         let mut sb = Self::launch(dir, &cfg, web_port, tcp_port, opts.master_worker)?;
         sb.acl_file = acl_file;
@@ -143,6 +150,11 @@ impl Sandbox {
     }
 
     /// The ACL file the standard configuration denies on.
+    /// The block map file the `map:CLASS` lines read (empty at start).
+    pub fn block_map(&self) -> PathBuf {
+        self.dir.path().join("block.map")
+    }
+
     pub fn block_acl(&self) -> PathBuf {
         self.acl_file.clone()
     }
@@ -222,6 +234,12 @@ pub fn standard_config(dir: &Path, web_port: u16, tcp_port: u16, opts: &SandboxO
         ),
         None => ("http-request track-sc0 src", String::new(), String::new()),
     };
+    let map = dir.join("block.map");
+    let map_lines: String = opts
+        .map_lines
+        .iter()
+        .map(|l| format!("    {}\n", l.trim_start().replace(MAP_FILE, &map.display().to_string())))
+        .collect();
     let (not_found, only_found, origin) = if opts.not_found {
         let port = free_port().unwrap_or(1);
         (
@@ -251,7 +269,7 @@ frontend ft_web
     bind 127.0.0.1:{web_port}
     stick-table type ip size 1m expire 15m store gpt0,http_req_rate(10s),http_err_rate(10s),conn_cur,conn_rate(10s)
     {track}
-{suspects}    http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
+{suspects}{map_lines}    http-request deny deny_status 403 if {{ sc0_get_gpt0 gt 0 }}
     http-request deny deny_status 403 if {{ src -f {acl} }}
     http-request return status 200 content-type text/plain string ok{only_found}
 {not_found}

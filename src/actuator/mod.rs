@@ -1,6 +1,6 @@
 //! The actuator: one actor per HAProxy target that owns its client and turns block and release
 //! jobs into Runtime API commands, rate limited (governor) and confirmed. Each action has a module
-//! of its own ([`tag`], [`acl`], [`kill`]): how it is applied, released, and read back.
+//! of its own ([`tag`], [`acl`], [`kill`], [`map`]): how it is applied, released, and read back.
 //!
 //! Apply: `set table` the tag, `add acl` the address or CIDR (once: the ACL's contents are read
 //! first, because HAProxy does not refuse duplicates), and for a kill step `show sess` then
@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod kill;
+pub mod map;
 pub mod tag;
 
 use std::collections::{HashMap, HashSet};
@@ -108,6 +109,7 @@ impl Actuator {
                 limiter: RateLimiter::direct(quota),
                 key_types: HashMap::new(),
                 acl_known: HashMap::new(),
+                map_known: HashMap::new(),
                 pending_clears: Vec::new(),
                 shutdown: shutdown.clone(),
                 labels: Metrics::target(&name),
@@ -157,6 +159,8 @@ struct Actor {
     key_types: HashMap<String, KeyType>,
     /// Each ACL's patterns as last read, kept up to date by our own adds and deletes.
     acl_known: HashMap<String, HashSet<AclPattern>>,
+    /// Each map's keys and values as last read, kept up to date by our own changes.
+    map_known: HashMap<String, HashMap<AclPattern, String>>,
     /// Entries whose tag is already 0 but that were in use when cleared: (table, key, first try).
     pending_clears: Vec<(String, TableKey, Instant)>,
     shutdown: watch::Receiver<bool>,
@@ -213,6 +217,7 @@ impl Actor {
                     // HAProxy may come back as a new process: read its state afresh.
                     self.key_types.clear();
                     self.acl_known.clear();
+                    self.map_known.clear();
                     // Word that HAProxy answers again ends the wait: a node back from a long
                     // outage gets its jobs at once, not after the rest of a 10 s backoff.
                     tokio::select! {
@@ -262,6 +267,12 @@ impl Actor {
                         None => keep(Err(unplaced("ACL file")))?,
                     }
                 }
+                if let Some(class) = actions.map_class() {
+                    match &place.map {
+                        Some(map) => keep(self.set_map(map, key, class).await)?,
+                        None => keep(Err(unplaced("map file")))?,
+                    }
+                }
                 if *kill && actions.has(Action::Kill) {
                     keep(self.kill(key).await)?;
                 }
@@ -273,11 +284,15 @@ impl Actor {
                 self.client.reconnect();
                 self.key_types.clear();
                 self.acl_known.clear();
+                self.map_known.clear();
                 self.pending_clears.clear();
             }
             Job::Release { key, actions, place } => {
                 if let (true, Some(acl)) = (actions.has(Action::Acl), &place.acl) {
                     keep(gone_is_done(self.del_acl(acl, key).await))?;
+                }
+                if let (Some(_), Some(map)) = (actions.map_class(), &place.map) {
+                    keep(gone_is_done(self.del_map(map, key).await))?;
                 }
                 if let (true, Some(tag)) = (actions.has(Action::Tag), &place.tag) {
                     let untagged = gone_is_done(self.set_tag(tag, key, 0).await);
@@ -337,6 +352,22 @@ impl Actor {
                 }
             }
         }
+        // The map's commands, made now: how many there are is how many blocks have a map step.
+        let mut maps: Vec<(IpNet, Command)> = Vec::new();
+        if let Some(file) = &place.map {
+            for (key, actions) in blocks {
+                let Some(class) = actions.map_class() else { continue };
+                match self.map_command(file, key, class).await {
+                    Ok(Some(cmd)) => maps.push((*key, cmd)),
+                    Ok(None) => {}
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        refused.push(*key);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
         let tag = match &place.tag {
             Some(t) => Some((t.table.clone(), t.column.parse::<DataField>()?, u64::from(t.value))),
             None => None,
@@ -350,7 +381,8 @@ impl Actor {
             })
             .chain(adds.into_iter().filter_map(move |(net, pattern)| {
                 Some((net, Command::AddAcl { acl: acl.clone()?, version: None, pattern }))
-            }));
+            }))
+            .chain(maps);
         let mut sent = 0usize;
         // A restore is not rate limited: this is what HAProxy held a moment ago (before a reload or
         // restart), and every second without it is a second without those blocks. The pipeline's
@@ -372,6 +404,9 @@ impl Actor {
                     Ok(()) => {
                         if let (Command::AddAcl { pattern, .. }, Some(file)) = (cmd, &place.acl) {
                             self.acl_known.entry(file.clone()).or_default().insert(*pattern);
+                        }
+                        if let Some(file) = &place.map {
+                            self.map_done(file, cmd);
                         }
                     }
                     Err(e) if e.is_transient() => return Err(e),
@@ -402,12 +437,13 @@ impl Actor {
             .filter(|(k, a)| {
                 (a.has(Action::Acl) && place.acl.is_none())
                     || (a.has(Action::Tag) && crate::net::is_host(k) && place.tag.is_none())
+                    || (a.map_class().is_some() && place.map.is_none())
             })
             .map(|(k, _)| *k)
             .collect();
         if !lost.is_empty() {
             first_error.get_or_insert(ClientError::Unplaced(format!(
-                "{} block(s) have an action the configuration gives no place to (no [block] acl or table)",
+                "{} block(s) have an action the configuration gives no place to (no [block] acl, map or table)",
                 lost.len()
             )));
             refused.extend(lost);
@@ -427,7 +463,11 @@ impl Actor {
 /// reloaded without it) holds nothing left to undo.
 fn gone_is_done<T: Default>(r: Result<T, ClientError>) -> Result<T, ClientError> {
     match r {
-        Err(e) if e.haproxy().is_some_and(|h| matches!(h.kind, ErrorKind::NoSuchTable | ErrorKind::UnknownAcl)) => {
+        Err(e)
+            if e.haproxy().is_some_and(|h| {
+                matches!(h.kind, ErrorKind::NoSuchTable | ErrorKind::UnknownAcl | ErrorKind::UnknownMap)
+            }) =>
+        {
             warn!(error = %e, "nothing to release there: HAProxy no longer has it");
             Ok(T::default())
         }
@@ -453,7 +493,7 @@ mod tests {
         let a = Actuator::spawn(&target, client, stop_rx, Default::default());
         // HAProxy is unreachable: this job waits in the retry loop.
         let key: IpNet = "10.0.0.1/32".parse().unwrap();
-        let place = Arc::new(Place { tag: None, acl: Some("/x.lst".into()) });
+        let place = Arc::new(Place { tag: None, acl: Some("/x.lst".into()), map: None });
         let held = a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Acl]), kill: false, place }).unwrap();
         a.abort();
         assert!(held.await.is_err(), "a job held by a stopped actor must not look done");

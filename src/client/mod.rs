@@ -364,6 +364,20 @@ impl Client {
         self.execute_empty(&Command::CommitAcl { acl: acl_ref.clone(), version }).await
     }
 
+    /// The maps HAProxy loaded.
+    pub async fn list_maps(&self) -> Result<Vec<AclInfo>, ClientError> {
+        let cmd = Command::ListMaps;
+        let body = self.execute(&cmd).await?;
+        acl::parse_acl_list(&body).map_err(|text| ClientError::Unexpected { command: cmd.to_line(), text })
+    }
+
+    /// The entries of a map.
+    pub async fn show_map(&self, map: &AclRef) -> Result<Vec<acl::MapEntry>, ClientError> {
+        let cmd = Command::ShowMap { map: map.clone() };
+        let body = self.execute(&cmd).await?;
+        acl::parse_map_entries(&body).map_err(|text| ClientError::Unexpected { command: cmd.to_line(), text })
+    }
+
     pub async fn show_sess(&self) -> Result<Vec<Session>, ClientError> {
         let cmd = Command::ShowSess;
         let body = self.execute(&cmd).await?;

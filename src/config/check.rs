@@ -100,6 +100,7 @@ pub(super) struct RawBlock {
     tag: Option<Spanned<String>>,
     tag_value: Option<Spanned<u32>>,
     acl: Option<Spanned<String>>,
+    map: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -304,6 +305,12 @@ fn check_block_uses(
         return Err(file_error(
             src,
             "the ladder uses \"acl\" but [block] has no acl = \"/path/of/the/acl/file\"".into(),
+        ));
+    }
+    if let (Some(class), None) = (rules.policy.map_class(), &block.map) {
+        return Err(file_error(
+            src,
+            format!("the ladder uses \"map:{}\" but [block] has no map = \"/path/of/the/map/file\"", class.as_str()),
         ));
     }
     if rules.policy.uses(Action::Tag) && block.table.is_none() {
@@ -548,5 +555,12 @@ fn check_block(src: &Source<'_>, b: &RawBlock, tables: &[TableConfig]) -> Result
             _ => return Err(src.error(&a.span(), "expected the ACL file path exactly as HAProxy loads it (not #id)")),
         }),
     };
-    Ok(BlockConfig { table, tag, tag_value, acl })
+    let map = match &b.map {
+        None => None,
+        Some(m) => Some(match m.get_ref().parse::<AclRef>() {
+            Ok(AclRef::File(f)) => AclRef::File(f),
+            _ => return Err(src.error(&m.span(), "expected the map file path exactly as HAProxy loads it (not #id)")),
+        }),
+    };
+    Ok(BlockConfig { table, tag, tag_value, acl, map })
 }

@@ -142,6 +142,8 @@ pub struct BlockConfig {
     pub tag_value: u32,
     /// The ACL file (as HAProxy loaded it) the `acl` action adds to.
     pub acl: Option<AclRef>,
+    /// The map file (as HAProxy loaded it) the `map:CLASS` actions set keys in.
+    pub map: Option<AclRef>,
 }
 
 impl BlockConfig {

@@ -430,7 +430,8 @@ impl Controller {
         let mut repairs: Vec<(Block, Actions)> = Vec::new();
         // What was read is the places of today's [block]; a block applied elsewhere (the
         // configuration changed since) is compared only where its place is today's.
-        let here = Place::of(&self.cfg.block, &Actions::new(vec![Action::Tag, Action::Acl]));
+        let every = vec![Action::Tag, Action::Acl, Action::Map(crate::rules::MapClass::Deny)];
+        let here = Place::of(&self.cfg.block, &Actions::new(every));
         for b in self.active.values().filter(|b| !b.dry_run && b.since <= settled && b.until > actual.read_at) {
             if self.releasing.contains_key(&b.key) {
                 continue;
@@ -451,6 +452,12 @@ impl Controller {
             {
                 missing.push(Action::Tag);
             }
+            if let Some(class) = b.actions.map_class() {
+                let held = actual.mapped.as_ref().map(|m| m.get(&b.key).map(String::as_str));
+                if place.same_for(&here, Action::Map(class)) && held.is_some_and(|v| v != Some(class.as_str())) {
+                    missing.push(Action::Map(class));
+                }
+            }
             if !missing.is_empty() {
                 repairs.push((b.clone(), Actions::new(missing)));
             }
@@ -459,10 +466,19 @@ impl Controller {
         let wants = |k: &IpNet, a: Action| {
             self.active.get(k).is_some_and(|b| !b.dry_run && b.actions.has(a) && b.place().same_for(&here, a))
         };
+        let wants_map = |k: &IpNet| {
+            self.active.get(k).is_some_and(|b| {
+                !b.dry_run && b.actions.map_class().is_some_and(|c| b.place().same_for(&here, Action::Map(c)))
+            })
+        };
         let recent = |k: &IpNet| self.releasing.contains_key(k) || self.released.get(k).is_some_and(|&t| t >= settled);
         let mut leftovers: HashMap<IpNet, Vec<Action>> = HashMap::new();
         for k in actual.acl.iter().flatten().filter(|k| !wants(k, Action::Acl) && !recent(k)) {
             leftovers.entry(*k).or_default().push(Action::Acl);
+        }
+        for k in actual.mapped.iter().flat_map(|m| m.keys()).filter(|k| !wants_map(k) && !recent(k)) {
+            // Removed by key: the class in the action does not matter.
+            leftovers.entry(*k).or_default().push(Action::Map(crate::rules::MapClass::Deny));
         }
         for a in actual.tagged.iter().flatten() {
             let k = net::host_net(*a);

@@ -1,7 +1,7 @@
 //! The reconciler's eyes: one task per target that reads, every `reconcile_interval` and on demand
 //! ([`super::Handle::reconcile_now`]), what HAProxy
-//! holds of stickwarden's blocks (the block ACL's patterns and the tagged entries of the block
-//! table) and hands it to the controller, which compares it with the active blocks and puts back
+//! holds of stickwarden's blocks (the block ACL's patterns, the tagged entries of the block
+//! table, the block map's keys) and hands it to the controller, which compares it with the active blocks and puts back
 //! what is missing (an entry evicted from a full table, a pattern deleted by hand). Entries it did
 //! not put there are never touched.
 
@@ -26,6 +26,8 @@ pub struct Actual {
     pub read_at: Millis,
     pub acl: Option<HashSet<IpNet>>,
     pub tagged: Option<HashSet<IpAddr>>,
+    /// The block map's keys and values.
+    pub mapped: Option<std::collections::HashMap<IpNet, String>>,
 }
 
 pub(super) async fn run(
@@ -83,5 +85,9 @@ pub(crate) async fn read(
             }
         }
     };
-    Ok(Actual { target: target.to_owned(), read_at, acl, tagged })
+    let mapped = match (&cfg.block.map, cfg.rules.policy.map_class()) {
+        (Some(m), Some(_)) => Some(crate::actuator::map::mapped(client, m).await?),
+        _ => None,
+    };
+    Ok(Actual { target: target.to_owned(), read_at, acl, tagged, mapped })
 }

@@ -1,5 +1,5 @@
-//! Parsers of the ACL answers: `show acl` (the list), `show acl <ref>` (its patterns) and
-//! `get acl <ref> <value>` (whether a value matches).
+//! Parsers of the ACL and map answers: `show acl` (the list), `show acl <ref>` (its patterns),
+//! `get acl <ref> <value>` (whether a value matches) and `show map <ref>` (keys and values).
 
 /// One line of `show acl`: `2 (/etc/haproxy/block.lst) pattern loaded from file ... entry_cnt=2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,40 @@ pub fn parse_acl_entries(body: &[u8]) -> Result<Vec<AclEntry>, String> {
             Ok(AclEntry { ptr, pattern: pattern.to_owned() })
         })
         .collect()
+}
+
+/// One entry of `show map <ref>`: `0x7f64b40465b0 127.0.0.2 tarpit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub ptr: u64,
+    pub key: String,
+    pub value: String,
+}
+
+/// Parses the answer of `show map <ref>`: pointer, key and value (the value may hold spaces).
+pub fn parse_map_entries(body: &[u8]) -> Result<Vec<MapEntry>, String> {
+    let text = String::from_utf8_lossy(body);
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let bad = || format!("unexpected map entry: {line}");
+            let (ptr, rest) = line.split_once(' ').ok_or_else(bad)?;
+            let (key, value) = rest.split_once(' ').ok_or_else(bad)?;
+            let ptr = super::parse_ptr(ptr).ok_or_else(bad)?;
+            Ok(MapEntry { ptr, key: key.to_owned(), value: value.to_owned() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod map_tests {
+    #[test]
+    fn map_entries_as_haproxy_2_6_prints_them() {
+        let body = b"0x7f64b40465b0 127.0.0.2 tarpit\n0x55f12fe5ea00 10.0.0.0/24 deny\n\n";
+        let e = super::parse_map_entries(body).unwrap();
+        assert_eq!((e[1].ptr, e[1].key.as_str(), e[1].value.as_str()), (0x55f12fe5ea00, "10.0.0.0/24", "deny"));
+        assert!(super::parse_map_entries(b"0x1 lonely\n").is_err());
+    }
 }
 
 /// Reads `match=yes` / `match=no` from the answer of `get acl`.

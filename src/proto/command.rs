@@ -300,6 +300,39 @@ pub enum Command {
     ShutdownSession {
         ptr: u64,
     },
+    /// `show map`: the maps HAProxy loaded (the format of `show acl`).
+    ListMaps,
+    /// `show map <ref>`: the entries of a map.
+    ShowMap {
+        map: AclRef,
+    },
+    /// `add map <ref> <key> <value>` (HAProxy adds a duplicate key as a second entry).
+    AddMap {
+        map: AclRef,
+        key: AclPattern,
+        value: String,
+    },
+    /// `set map <ref> <key> <value>`: the value of every entry of `key`.
+    SetMap {
+        map: AclRef,
+        key: AclPattern,
+        value: String,
+    },
+    /// `del map <ref> <key>`: every entry of `key`.
+    DelMap {
+        map: AclRef,
+        key: AclPattern,
+    },
+}
+
+/// A map value stickwarden writes: a response class, letters, digits, `-` and `_` only, so that
+/// nothing in it can end the command or start another.
+fn map_value(out: &mut Vec<u8>, v: &str) -> Result<(), CommandError> {
+    if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(CommandError::BadPattern(format!("'{v}' is not a map value stickwarden writes")));
+    }
+    out.extend_from_slice(v.as_bytes());
+    Ok(())
 }
 
 /// Why a command could not be built or encoded; nothing was sent.
@@ -333,6 +366,8 @@ impl Command {
                 | Command::ListAcls
                 | Command::ShowAcl { .. }
                 | Command::GetAcl { .. }
+                | Command::ListMaps
+                | Command::ShowMap { .. }
                 | Command::ShowSess
         )
     }
@@ -433,6 +468,23 @@ impl Command {
                 acl_arg(out, acl)?;
                 w(out, format_args!(" {pattern}"));
             }
+            Command::ListMaps => out.extend_from_slice(b"show map"),
+            Command::ShowMap { map } => {
+                out.extend_from_slice(b"show map ");
+                acl_arg(out, map)?;
+            }
+            Command::AddMap { map, key, value } | Command::SetMap { map, key, value } => {
+                let verb: &[u8] = if matches!(self, Command::AddMap { .. }) { b"add map " } else { b"set map " };
+                out.extend_from_slice(verb);
+                acl_arg(out, map)?;
+                w(out, format_args!(" {key} "));
+                map_value(out, value)?;
+            }
+            Command::DelMap { map, key } => {
+                out.extend_from_slice(b"del map ");
+                acl_arg(out, map)?;
+                w(out, format_args!(" {key}"));
+            }
             Command::DelAclPtr { acl, ptr } => {
                 out.extend_from_slice(b"del acl ");
                 acl_arg(out, acl)?;
@@ -499,6 +551,21 @@ mod tests {
         assert_eq!(line(&Command::CommitAcl { acl, version: 3 }), "commit acl @3 /etc/haproxy/block.lst\n");
         assert_eq!(line(&Command::ShutdownSession { ptr: 0x7f06c8039b58 }), "shutdown session 0x7f06c8039b58\n");
         assert_eq!(line(&Command::ShowAcl { acl: AclRef::Id(2) }), "show acl #2\n");
+        let map: AclRef = "/etc/haproxy/sw.map".parse().unwrap();
+        let key: AclPattern = "10.0.0.0/24".parse().unwrap();
+        let add = Command::AddMap { map: map.clone(), key, value: "tarpit".into() };
+        assert_eq!(line(&add), "add map /etc/haproxy/sw.map 10.0.0.0/24 tarpit\n");
+        let set = Command::SetMap { map: map.clone(), key, value: "deny".into() };
+        assert_eq!(line(&set), "set map /etc/haproxy/sw.map 10.0.0.0/24 deny\n");
+        assert_eq!(line(&Command::DelMap { map: map.clone(), key }), "del map /etc/haproxy/sw.map 10.0.0.0/24\n");
+        assert_eq!(line(&Command::ShowMap { map: map.clone() }), "show map /etc/haproxy/sw.map\n");
+        // A value that would end the command and start another is never sent.
+        for evil in ["deny; clear table t", "a b", "x\nshow info", ""] {
+            let cmd = Command::AddMap { map: map.clone(), key, value: evil.into() };
+            let mut out = Vec::new();
+            assert!(cmd.encode(&mut out, 1 << 16).is_err(), "{evil:?}");
+            assert!(out.is_empty());
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub enum ErrorKind {
     TableFull,
     PermissionDenied,
     UnknownAcl,
+    UnknownMap,
     InvalidPattern,
     KeyNotFound,
     EntryInUse,
@@ -68,7 +69,9 @@ impl HaproxyError {
             ErrorKind::UnknownAcl
         } else if msg.contains("is not a valid IPv4 or IPv6 address") || msg.starts_with("Invalid pattern") {
             ErrorKind::InvalidPattern
-        } else if msg.starts_with("Key not found") {
+        } else if msg.starts_with("Unknown map identifier") {
+            ErrorKind::UnknownMap
+        } else if msg.starts_with("Key not found") || msg.starts_with("entry not found") {
             ErrorKind::KeyNotFound
         } else if msg.starts_with("Entry currently in use") {
             ErrorKind::EntryInUse

@@ -184,7 +184,10 @@ fn check_ladder(src: &Source<'_>, l: &RawLadder) -> Result<(), ConfigError> {
     }
     for s in l.steps.get_ref() {
         if s.action.get_ref().is_empty() {
-            return Err(src.error(&s.action.span(), "a step needs at least one action: \"tag\", \"acl\" or \"kill\""));
+            return Err(src.error(
+                &s.action.span(),
+                "a step needs at least one action: \"tag\", \"acl\", \"map:CLASS\" or \"kill\"",
+            ));
         }
         if s.action.get_ref() == &[Action::Kill] {
             return Err(src.error(&s.action.span(), "\"kill\" alone blocks nothing: add \"tag\" or \"acl\""));
@@ -249,7 +252,7 @@ mod tests {
             ),
             (
                 "[ladder]\nforgiveness = \"1h\"\nsteps = [{ action = [\"ban\"], duration = \"1m\" }]\n",
-                "DIR/r.toml:3:22: unknown variant `ban`",
+                "DIR/r.toml:3:21: unknown action 'ban': expected one of tag, acl, kill, map:tarpit",
             ),
             ("[ladder]\nforgiveness = \"soon\"\nsteps = []\n", "DIR/r.toml:2:15: 'soon' is not a duration"),
             ("[ladder]\nforgiveness = \"1h\"\nsteps = []\n", "DIR/r.toml:3:9: the ladder needs at least one step"),

@@ -141,9 +141,8 @@ impl Rule {
     }
 }
 
-/// A way to block, chosen per ladder step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// A way to block, chosen per ladder step. Written `tag`, `acl`, `kill`, `map:CLASS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// Set the tag counter in the block table; the HAProxy config denies tagged clients.
     Tag,
@@ -151,6 +150,38 @@ pub enum Action {
     Acl,
     /// Also shut down the client's live sessions (HAProxy socket level admin).
     Kill,
+    /// Set the key's value in the block map to a response class, which the HAProxy config turns
+    /// into a response (docs/haproxy.md: "Graduated responses").
+    Map(MapClass),
+}
+
+/// The response classes of the `map` action: what HAProxy's configuration does with a client
+/// whose address the block map holds with that value. Each has a tested HAProxy snippet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MapClass {
+    /// `http-request tarpit`: the request is held, then refused.
+    Tarpit,
+    /// 429 with `Retry-After`.
+    Throttle,
+    /// A page a browser passes (it runs a small script that sets a cookie) and a plain script
+    /// does not.
+    Challenge,
+    /// A deny with the configuration's own status and body.
+    Deny,
+}
+
+impl MapClass {
+    pub const ALL: [MapClass; 4] = [MapClass::Tarpit, MapClass::Throttle, MapClass::Challenge, MapClass::Deny];
+
+    /// The value written in the map.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapClass::Tarpit => "tarpit",
+            MapClass::Throttle => "throttle",
+            MapClass::Challenge => "challenge",
+            MapClass::Deny => "deny",
+        }
+    }
 }
 
 impl Action {
@@ -159,7 +190,60 @@ impl Action {
             Action::Tag => "tag",
             Action::Acl => "acl",
             Action::Kill => "kill",
+            Action::Map(MapClass::Tarpit) => "map:tarpit",
+            Action::Map(MapClass::Throttle) => "map:throttle",
+            Action::Map(MapClass::Challenge) => "map:challenge",
+            Action::Map(MapClass::Deny) => "map:deny",
         }
+    }
+
+    /// Every action there is, in its order.
+    pub fn all() -> impl Iterator<Item = Action> {
+        [Action::Tag, Action::Acl, Action::Kill].into_iter().chain(MapClass::ALL.into_iter().map(Action::Map))
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Action, String> {
+        Action::all().find(|a| a.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Action::all().map(Action::as_str).collect();
+            format!("unknown action '{s}': expected one of {}", names.join(", "))
+        })
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod action_tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_written_and_read_as_their_names() {
+        for a in Action::all() {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(serde_json::from_str::<Action>(&json).unwrap(), a);
+        }
+        assert_eq!(serde_json::to_string(&Action::Map(MapClass::Tarpit)).unwrap(), "\"map:tarpit\"");
+        let e = "map:captcha".parse::<Action>().unwrap_err();
+        assert!(e.contains("map:challenge"), "{e}");
+        let a = Actions::new(vec![Action::Map(MapClass::Challenge), Action::Tag]);
+        assert_eq!(a.to_string(), "tag+map:challenge");
+        assert_eq!(a.map_class(), Some(MapClass::Challenge));
     }
 }
 
@@ -185,6 +269,14 @@ impl Actions {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The response class of its `map` action, if it has one.
+    pub fn map_class(&self) -> Option<MapClass> {
+        self.0.iter().find_map(|a| match a {
+            Action::Map(c) => Some(*c),
+            _ => None,
+        })
     }
 }
 
@@ -257,6 +349,11 @@ impl Policy {
     /// Whether any step uses `a`.
     pub fn uses(&self, a: Action) -> bool {
         self.steps.iter().any(|s| s.actions.has(a))
+    }
+
+    /// A response class some step of the ladder sets in the block map, if any does.
+    pub fn map_class(&self) -> Option<MapClass> {
+        self.steps.iter().find_map(|s| s.actions.map_class())
     }
 }
 

@@ -113,6 +113,9 @@ pub struct Place {
     /// `acl`: the ACL file, as HAProxy loaded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<String>,
+    /// `map:CLASS`: the map file, as HAProxy loaded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,6 +133,7 @@ impl Place {
             crate::rules::Action::Acl => self.acl == other.acl,
             crate::rules::Action::Tag => self.tag == other.tag,
             crate::rules::Action::Kill => true,
+            crate::rules::Action::Map(_) => self.map == other.map,
         }
     }
 
@@ -143,6 +147,7 @@ impl Place {
                 value: cfg.tag_value,
             }),
             acl: cfg.acl.as_ref().filter(|_| actions.has(Action::Acl)).map(|a| a.to_string()),
+            map: cfg.map.as_ref().filter(|_| actions.map_class().is_some()).map(|m| m.to_string()),
         }
     }
 }
