@@ -375,3 +375,15 @@ async fn haproxy_config_prints_lines_that_run_and_block() {
     assert!(blocked, "the generated lines did not deny the flooder");
     assert_eq!(normal_status, 200);
 }
+
+/// The graduated responses of docs/haproxy.md are the lines `haproxy-config` prints for them (the
+/// lines tests/responses.rs proves with real HTTP).
+#[test]
+fn documented_responses_are_the_generated_lines() {
+    use stickwarden::rules::MapClass;
+    let lines = stickwarden::haproxy_side::map_lines("/etc/haproxy/stickwarden.map", &MapClass::ALL);
+    let [block] = &fenced(&read_doc("haproxy.md"), "haproxy-responses")[..] else {
+        panic!("one haproxy-responses block expected; it is:\n{}", lines.join("\n"))
+    };
+    assert_eq!(block.trim_end(), lines.join("\n").trim_end(), "docs/haproxy.md is not what haproxy-config prints");
+}
