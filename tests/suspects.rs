@@ -55,8 +55,8 @@ fn write_rules(dir: &std::path::Path, policy: &str) {
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
 }
 
-/// What `stickwarden haproxy-config` prints for a configuration of these rules whose block ACL is
-/// `acl`, split into the frontend's lines and the suspects table's section.
+/// What `stickwarden haproxy-config` prints of suspects mode for a configuration of these rules
+/// whose block ACL is `acl`, split into the frontend's lines and the suspects table's section.
 fn printed_lines(acl: &std::path::Path) -> stickwarden::suspects::Lines {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
@@ -76,8 +76,10 @@ fn printed_lines(acl: &std::path::Path) -> stickwarden::suspects::Lines {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
-    let text = String::from_utf8(o.stdout).unwrap();
-    // A comment, the frontend's lines (indented), a blank line, the suspects table's section.
+    let all = String::from_utf8(o.stdout).unwrap();
+    // After the lines every configuration needs: a comment, the frontend's lines (indented), a
+    // blank line, the suspects table's section.
+    let text = &all[all.find("# In the frontend that tracks").expect("suspects lines printed")..];
     let (front, section) = text.split_once("\n\n").expect("a blank line before the section");
     let lines = stickwarden::suspects::Lines {
         frontend: front.lines().skip(1).map(|l| l.trim_start().to_owned()).collect(),
