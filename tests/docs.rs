@@ -184,6 +184,22 @@ async fn documented_suspects_mode_is_what_haproxy_config_prints_and_works() {
     );
 }
 
+/// The example `stickwarden.toml` of docs/configuration.md with its paths in the directory `d`
+/// (its tokens file written there), the block ACL `acl`, and its API on the Unix socket only.
+fn documented_config(d: &str, acl: &str) -> String {
+    let conf_doc = read_doc("configuration.md");
+    let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
+    std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
+    common::private(format!("{d}/tokens.toml"));
+    cfg.replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
+        .replace("\"127.0.0.1:9180\", ", "")
+        .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))
+        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
+        .replace("/etc/haproxy/stickwarden-block.lst", acl)
+        .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+        .replace("/var/lib/stickwarden", &format!("{d}/store"))
+}
+
 /// A temp dir holding the HAProxy config of docs/haproxy.md (with the lines of its suspects block
 /// in its frontend when `suspects`) running, and the example `stickwarden.toml` of
 /// docs/configuration.md (watching `ft_web` through `sw_suspects` when `suspects`), loaded.
@@ -213,17 +229,7 @@ fn documented(suspects: bool) -> (std::path::PathBuf, stickwarden::sandbox::Sand
     let dir_path = dir.path().to_owned();
     let sb = stickwarden::sandbox::Sandbox::start_with(dir, &hap, port, 0).unwrap_or_else(|e| panic!("{e}"));
 
-    let conf_doc = read_doc("configuration.md");
-    let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
-    std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
-    common::private(format!("{d}/tokens.toml"));
-    let mut cfg = cfg
-        .replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
-        .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))
-        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
-        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
-        .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
-        .replace("/var/lib/stickwarden", &format!("{d}/store"));
+    let mut cfg = documented_config(&d, &acl);
     if suspects {
         let table = "[[table]]\nname = \"ft_web\"\ninterval = \"1s\"\n";
         assert!(cfg.contains(table), "the documented [[table]] changed");
@@ -311,18 +317,7 @@ async fn haproxy_config_prints_lines_that_run_and_block() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let acl = format!("{d}/block.lst");
     std::fs::write(&acl, "").unwrap();
-    let conf_doc = read_doc("configuration.md");
-    let [cfg, tokens] = &fenced(&conf_doc, "toml")[..] else { panic!("two toml blocks expected") };
-    std::fs::write(format!("{d}/tokens.toml"), tokens).unwrap();
-    common::private(format!("{d}/tokens.toml"));
-    let cfg = cfg
-        .replace("/etc/stickwarden/tokens.toml", &format!("{d}/tokens.toml"))
-        .replace("\"127.0.0.1:9180\", ", "")
-        .replace("/run/stickwarden/api.sock", &format!("{d}/api.sock"))
-        .replace("/run/haproxy/admin.sock", &format!("{d}/admin.sock"))
-        .replace("/etc/haproxy/stickwarden-block.lst", &acl)
-        .replace("/etc/stickwarden/rules", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
-        .replace("/var/lib/stickwarden", &format!("{d}/store"));
+    let cfg = documented_config(&d, &acl);
     let cfg_path = dir.path().join("stickwarden.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
 
