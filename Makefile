@@ -10,7 +10,7 @@ HAPROXY_VERSIONS ?= 3.0.0 3.4.0 3.5-dev5
 haproxy:
 	@scripts/ensure-haproxy.sh
 
-## HAProxy, and headless Chromium with chromedriver for the console's browser tests.
+## HAProxy, headless Chromium with chromedriver for the console's browser tests, and man.
 test-deps:
 	@scripts/ensure-haproxy.sh --browser
 

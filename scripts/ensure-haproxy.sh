@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure a `haproxy` binary is available for the demo and the tests (and `socat` with --socat,
-# for the benchmarks; Chromium and its WebDriver with --browser, for the console's browser tests). As root it installs the distribution's packages with apt-get; otherwise it
+# for the benchmarks; with --browser, what the rest of the suite uses: Chromium and its WebDriver
+# for the console's browser tests, and man to render the man pages). As root it installs the distribution's packages with apt-get; otherwise it
 # prints the exact command to run and fails.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ for arg in "$@"; do
     --browser)
       [ -x /usr/bin/chromium ] || need+=(chromium)
       [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+      find_bin man || need+=(man-db)
       ;;
   esac
 done

@@ -321,3 +321,68 @@ fn the_demo_serves_its_blocks_in_the_console() {
     for _ in lines {} // the rest of the demo's output
     assert_eq!(demo.wait().unwrap().code(), Some(0));
 }
+
+/// `stickwarden man DIR` writes a page for the command and each subcommand, and `man` renders
+/// every one without a warning.
+#[test]
+fn man_pages_for_every_subcommand_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stickwarden(&["man", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let help = stdout(&stickwarden(&["--help"]));
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(subcommands.len() >= 15, "{help}");
+    for page in std::iter::once("stickwarden".to_owned()).chain(subcommands.iter().map(|c| format!("stickwarden-{c}")))
+    {
+        let path = dir.path().join(format!("{page}.1"));
+        let man = Command::new("man")
+            .arg("-l")
+            .arg(&path)
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .output()
+            .expect("man is installed (make test installs man-db)");
+        // Without a terminal, man still makes bold by overstriking (`N\x08N`): keep the letters.
+        let mut text = String::new();
+        for c in String::from_utf8_lossy(&man.stdout).chars() {
+            if c == '\u{8}' {
+                text.pop();
+            } else {
+                text.push(c);
+            }
+        }
+        assert!(man.status.success(), "{page}: {}", String::from_utf8_lossy(&man.stderr));
+        assert!(man.stderr.is_empty(), "{page}: {}", String::from_utf8_lossy(&man.stderr));
+        assert!(text.contains("NAME") && text.contains("SYNOPSIS"), "{page}:\n{text}");
+    }
+    assert!(dir.path().join("stickwarden-store-backup.1").exists(), "nested subcommands get pages too");
+}
+
+/// The completion scripts: bash's loads and completes the subcommands; zsh's and fish's name them.
+#[test]
+fn shell_completions_load() {
+    let bash = stdout(&stickwarden(&["completions", "bash"]));
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), &bash).unwrap();
+    let probe = format!(
+        "source {} && complete -p stickwarden && COMP_WORDS=(stickwarden ex); COMP_CWORD=1; \
+         _stickwarden stickwarden ex stickwarden && echo \"${{COMPREPLY[@]}}\"",
+        script.path().display()
+    );
+    let o = Command::new("bash").args(["--norc", "--noprofile", "-c", &probe]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("-F _stickwarden stickwarden") && out.contains("explain") && out.contains("extend"), "{out}");
+    for shell in ["zsh", "fish"] {
+        let s = stdout(&stickwarden(&["completions", shell]));
+        assert!(s.contains("haproxy-config") && s.contains("extend"), "{shell}: {s}");
+    }
+    assert_eq!(stickwarden(&["completions", "tcsh"]).status.code(), Some(2), "an unknown shell is bad usage");
+}

@@ -46,8 +46,9 @@ pub enum Cmd {
     /// Validate the configuration and rules, then verify each HAProxy target: tables, stored
     /// data types, the block ACL and the socket's level.
     Check(run::ConfigArgs),
-    /// Print the HAProxy configuration lines the configuration needs (today: those of suspects
-    /// mode, for each `[[table]]` with `suspects`).
+    /// Print the HAProxy configuration lines the configuration needs: the socket at the right
+    /// level, each table and the columns its rules read, the tracking line, the denies, the
+    /// graduated responses and suspects mode, each part under a heading saying where it goes.
     HaproxyConfig(run::ConfigArgs),
     /// Active blocks.
     Blocks(ops::Access),
@@ -69,6 +70,10 @@ pub enum Cmd {
     Audit(ops::AuditArgs),
     /// Run a rule set offline over recorded `show table` dumps: who would be blocked, when, why.
     Simulate(simulate::SimulateArgs),
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages of stickwarden and of every subcommand into DIR.
+    Man { dir: std::path::PathBuf },
     /// The store: verify it, recover a damaged one, back it up, restore a backup.
     Store {
         #[command(subcommand)]
@@ -182,5 +187,43 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Audit(a) => ops::audit(a).await,
         Cmd::Simulate(a) => simulate::run(a),
         Cmd::Store { cmd } => store::run(cmd).await,
+        Cmd::Completions { shell } => completions(shell),
+        Cmd::Man { dir } => man(&dir),
     }
+}
+
+/// Prints the completion script of `shell`, made from the CLI definition.
+fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "stickwarden", &mut out);
+    use std::io::Write;
+    std::io::stdout().lock().write_all(&out).map_err(Failure::output)
+}
+
+/// Writes `stickwarden.1` and one page per subcommand (`stickwarden-run.1`, ...) into `dir`.
+fn man(dir: &std::path::Path) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    let io =
+        |e: std::io::Error| Failure::runtime(anyhow::anyhow!("cannot write the man pages in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let cmd = Args::command();
+    let mut pages = vec![("stickwarden".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("stickwarden-{}", sub.get_name());
+        let bin = format!("stickwarden {}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name).bin_name(bin)));
+        for inner in sub.get_subcommands() {
+            let name = format!("stickwarden-{}-{}", sub.get_name(), inner.get_name());
+            let bin = format!("stickwarden {} {}", sub.get_name(), inner.get_name());
+            pages.push((name.clone(), inner.clone().name(name).bin_name(bin)));
+        }
+    }
+    for (name, page) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out).map_err(io)?;
+        std::fs::write(dir.join(format!("{name}.1")), out).map_err(io)?;
+        say!("{}", dir.join(format!("{name}.1")).display())?;
+    }
+    Ok(())
 }
