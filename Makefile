@@ -10,7 +10,8 @@ HAPROXY_VERSIONS ?= 3.0.0 3.4.0 3.5-dev5
 haproxy:
 	@scripts/ensure-haproxy.sh
 
-## HAProxy, headless Chromium with chromedriver for the console's browser tests, and man.
+## HAProxy, headless Chromium with chromedriver for the console's browser tests, man, and
+## systemd-analyze for the unit file.
 test-deps:
 	@scripts/ensure-haproxy.sh --browser
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure a `haproxy` binary is available for the demo and the tests (and `socat` with --socat,
 # for the benchmarks; with --browser, what the rest of the suite uses: Chromium and its WebDriver
-# for the console's browser tests, and man to render the man pages). As root it installs the distribution's packages with apt-get; otherwise it
+# for the console's browser tests, man to render the man pages, systemd-analyze to verify the unit). As root it installs the distribution's packages with apt-get; otherwise it
 # prints the exact command to run and fails.
 set -euo pipefail
 
@@ -19,6 +19,7 @@ for arg in "$@"; do
       [ -x /usr/bin/chromium ] || need+=(chromium)
       [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
       find_bin man || need+=(man-db)
+      find_bin systemd-analyze || need+=(systemd)
       ;;
   esac
 done

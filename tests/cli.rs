@@ -386,3 +386,37 @@ fn shell_completions_load() {
     }
     assert_eq!(stickwarden(&["completions", "tcsh"]).status.code(), Some(2), "an unknown shell is bad usage");
 }
+
+/// contrib/stickwarden.service passes `systemd-analyze verify` (its man pages installed where
+/// `man` finds them) and scores well in `systemd-analyze security`.
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stickwarden(&["man", dir.path().join("man/man1").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/stickwarden.service")).unwrap();
+    assert!(unit.contains("\nType=notify\n") && unit.contains("\nExecStart=/usr/bin/stickwarden run\n"));
+    // The unit as installed, but for where this build's binary is.
+    let unit = unit.replace("/usr/bin/stickwarden", env!("CARGO_BIN_EXE_stickwarden"));
+    let path = dir.path().join("stickwarden.service");
+    std::fs::write(&path, unit).unwrap();
+    let analyze = |args: &[&str]| {
+        Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .env("MANPATH", dir.path().join("man"))
+            .output()
+            .expect("systemd-analyze is installed (make test installs systemd)")
+    };
+    let v = analyze(&["verify"]);
+    assert!(v.status.success() && v.stderr.is_empty(), "{}{}", stdout(&v), stderr(&v));
+    let s = analyze(&["security", "--offline=true", "--no-pager"]);
+    let text = format!("{}{}", stdout(&s), stderr(&s));
+    let score: f64 = text
+        .split("Overall exposure level for stickwarden.service: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    assert!(score <= 2.0, "exposure {score} (documented: 1.4):\n{text}");
+}

@@ -325,3 +325,28 @@ async fn run_survives_a_closed_stderr() {
     assert!(d.try_wait().unwrap().is_none(), "the daemon died when its stderr closed");
     stop_daemon(d);
 }
+
+/// Under systemd (`Type=notify`): `READY=1` once every target answers, `STOPPING=1` at SIGTERM,
+/// sent to the datagram socket `NOTIFY_SOCKET` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let path = s.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let d = std::process::Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within 15 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.starts_with("READY=1\n") && msg.contains("STATUS=enforcing on 1 target(s)"), "{msg}");
+    stop_daemon(d);
+    let n = sock.recv(&mut buf).expect("STOPPING=1 at SIGTERM");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
+}

@@ -14,6 +14,7 @@ mod ops;
 mod run;
 mod simulate;
 mod store;
+pub mod systemd;
 mod table;
 
 use clap::{Parser, Subcommand};

@@ -54,7 +54,8 @@ pub async fn serve(cfg: Config, store: Store, stop: impl std::future::Future<Out
     };
     let shared = Arc::new(cfg.clone());
     let (api_store, api_metrics) = (store.clone(), metrics.clone());
-    let on_start = move |handle, clients| {
+    let on_start = move |handle, clients: Vec<(String, crate::client::Client)>| {
+        tokio::spawn(super::systemd::ready_when_targets_answer(clients.clone()));
         if let Some((bound, tokens, cap)) = bound {
             let state = ApiState {
                 cfg: shared,
@@ -80,6 +81,10 @@ pub async fn serve(cfg: Config, store: Store, stop: impl std::future::Future<Out
             crate::config::Listen::Tcp(_) => None,
         })
         .collect();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = super::systemd::notify("STOPPING=1");
+    };
     let result = crate::daemon::run_with(cfg, store, metrics, shutdown, on_start).await.map_err(Failure::runtime);
     // The API's tasks end with the runtime: its socket files are removed here, so that nothing
     // mistakes a stale one for a daemon that answers.
