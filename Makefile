@@ -1,7 +1,7 @@
 # One command per job; .ci/run calls the same targets a person does.
 CARGO ?= cargo
 
-.PHONY: test-deps demo test test-integration test-versions bench bench-socat lint haproxy fuzz
+.PHONY: package test-deps demo test test-integration test-versions bench bench-socat lint haproxy fuzz
 
 # The HAProxy builds beside the repository (3.0.0, 3.4.0, 3.5-dev5; see ../shared/haproxy/README.md).
 HAPROXY_BUILDS ?= ../shared/haproxy
@@ -10,8 +10,8 @@ HAPROXY_VERSIONS ?= 3.0.0 3.4.0 3.5-dev5
 haproxy:
 	@scripts/ensure-haproxy.sh
 
-## HAProxy, headless Chromium with chromedriver for the console's browser tests, man, and
-## systemd-analyze for the unit file.
+## HAProxy, headless Chromium with chromedriver for the console's browser tests, man,
+## systemd-analyze for the unit file and lintian for the package.
 test-deps:
 	@scripts/ensure-haproxy.sh --browser
 
@@ -53,6 +53,11 @@ bench: bench-socat
 bench-socat:
 	@scripts/ensure-haproxy.sh --socat
 	scripts/bench-table-vs-socat.sh
+
+## The Debian package (target/debian/stickwarden_VERSION_ARCH.deb), with plain dpkg-deb.
+package:
+	$(CARGO) build --release
+	scripts/package.sh target/release/stickwarden target/debian
 
 ## Mutation fuzzing of every parser and loader (stable Rust); `make test` runs 2 s per target.
 fuzz:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure a `haproxy` binary is available for the demo and the tests (and `socat` with --socat,
 # for the benchmarks; with --browser, what the rest of the suite uses: Chromium and its WebDriver
-# for the console's browser tests, man to render the man pages, systemd-analyze to verify the unit). As root it installs the distribution's packages with apt-get; otherwise it
+# for the console's browser tests, man to render the man pages, systemd-analyze to verify the unit,
+# lintian to check the Debian package). As root it installs the distribution's packages with apt-get; otherwise it
 # prints the exact command to run and fails.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ for arg in "$@"; do
       [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
       find_bin man || need+=(man-db)
       find_bin systemd-analyze || need+=(systemd)
+      find_bin lintian || need+=(lintian)
       ;;
   esac
 done

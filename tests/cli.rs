@@ -420,3 +420,64 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .unwrap_or_else(|| panic!("no score in:\n{text}"));
     assert!(score <= 2.0, "exposure {score} (documented: 1.4):\n{text}");
 }
+
+/// `scripts/package.sh` (what `make package` runs on the release binary) builds a .deb holding
+/// the binary, the configuration (a conffile, starting in dry run) and rules, the unit, man pages
+/// that render and completions; lintian finds no error or warning; its configuration loads.
+#[test]
+fn the_debian_package_holds_what_an_install_needs() {
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package.sh"))
+        .args([env!("CARGO_BIN_EXE_stickwarden"), out.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let deb = stdout(&o).trim().to_owned();
+    let listing = stdout(&Command::new("dpkg-deb").args(["-c", &deb]).output().unwrap());
+    for path in [
+        "./usr/bin/stickwarden",
+        "./etc/stickwarden/stickwarden.toml",
+        "./etc/stickwarden/rules/http-flood.toml",
+        "./etc/stickwarden/rules/policy.toml",
+        "./lib/systemd/system/stickwarden.service",
+        "./usr/share/man/man1/stickwarden.1.gz",
+        "./usr/share/man/man1/stickwarden-run.1.gz",
+        "./usr/share/bash-completion/completions/stickwarden",
+        "./usr/share/zsh/vendor-completions/_stickwarden",
+        "./usr/share/fish/vendor_completions.d/stickwarden.fish",
+        "./usr/share/doc/stickwarden/copyright",
+        "./usr/share/doc/stickwarden/console.md",
+    ] {
+        assert!(listing.lines().any(|l| l.ends_with(path)), "{path} missing:\n{listing}");
+    }
+    let info = stdout(&Command::new("dpkg-deb").args(["-I", &deb]).output().unwrap());
+    assert!(info.contains("Package: stickwarden") && info.contains("Depends: adduser"), "{info}");
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--tag-display-limit", "0", &deb])
+        .output()
+        .expect("lintian is installed (make test installs it)");
+    assert!(lint.status.success(), "lintian: {}{}", stdout(&lint), stderr(&lint));
+    let conffiles = stdout(&Command::new("dpkg-deb").args(["-I", &deb, "conffiles"]).output().unwrap());
+    assert!(conffiles.lines().any(|l| l == "/etc/stickwarden/stickwarden.toml"), "{conffiles}");
+
+    let root = tempfile::tempdir().unwrap();
+    assert!(Command::new("dpkg-deb").args(["-x", &deb]).arg(root.path()).status().unwrap().success());
+    // The packaged configuration, with its rules where they were unpacked: it loads, in dry run.
+    let etc = root.path().join("etc/stickwarden");
+    let cfg = std::fs::read_to_string(etc.join("stickwarden.toml")).unwrap();
+    let cfg = cfg.replace("/etc/stickwarden/rules", etc.join("rules").to_str().unwrap());
+    std::fs::write(etc.join("test.toml"), cfg).unwrap();
+    let loaded = stickwarden::config::Config::load(&etc.join("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.dry_run, "a new install starts in dry run");
+    let man = Command::new("man")
+        .arg("-l")
+        .arg(root.path().join("usr/share/man/man1/stickwarden-run.1.gz"))
+        .output()
+        .unwrap();
+    assert!(man.status.success() && man.stderr.is_empty(), "{}", stderr(&man));
+    // Stripped, and it runs.
+    let bin = root.path().join("usr/bin/stickwarden");
+    let v = Command::new(&bin).arg("--version").output().unwrap();
+    assert!(stdout(&v).starts_with("stickwarden "), "{}", stdout(&v));
+}
