@@ -96,7 +96,7 @@ impl<W: Write> Writer<W> {
     pub fn new(mut out: W, last_audit_id: u64) -> std::io::Result<Writer<W>> {
         let header = Header {
             kind: KIND.into(),
-            format: super::manifest::FORMAT,
+            format: super::manifest::BACKUP_FORMAT,
             created: crate::time::rfc3339(crate::time::now_ms()),
             last_audit_id,
         };
@@ -141,11 +141,11 @@ pub fn read(input: impl BufRead, mut each: impl FnMut(Line) -> Result<(), String
                 if h.kind != KIND {
                     return Err(format!("line 1: not a stickwarden store backup (kind '{}')", h.kind));
                 }
-                if h.format > super::manifest::FORMAT {
+                if h.format > super::manifest::BACKUP_FORMAT {
                     return Err(format!(
                         "line 1: a backup of format {} (this stickwarden reads format {} at most)",
                         h.format,
-                        super::manifest::FORMAT
+                        super::manifest::BACKUP_FORMAT
                     ));
                 }
                 header = Some(h);

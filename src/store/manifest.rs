@@ -22,8 +22,16 @@ use crate::time::Millis;
 /// The manifest's file name, inside the store directory.
 pub const FILE: &str = "stickwarden-manifest.json";
 
-/// The store's format version, written in the manifest and in backups.
-pub const FORMAT: u32 = 1;
+/// The store's format version, written in the manifest. Opening a store of an older format
+/// migrates it ([`crate::store::sled::SledStore::open`]); a newer one is refused.
+///
+/// - 1: offenders, blocks, allowlist, audit log, owned keys.
+/// - 2: and the audit log indexed by key (`audit_keys`), built at the first open.
+pub const FORMAT: u32 = 2;
+
+/// The format of backup files: their lines, which format 2 did not change. A backup of format 1
+/// restores into a store of any format.
+pub const BACKUP_FORMAT: u32 = 1;
 
 /// What the store had committed when the manifest was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

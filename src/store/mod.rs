@@ -384,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_made_before_the_key_index_is_indexed_at_open() {
+    fn a_store_of_format_1_is_migrated_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -392,15 +392,25 @@ mod tests {
             s.decide(&b, None, AuditRecord::of(Event::Block, &b, 1_000)).unwrap();
             s.flush().unwrap();
         }
+        // A copy (sled keeps its lock on the original a while after it is dropped), made what the
+        // previous version left: format 1, no index.
+        let old = tempfile::tempdir().unwrap();
+        let old = old.path().join("store");
+        copy_dir(dir.path(), &old).unwrap();
         {
-            // What an older version left: no index, no marker.
-            let db = ::sled::open(dir.path()).unwrap();
+            let db = ::sled::open(&old).unwrap();
             db.drop_tree("audit_keys").unwrap();
-            db.open_tree("meta").unwrap().remove("audit_keys_v1").unwrap();
             db.flush().unwrap();
+            let mut m = manifest::read(&old).unwrap().unwrap();
+            assert_eq!(m.format, 2);
+            m.format = 1;
+            manifest::write(&old, &m).unwrap();
         }
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&old, &copy.path().join("store")).unwrap();
+        let s = Store::open(&copy.path().join("store"), 1 << 20).unwrap();
         assert_eq!(s.audit_covering("10.0.0.7".parse().unwrap()).unwrap().len(), 1);
+        assert_eq!(manifest::read(&copy.path().join("store")).unwrap().unwrap().format, manifest::FORMAT, "migrated");
     }
 }
 

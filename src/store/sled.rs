@@ -74,33 +74,48 @@ fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]
 }
 
 const ID_BASE: &[u8] = b"id_base";
-/// Set in `meta` once [`SledStore::audit_keys`] indexes every audit record.
-const AUDIT_KEYS_BUILT: &[u8] = b"audit_keys_v1";
 
 impl SledStore {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`, and checks that
     /// it holds what its manifest says was committed ([`StoreError::Damaged`] if not). A store
-    /// without a manifest (new, or made by an older version) gets one.
+    /// of an older format is migrated to [`manifest::FORMAT`] first, its manifest then rewritten;
+    /// a store without a manifest (new, or made by a version before manifests) gets one.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let store = SledStore::open_unchecked(path, cache_bytes)?;
         let damaged = |problem: String| StoreError::Damaged { path: path.display().to_string(), problem };
-        match manifest::read(path).map_err(damaged)? {
+        let format = match manifest::read(path).map_err(damaged)? {
             Some(m) => {
                 let newest = store.newest()?;
                 let at = store.audit_record_bytes(m.last_audit_id)?;
                 manifest::check(&m, newest.as_ref(), at.as_deref()).map_err(damaged)?;
                 store.manifest_id.store(m.last_audit_id, Ordering::Relaxed);
+                m.format
             }
             None => {
                 if let Some(n) = store.newest()? {
                     tracing::info!(path = %path.display(), last_audit_id = n.id, "the store has no manifest yet; writing one");
                 }
-                store.manifest_id.store(u64::MAX, Ordering::Relaxed);
-                store.write_manifest()?;
+                1
             }
+        };
+        if format < manifest::FORMAT {
+            store.migrate(format)?;
+            store.db.flush()?;
+            store.manifest_id.store(u64::MAX, Ordering::Relaxed);
+            store.write_manifest()?;
         }
-        store.build_audit_keys()?;
         Ok(store)
+    }
+
+    /// Brings a store of format `from` to [`manifest::FORMAT`], one step at a time.
+    fn migrate(&self, from: u32) -> Result<(), StoreError> {
+        if from < 2 {
+            self.build_audit_keys()?;
+        }
+        if from > 0 {
+            tracing::info!(path = %self.path.display(), from, to = manifest::FORMAT, "store format migrated");
+        }
+        Ok(())
     }
 
     /// Opens the store without comparing it with its manifest (and without writing one): for
@@ -129,13 +144,9 @@ impl SledStore {
         })
     }
 
-    /// Indexes the audit records of a store written before [`SledStore::audit_keys`] existed: once,
-    /// at the first open by this version.
+    /// Format 1 to 2: indexes the audit records of a store written before [`SledStore::audit_keys`]
+    /// existed.
     fn build_audit_keys(&self) -> Result<(), StoreError> {
-        let meta = self.db.open_tree("meta")?;
-        if meta.contains_key(AUDIT_KEYS_BUILT)? {
-            return Ok(());
-        }
         let mut n = 0u64;
         for r in self.audit.iter() {
             let (k, v) = r?;
@@ -145,7 +156,6 @@ impl SledStore {
                 n += 1;
             }
         }
-        meta.insert(AUDIT_KEYS_BUILT, &[1])?;
         if n > 0 {
             tracing::info!(records = n, "indexed the audit log by key (once, for this version)");
         }
