@@ -11,7 +11,7 @@ haproxy:
 	@scripts/ensure-haproxy.sh
 
 ## HAProxy, headless Chromium with chromedriver for the console's browser tests, man,
-## systemd-analyze for the unit file and lintian for the package.
+## systemd-analyze for the unit file, lintian for the package and promtool for the alert rules.
 test-deps:
 	@scripts/ensure-haproxy.sh --browser
 

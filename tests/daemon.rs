@@ -350,3 +350,74 @@ async fn tells_systemd_when_it_is_ready_and_when_it_stops() {
     let n = sock.recv(&mut buf).expect("STOPPING=1 at SIGTERM");
     assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
 }
+
+/// contrib/: the alert rules pass `promtool check rules`, the dashboard's queries are valid PromQL
+/// (checked the same way, as recording rules), and every stickwarden metric either names is one a
+/// running daemon exposes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_and_the_dashboard_use_real_metrics() {
+    use std::io::{Read, Write};
+    let contrib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let alerts = std::fs::read_to_string(contrib.join("prometheus-alerts.yml")).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(contrib.join("grafana-dashboard.json")).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(exprs.len() >= 9);
+
+    let dir = tempfile::tempdir().unwrap();
+    let recording: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("      - record: dashboard_query_{i}\n        expr: '{}'\n", e.replace('\'', "''")))
+        .collect();
+    std::fs::write(dir.path().join("dashboard.yml"), format!("groups:\n  - name: dashboard\n    rules:\n{recording}"))
+        .unwrap();
+    for file in [contrib.join("prometheus-alerts.yml"), dir.path().join("dashboard.yml")] {
+        let o = std::process::Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&file)
+            .output()
+            .expect("promtool is installed (make test installs Debian's prometheus)");
+        assert!(o.status.success(), "{}: {}", file.display(), out(&o));
+    }
+
+    // What a running daemon exposes.
+    let sb = haproxy();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
+    let (d, sock) = running_daemon(&s).await;
+    let mut c = std::os::unix::net::UnixStream::connect(sock.trim_start_matches("unix:")).unwrap();
+    write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {VIEWER_TOKEN}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    stop_daemon(d);
+    let mut exposed = std::collections::BTreeSet::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut w = line.split_whitespace();
+        let (name, kind) = (w.next().unwrap().to_owned(), w.next().unwrap_or(""));
+        match kind {
+            "counter" => {
+                exposed.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    exposed.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {}
+        }
+        exposed.insert(name);
+    }
+    assert!(exposed.contains("stickwarden_target_up"), "{text}");
+    let used = exprs.iter().map(String::as_str).chain(std::iter::once(alerts.as_str())).flat_map(|t| {
+        t.match_indices("stickwarden_")
+            .map(move |(i, _)| t[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect::<String>())
+    });
+    let unknown: std::collections::BTreeSet<String> = used.filter(|m| !exposed.contains(m)).collect();
+    assert!(unknown.is_empty(), "not exposed by the daemon: {unknown:?}\n{exposed:?}");
+}
