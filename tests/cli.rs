@@ -476,8 +476,12 @@ fn the_debian_package_holds_what_an_install_needs() {
         .output()
         .unwrap();
     assert!(man.status.success() && man.stderr.is_empty(), "{}", stderr(&man));
-    // Stripped, and it runs.
+    // Stripped, and it runs; its bash completion loads.
     let bin = root.path().join("usr/bin/stickwarden");
     let v = Command::new(&bin).arg("--version").output().unwrap();
     assert!(stdout(&v).starts_with("stickwarden "), "{}", stdout(&v));
+    let completion = root.path().join("usr/share/bash-completion/completions/stickwarden");
+    let probe = format!("source {} && complete -p stickwarden", completion.display());
+    let o = Command::new("bash").args(["--norc", "--noprofile", "-c", &probe]).output().unwrap();
+    assert!(stdout(&o).contains("-F _stickwarden stickwarden"), "{}{}", stdout(&o), stderr(&o));
 }
