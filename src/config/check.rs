@@ -548,19 +548,17 @@ fn check_block(src: &Source<'_>, b: &RawBlock, tables: &[TableConfig]) -> Result
     if let Some(v) = b.tag_value.as_ref().filter(|v| *v.get_ref() == 0) {
         return Err(src.error(&v.span(), "tag_value must not be 0 (0 is the released state)"));
     }
-    let acl = match &b.acl {
-        None => None,
-        Some(a) => Some(match a.get_ref().parse::<AclRef>() {
-            Ok(AclRef::File(f)) => AclRef::File(f),
-            _ => return Err(src.error(&a.span(), "expected the ACL file path exactly as HAProxy loads it (not #id)")),
-        }),
-    };
-    let map = match &b.map {
-        None => None,
-        Some(m) => Some(match m.get_ref().parse::<AclRef>() {
-            Ok(AclRef::File(f)) => AclRef::File(f),
-            _ => return Err(src.error(&m.span(), "expected the map file path exactly as HAProxy loads it (not #id)")),
-        }),
-    };
+    let acl = file_ref(src, b.acl.as_ref(), "ACL")?;
+    let map = file_ref(src, b.map.as_ref(), "map")?;
     Ok(BlockConfig { table, tag, tag_value, acl, map })
+}
+
+/// An ACL or map file (`what`) as HAProxy loads it: a path, not a `#id` (ids change with the
+/// configuration).
+fn file_ref(src: &Source<'_>, raw: Option<&Spanned<String>>, what: &str) -> Result<Option<AclRef>, ConfigError> {
+    let Some(r) = raw else { return Ok(None) };
+    match r.get_ref().parse::<AclRef>() {
+        Ok(AclRef::File(f)) => Ok(Some(AclRef::File(f))),
+        _ => Err(src.error(&r.span(), format!("expected the {what} file path exactly as HAProxy loads it (not #id)"))),
+    }
 }

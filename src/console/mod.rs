@@ -913,6 +913,8 @@ async fn act(
         Ok(op) => op,
         Err(e) => return failed(&who, e),
     };
+    // Moving a block's end and removing an allowlist entry send nothing to HAProxy.
+    let sends = !matches!(op, Manual::Extend { .. } | Manual::Disallow { .. });
     tracing::info!(actor = %who.name, action = %action, "console action");
     let outcome = match s.handle.manual(op, &who.name).await {
         Ok(o) => o,
@@ -925,8 +927,8 @@ async fn act(
         .chain(outcome.released.iter().map(String::as_str))
         .filter_map(|k| crate::net::parse_net(k).ok())
         .collect();
-    if action == "extend" || action == "disallow" {
-        touched.clear(); // nothing sent to HAProxy
+    if !sends {
+        touched.clear();
     }
     let states = states(&s, &touched, &outcome.failures);
     let live = (!touched.is_empty()).then(|| {
