@@ -60,17 +60,21 @@ pub fn assess(
     } else {
         return None;
     };
-    // Enforcing verdicts count enforced offences only, so that turning dry-run off starts afresh;
-    // dry-run verdicts count them all, as if everything had been enforced.
-    let since = now.saturating_sub(ms(policy.forgiveness));
-    let n = o.offences.iter().filter(|x| x.at >= since && (dry_run || !x.dry_run)).count() as u32 + 1;
-    let (level, actions, duration) = policy.step_for(n);
+    let (level, actions, duration) = policy.step_for(offences_in_window(policy, o, now, dry_run) + 1);
     o.offences.push(Offence { at: now, rule: rule.name.clone(), level, dry_run });
     if o.offences.len() > max_offences {
         let extra = o.offences.len() - max_offences;
         o.offences.drain(..extra);
     }
     Some(Verdict { level, actions: actions.clone(), duration, rule: rule.name.clone(), dry_run })
+}
+
+/// The offences of `o` within the forgiveness window at `now` that count for the ladder. Enforcing
+/// verdicts count enforced offences only, so that turning dry-run off starts afresh; dry-run
+/// verdicts (`dry_run`) count them all, as if everything had been enforced.
+pub fn offences_in_window(policy: &Policy, o: &Offender, now: Millis, dry_run: bool) -> u32 {
+    let since = now.saturating_sub(ms(policy.forgiveness));
+    o.offences.iter().filter(|x| x.at >= since && (dry_run || !x.dry_run)).count() as u32
 }
 
 #[cfg(test)]

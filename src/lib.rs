@@ -38,9 +38,11 @@
 //!   and the `stats socket` line for a level.
 //! - [`ops`]: operator actions and queries (requests, validation, views, the listing of active
 //!   blocks), shared by API, console and CLI.
+//! - [`decide`]: the decider: every decision (score, block, escalate, aggregate, release, repair,
+//!   operator actions) as a pure step of state, input and `now`, returning the effects to carry out.
 //! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
-//! - [`daemon`]: `stickwarden run`: pollers, the controller that owns decisions, release on time.
-//! - [`simulate`]: a rule set run offline over recorded dumps, on a simulated clock.
+//! - [`daemon`]: `stickwarden run`: pollers, and the controller: the I/O shell around the decider.
+//! - [`simulate`]: a rule set run offline over recorded dumps through the decider, on a simulated clock.
 //! - [`recover`]: `store recover`: a damaged store rebuilt from what it still holds, a backup and
 //!   what HAProxy holds of keys stickwarden blocked.
 //! - [`api`]: the HTTP API (axum): routes, token auth, JSON errors; its server and the CLI's client.
@@ -59,6 +61,7 @@ pub mod columns;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod decide;
 pub mod engine;
 pub mod fleet;
 pub mod haproxy_side;

@@ -166,7 +166,7 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
     for t in &cfg.targets {
         let read = async {
             let client = Client::connect(t.target.clone(), ClientOptions::default()).await?;
-            crate::daemon::reconcile::read(&t.name, &client, cfg, &mut None).await
+            crate::daemon::reconcile::read(&t.name, &client, cfg, &mut None, crate::time::now_ms()).await
         };
         match read.await {
             Ok(actual) => {

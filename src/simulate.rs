@@ -1,21 +1,24 @@
 //! `simulate`: a rule set run offline over recorded `show table` dumps, taken in order as
-//! successive polls `interval` apart, on a simulated clock. The scoring, ladder, dry-run and
-//! release logic are the daemon's own ([`crate::engine`]); nothing contacts HAProxy and no store is
-//! written. A dump is HAProxy's text (as `socat` prints it, `# table:` headers included) or the
-//! JSON Lines of `stickwarden table NAME --json`; each entry is evaluated against the rules of its
+//! successive polls `interval` apart, on a simulated clock. Every decision (scoring, ladder,
+//! dry-run, breaker, aggregation, release) is the daemon's own [`crate::decide::Decider`]'s;
+//! nothing contacts HAProxy and no store is written. A dump is HAProxy's text (as `socat` prints
+//! it, `# table:` headers included) or the JSON Lines of `stickwarden table NAME --json`; each entry is evaluated against the rules of its
 //! table. This is how a team tunes rules before enforcing them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::config::Config;
+use crate::decide::{Decider, Effects, Input, JobOutcome};
+use crate::poll::Observation;
 use crate::proto::table::{lines, EntryParser, Line};
-use crate::rules::{Rule, RuleSet};
-use crate::store::Offender;
+use crate::rules::RuleSet;
+use crate::store::{Event, Offender, Write};
 use crate::time::{ms, Millis};
 
 /// One decision of the simulation.
@@ -25,7 +28,8 @@ pub struct SimDecision {
     pub poll: usize,
     /// Seconds since the first poll.
     pub at_s: u64,
-    /// `block`, `would_block` (dry run), `release` or `would_release`.
+    /// `block`, `would_block` (dry run), `release`, `would_release`, or the circuit breaker's
+    /// `breaker_open` and `breaker_closed` (no key).
     pub event: String,
     pub key: String,
     pub rule: String,
@@ -50,58 +54,101 @@ struct Sample {
     line: Vec<u8>,
 }
 
-/// Runs `rules` over the dumps, in order.
+/// Runs `rules` over the dumps, in order, through the daemon's own [`Decider`] on every default of
+/// the configuration (breaker, ladder, dry-run), as [`simulate_with`] does.
 pub fn simulate(rules: &RuleSet, dumps: &[impl AsRef<Path>], interval: Duration) -> Result<Vec<SimDecision>, SimError> {
+    simulate_with(Arc::new(Config::offline(rules.clone())), dumps, interval)
+}
+
+/// Runs the rules of `cfg` over the dumps, in order, through the daemon's [`Decider`]: at each
+/// dump's time the clock ticks first (a block that has ended is released, and HAProxy confirms at
+/// once), then the dump is read as a poll that started just after the tick. The population the breaker
+/// weighs is the dump's largest table. Nothing is written and nothing contacts HAProxy: the
+/// history the daemon would read from its store is kept here.
+pub fn simulate_with(
+    cfg: Arc<Config>,
+    dumps: &[impl AsRef<Path>],
+    interval: Duration,
+) -> Result<Vec<SimDecision>, SimError> {
+    let mut decider = Decider::new(cfg.clone(), Vec::new());
     let mut offenders: HashMap<IpAddr, Offender> = HashMap::new();
-    let mut blocks: HashMap<IpNet, (Millis, SimDecision)> = HashMap::new();
     let mut out = Vec::new();
     let mut parser = EntryParser::new();
     for (i, path) in dumps.iter().enumerate() {
         let now = ms(interval) * i as u64;
         let poll = i + 1;
-        // Releases first: a block whose time has come lets its address be scored again.
-        let mut due: Vec<IpNet> = blocks.iter().filter(|(_, (until, _))| *until <= now).map(|(k, _)| *k).collect();
-        due.sort();
-        for k in due {
-            let (_, d) = blocks.remove(&k).expect("listed");
-            let event = if d.event == "would_block" { "would_release" } else { "release" };
-            out.push(SimDecision { poll, at_s: now / 1000, event: event.into(), counters: Vec::new(), ..d });
-        }
-        for s in read_dump(path.as_ref())? {
-            let Line::Entry(e) = parser.parse_line(&s.line) else { continue };
-            let key = crate::net::host_net(s.addr);
-            if blocks.contains_key(&key) {
-                continue;
-            }
-            let matched: Vec<&Rule> =
-                rules.for_table(&s.table).filter(|(_, r)| r.matches(&e)).map(|(_, r)| r).collect();
-            if matched.is_empty() {
-                continue;
-            }
-            let o = offenders.entry(s.addr).or_default();
-            let Some(v) = crate::engine::assess(&rules.policy, o, &matched, now, false, usize::MAX) else { continue };
-            let mut counters: Vec<(String, i64)> = Vec::new();
-            for c in matched.iter().flat_map(|r| r.conditions()) {
-                if let (Some(v), false) = (c.read(&e), counters.iter().any(|(n, _)| n == c.column.as_str())) {
-                    counters.push((c.column.to_string(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
+        let record = |fx: Effects, offenders: &mut HashMap<IpAddr, Offender>, out: &mut Vec<SimDecision>| {
+            for w in fx.writes {
+                if let Some(d) = SimDecision::of(&w, poll, now) {
+                    out.push(d);
+                }
+                match w {
+                    Write::Offender(a, o) | Write::Decide { offender: Some((a, o)), .. } => {
+                        offenders.insert(a, o);
+                    }
+                    _ => {}
                 }
             }
-            let d = SimDecision {
-                poll,
-                at_s: now / 1000,
-                event: if v.dry_run { "would_block" } else { "block" }.into(),
-                key: s.addr.to_string(),
-                rule: v.rule,
-                level: v.level,
-                action: v.actions.to_string(),
-                duration_s: v.duration.as_secs(),
-                counters,
-            };
-            blocks.insert(key, (now + ms(v.duration), d.clone()));
-            out.push(d);
+            fx.jobs
+        };
+        let samples = read_dump(path.as_ref())?;
+        let mut used: HashMap<&str, u64> = HashMap::new();
+        for s in &samples {
+            *used.entry(s.table.as_str()).or_default() += 1;
         }
+        let population = Some(used.values().copied().max().unwrap_or(0));
+        // Releases first: a block whose time has come lets its address be scored again.
+        let jobs = record(decider.step(Input::Tick { population }, now).expect("a tick"), &mut offenders, &mut out);
+        for d in jobs.into_iter().filter(|d| matches!(d.job, crate::actuator::Job::Release { .. })) {
+            let outcome = JobOutcome {
+                what: "release",
+                release: true,
+                failures: Vec::new(),
+                refused: Vec::new(),
+                polled_at: None,
+            };
+            let fx = decider.step(Input::Done { block: d.block, outcome }, now).expect("an outcome");
+            record(fx, &mut offenders, &mut out);
+        }
+        // The poll started just after the tick: a key released by it is scored again at once.
+        let polled_at = now + 1;
+        let mut batch = Vec::new();
+        for s in &samples {
+            let Line::Entry(e) = parser.parse_line(&s.line) else { continue };
+            batch.extend(Observation::of(s.addr, &cfg.rules, &s.table, |c| c.read(&e)));
+        }
+        let candidates = decider.candidates(polled_at, batch, now);
+        let scored = candidates.into_iter().map(|o| {
+            let history = offenders.get(&o.addr).cloned();
+            (o, history)
+        });
+        let input = Input::Scored { polled_at, scored: scored.collect(), population };
+        record(decider.step(input, now).expect("a poll"), &mut offenders, &mut out);
     }
     Ok(out)
+}
+
+impl SimDecision {
+    /// The decision a store write records, if it records one.
+    fn of(w: &Write, poll: usize, now: Millis) -> Option<SimDecision> {
+        let (rec, block) = match w {
+            Write::Decide { block, rec, .. } => (rec, Some(block.as_ref())),
+            Write::Release { rec, .. } => (rec, None),
+            Write::Audit(rec) if matches!(rec.event, Event::BreakerOpen | Event::BreakerClosed) => (rec, None),
+            _ => return None,
+        };
+        Some(SimDecision {
+            poll,
+            at_s: now / 1000,
+            event: rec.event.as_str().to_owned(),
+            key: rec.key.map(|k| crate::net::display(&k)).unwrap_or_default(),
+            rule: rec.rule.clone(),
+            level: rec.level,
+            action: rec.actions.to_string(),
+            duration_s: rec.duration_ms / 1000,
+            counters: block.map(|b| b.counters.clone()).unwrap_or_default(),
+        })
+    }
 }
 
 /// The entries of one dump file, in either format, as raw HAProxy entry lines.
@@ -214,8 +261,9 @@ mod tests {
             [
                 (1, "block", "10.0.0.1", 1),
                 (1, "would_block", "10.0.0.2", 1),
-                (3, "release", "10.0.0.1", 1),
+                // A dry-run block ends at the tick; a real one once HAProxy confirmed its release.
                 (3, "would_release", "10.0.0.2", 1),
+                (3, "release", "10.0.0.1", 1),
                 (3, "block", "10.0.0.1", 2)
             ]
         );

@@ -1,7 +1,10 @@
 //! Wall-clock time as the store and the audit log keep it: milliseconds since the Unix epoch, and
 //! its RFC 3339 form for people and JSON. Decision logic never reads the clock itself: it takes
-//! `now` as an argument, so decay, ladders and expiry are tested on exact, made-up instants.
+//! `now` as an argument, so decay, ladders and expiry are tested on exact, made-up instants; the
+//! daemon reads it from a [`Clock`], which a test can move forward instead of sleeping.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
@@ -9,6 +12,31 @@ pub type Millis = u64;
 
 pub fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where the daemon reads the time: the system's wall clock, plus a skip that only a test moves
+/// ([`Clock::skip`]). Time goes on flowing at its real pace (HAProxy's rates and expiries are
+/// real), but a test waits for a block's end of an hour by skipping the hour, not by sleeping.
+/// Every clone shares the skip.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    skipped: Arc<AtomicU64>,
+}
+
+impl Clock {
+    /// The system's wall clock, as the daemon runs in production.
+    pub fn system() -> Clock {
+        Clock::default()
+    }
+
+    pub fn now(&self) -> Millis {
+        now_ms().saturating_add(self.skipped.load(Ordering::Acquire))
+    }
+
+    /// Moves this clock (and every clone of it) `d` forward, at once.
+    pub fn skip(&self, d: Duration) {
+        self.skipped.fetch_add(ms(d), Ordering::AcqRel);
+    }
 }
 
 pub fn ms(d: Duration) -> Millis {
@@ -67,6 +95,16 @@ pub fn relative_text(t: &str, now: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skipped_clock_is_ahead_by_the_skip_in_every_clone() {
+        let c = Clock::system();
+        let other = c.clone();
+        let before = now_ms();
+        c.skip(Duration::from_secs(3600));
+        let after = other.now();
+        assert!(after >= before + 3_600_000 && after <= now_ms() + 3_600_000, "{before} {after}");
+    }
 
     #[test]
     fn rfc3339_round_trip() {

@@ -417,7 +417,7 @@ fn check_store(src: &Source<'_>, raw: &RawStore, rules: &RuleSet) -> Result<Stor
     if let Some(c) = store.cache_mb.as_ref().filter(|c| !(1..=65_536).contains(c.get_ref())) {
         return Err(src.error(&c.span(), "cache_mb must be between 1 and 65536"));
     }
-    let max_offences = store.max_offences.as_ref().map_or(100, |m| *m.get_ref());
+    let max_offences = store.max_offences.as_ref().map_or(super::DEFAULT_MAX_OFFENCES, |m| *m.get_ref());
     if let Some(m) = store.max_offences.as_ref().filter(|m| !(1..=10_000).contains(m.get_ref())) {
         return Err(src.error(&m.span(), "max_offences must be between 1 and 10000"));
     }

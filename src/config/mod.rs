@@ -270,7 +270,50 @@ impl Config {
         let rules = crate::rules::load_dir(&rules_dir)?;
         check::check(&src, raw, rules_dir, rules)
     }
+
+    /// The configuration of a rule set alone, every other setting at its default and no target:
+    /// what `simulate --rules DIR` decides with.
+    pub fn offline(rules: RuleSet) -> Config {
+        Config {
+            path: PathBuf::new(),
+            rules_dir: PathBuf::new(),
+            rules,
+            dry_run: false,
+            reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            store: StoreConfig {
+                path: PathBuf::new(),
+                cache_bytes: DEFAULT_CACHE_MB * 1024 * 1024,
+                retention: Duration::from_secs(30 * 86_400),
+                max_offences: DEFAULT_MAX_OFFENCES,
+                audit_retention: Duration::from_secs(90 * 86_400),
+            },
+            targets: Vec::new(),
+            tables: Vec::new(),
+            block: BlockConfig {
+                table: None,
+                tag: "gpt0".parse().expect("a data field"),
+                tag_value: 1,
+                acl: None,
+                map: None,
+            },
+            safety: Safety {
+                breaker_floor: DEFAULT_BREAKER_FLOOR,
+                breaker_share: DEFAULT_BREAKER_SHARE,
+                max_blocks_per_minute: None,
+                never_block: Vec::new(),
+                max_prefix_v4: DEFAULT_MAX_PREFIX_V4,
+                max_prefix_v6: DEFAULT_MAX_PREFIX_V6,
+            },
+            aggregate: None,
+            allow: Vec::new(),
+            api: None,
+            merge: Default::default(),
+        }
+    }
 }
+
+/// Default of `[store] max_offences`.
+pub const DEFAULT_MAX_OFFENCES: usize = 100;
 
 /// `$STATE_DIRECTORY` (systemd), else `/var/lib/stickwarden` for root, else
 /// `$XDG_STATE_HOME/stickwarden` or `~/.local/state/stickwarden`.

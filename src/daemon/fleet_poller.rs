@@ -47,6 +47,8 @@ pub(super) struct Fleet {
     pub rules: Arc<RuleSet>,
     pub merge: MergeConfig,
     pub census: Arc<super::Census>,
+    /// The controller's clock, to stamp each poll with.
+    pub clock: crate::time::Clock,
 }
 
 pub(super) async fn run(
@@ -55,7 +57,7 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
-    let Fleet { nodes, table, rules, merge, census } = fleet;
+    let Fleet { nodes, table, rules, merge, census, clock } = fleet;
     let own: Vec<Rule> = rules.for_table(&table.name).map(|(_, r)| r.clone()).collect();
     let relaxed: Arc<Vec<Rule>> = Arc::new(own.iter().map(|r| relax_rule(r, &merge, nodes.len())).collect());
     let columns = Arc::new(Columns::of(&own, &merge));
@@ -69,7 +71,7 @@ pub(super) async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
-        let (started, polled_at) = (Instant::now(), crate::time::now_ms());
+        let (started, polled_at) = (Instant::now(), clock.now());
         let mut polls = JoinSet::new();
         for (i, (name, client)) in nodes.iter().enumerate() {
             let (client, name, table, relaxed, columns, plan) =

@@ -13,11 +13,9 @@ pub mod census;
 mod controller;
 mod fleet_poller;
 mod lag;
-mod manual;
 pub mod poller;
 pub(crate) mod reconcile;
 mod restarts;
-pub mod windows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,20 +31,21 @@ use crate::metrics::Metrics;
 use crate::ops::listing::{Listing, Page, Summary};
 use crate::ops::{Manual, OpError, Outcome};
 use crate::store::{Block, Store, StoreError};
+use crate::time::Clock;
 
+pub use crate::decide::{AUTO_ACTOR, MANUAL_RULE};
 pub use crate::poll::Observation;
 pub use census::Census;
-pub use controller::AUTO_ACTOR;
+pub use controller::ManualReply;
 pub use lag::Lag;
-pub use manual::{ManualReply, MANUAL_RULE};
 
 /// What the controller's inbox receives.
 pub(crate) enum Msg {
     /// The candidates of one poll that started at `polled_at`.
     Observed { polled_at: crate::time::Millis, observations: Vec<Observation> },
-    /// A job finished on every target: how ([`controller::Outcome`]), for `block` when it was one
+    /// A job finished on every target: how ([`crate::decide::JobOutcome`]), for `block` when it was one
     /// block's, and whom to tell once it is recorded.
-    Done { block: Option<Block>, outcome: controller::Outcome, notify: Option<oneshot::Sender<Vec<String>>> },
+    Done { block: Option<Block>, outcome: crate::decide::JobOutcome, notify: Option<oneshot::Sender<Vec<String>>> },
     /// An operator action.
     Manual { op: Manual, actor: String, reply: oneshot::Sender<Result<ManualReply, OpError>> },
     /// A target's HAProxy is a new process (reload, restart).
@@ -172,12 +171,33 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl Future<Output = ()>) 
     run_with(cfg, store, Arc::new(Metrics::new()), shutdown, |_, _| {}).await
 }
 
+/// [`run`] on `clock` instead of the system's: a test skips an hour instead of sleeping it.
+pub async fn run_clocked(
+    cfg: Config,
+    store: Store,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError> {
+    run_full(cfg, store, Arc::new(Metrics::new()), clock, shutdown, |_, _| {}).await
+}
+
 /// [`run`], with the metrics to update and a callback that receives a [`Handle`] and the
 /// targets' clients once everything runs (the HTTP API is started there).
 pub async fn run_with(
     cfg: Config,
     store: Store,
     metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    on_start: impl FnOnce(Handle, Vec<(String, Client)>),
+) -> Result<(), StoreError> {
+    run_full(cfg, store, metrics, Clock::system(), shutdown, on_start).await
+}
+
+async fn run_full(
+    cfg: Config,
+    store: Store,
+    metrics: Arc<Metrics>,
+    clock: Clock,
     shutdown: impl Future<Output = ()>,
     on_start: impl FnOnce(Handle, Vec<(String, Client)>),
 ) -> Result<(), StoreError> {
@@ -198,6 +218,7 @@ pub async fn run_with(
             rules: rules.clone(),
             merge: cfg.merge.clone(),
             census: census.clone(),
+            clock: clock.clone(),
         };
         tokio::spawn(fleet_poller::run(fleet, tx.clone(), stop_rx.clone(), metrics.clone()));
     }
@@ -210,6 +231,7 @@ pub async fn run_with(
                 rules: rules.clone(),
                 census: census.clone(),
                 block: cfg.block.clone(),
+                clock: clock.clone(),
             };
             tokio::spawn(poller::run(task, tx.clone(), stop_rx.clone(), metrics.clone()));
         }
@@ -228,6 +250,7 @@ pub async fn run_with(
             tx.clone(),
             stop_rx.clone(),
             reconcile_now.clone(),
+            clock.clone(),
         ));
     }
     // What `stickwarden check` would say, said at start too: a socket at too low a level, a
@@ -241,15 +264,16 @@ pub async fn run_with(
         });
     }
     let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
-    let mut ctl = controller::Controller::new(
-        cfg.clone(),
-        store.clone(),
-        parts.actuators,
-        tx.clone(),
+    let clients = parts.clients;
+    let parts = controller::Parts {
+        actuators: parts.actuators,
+        tx: tx.clone(),
         metrics,
-        lag.clone(),
-        census.clone(),
-    )?;
+        lag: lag.clone(),
+        census: census.clone(),
+        clock,
+    };
+    let mut ctl = controller::Controller::new(cfg.clone(), store.clone(), parts)?;
     info!(
         targets = cfg.targets.len(),
         tables = cfg.tables.len(),
@@ -257,8 +281,8 @@ pub async fn run_with(
         dry_run = cfg.dry_run,
         "stickwarden running"
     );
-    ctl.reapply_all(None).await;
-    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now, lag, census }, parts.clients);
+    ctl.reapply_all(None).await?;
+    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now, lag, census }, clients);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -305,7 +329,7 @@ async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreE
     match msg {
         Msg::Observed { polled_at, observations } => ctl.observe(polled_at, observations).await,
         Msg::Done { block, outcome, notify } => ctl.done(block, outcome, notify).await,
-        Msg::Restarted { target, was, now } => ctl.target_restarted(&target, &was, &now).await,
+        Msg::Restarted { target, was, now } => ctl.target_restarted(target, was, now).await,
         Msg::Actual(actual) => ctl.reconcile(actual).await,
         Msg::Backup { reply } => {
             // The controller waits, so nothing is written while the copy is made; the copy itself
@@ -324,11 +348,11 @@ async fn handle(ctl: &mut controller::Controller, msg: Msg) -> Result<(), StoreE
         }
         Msg::Listing { listing, reply } => {
             let lagging = ctl.lag.lagging();
-            let _ = reply.send(listing.select(ctl.active.values(), crate::time::now_ms(), &lagging));
+            let _ = reply.send(listing.select(ctl.decider.active(), ctl.now(), &lagging));
             Ok(())
         }
         Msg::Summary { reply } => {
-            let _ = reply.send(crate::ops::listing::summary(ctl.active.values()));
+            let _ = reply.send(crate::ops::listing::summary(ctl.decider.active()));
             Ok(())
         }
         Msg::Manual { op, actor, reply } => match ctl.manual(op, &actor).await {
@@ -355,7 +379,8 @@ pub async fn run_once(cfg: Config, store: Store, op: Manual, actor: &str, wait: 
     let parts = start_targets(&cfg, &stop_rx, &metrics);
     let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
     let census = Arc::new(Census::default());
-    let mut ctl = controller::Controller::new(cfg, store.clone(), parts.actuators, tx, metrics, lag, census)?;
+    let parts = controller::Parts { actuators: parts.actuators, tx, metrics, lag, census, clock: Clock::system() };
+    let mut ctl = controller::Controller::new(cfg, store.clone(), parts)?;
     let reply = ctl.manual(op, actor).await?;
     let confirmed = confirm(reply, wait);
     tokio::pin!(confirmed);

@@ -33,6 +33,8 @@ pub(super) struct Task {
     pub census: Arc<super::Census>,
     /// Where blocks go (a tagged or listed client is blocked already).
     pub block: crate::config::BlockConfig,
+    /// The controller's clock, to stamp each poll with.
+    pub clock: crate::time::Clock,
 }
 
 /// What a poller task keeps from one poll to the next.
@@ -57,7 +59,7 @@ pub(super) async fn run(task: Task, tx: mpsc::Sender<Msg>, mut shutdown: watch::
             _ = tick.tick() => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
-        let (started, polled_at) = (Instant::now(), crate::time::now_ms());
+        let (started, polled_at) = (Instant::now(), task.clock.now());
         match poll_once(&task, &mut state, &metrics).await {
             Ok(Polled { observations, scanned, used }) => {
                 if let Some(used) = used {

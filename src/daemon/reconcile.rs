@@ -5,11 +5,8 @@
 //! what is missing (an entry evicted from a full table, a pattern deleted by hand). Entries it did
 //! not put there are never touched.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::debug;
 
@@ -17,18 +14,9 @@ use super::Msg;
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::proto::DataField;
-use crate::time::{now_ms, Millis};
+use crate::time::{Clock, Millis};
 
-/// What one target holds, read at `read_at`. `None`: not used by this configuration.
-#[derive(Debug, Clone)]
-pub struct Actual {
-    pub target: String,
-    pub read_at: Millis,
-    pub acl: Option<HashSet<IpNet>>,
-    pub tagged: Option<HashSet<IpAddr>>,
-    /// The block map's keys and values.
-    pub mapped: Option<std::collections::HashMap<IpNet, String>>,
-}
+pub use crate::decide::Actual;
 
 pub(super) async fn run(
     target: String,
@@ -37,6 +25,7 @@ pub(super) async fn run(
     tx: mpsc::Sender<Msg>,
     mut shutdown: watch::Receiver<bool>,
     now: Arc<Notify>,
+    clock: Clock,
 ) {
     let mut tick = tokio::time::interval(cfg.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -48,7 +37,7 @@ pub(super) async fn run(
             _ = now.notified() => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return },
         }
-        match read(&target, &client, &cfg, &mut tag_field).await {
+        match read(&target, &client, &cfg, &mut tag_field, clock.now()).await {
             Ok(actual) => {
                 if tx.send(Msg::Actual(actual)).await.is_err() {
                     return;
@@ -66,8 +55,8 @@ pub(crate) async fn read(
     client: &Client,
     cfg: &Config,
     tag_field: &mut Option<Option<DataField>>,
+    read_at: Millis,
 ) -> Result<Actual, ClientError> {
-    let read_at = now_ms();
     let acl = match &cfg.block.acl {
         None => None,
         Some(a) => Some(crate::actuator::acl::listed(client, a).await?),

@@ -15,7 +15,7 @@ use crate::client::{Client, TableItem};
 use crate::config::Config;
 use crate::proto::{TableKey, TableSelect};
 use crate::store::Store;
-use crate::time::{ms, Millis};
+use crate::time::Millis;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExplainView {
@@ -73,8 +73,8 @@ pub async fn explain(
     let block = store.block_covering(addr)?.map(|b| BlockView::of(&b, now));
     let policy = &cfg.rules.policy;
     let offender = store.offender(addr)?.unwrap_or_default();
-    let window_start = now.saturating_sub(ms(policy.forgiveness));
-    let n = offender.offences.iter().filter(|o| o.at >= window_start && !o.dry_run).count() as u32;
+    // The count the decider's next verdict will make (crate::engine::assess).
+    let n = crate::engine::offences_in_window(policy, &offender, now, cfg.dry_run);
     let (next_level, next_actions, next_duration) = policy.step_for(n + 1);
 
     let mut tables = Vec::new();

@@ -1,0 +1,927 @@
+//! The decider: every decision of the daemon as a pure function of its state, one input and
+//! `now`. [`Decider::step`] takes what happened (a poll's scored candidates, a tick of the clock,
+//! a job's outcome, an operator action, a reloaded HAProxy, what a target holds) and returns the
+//! [`Effects`] to carry out: store writes (durable before any job when a block is decided), jobs
+//! for the actuators, metrics and the breaker's state. It reads no clock, no store and no socket,
+//! so its tests give exact instants and look at exact effects; the daemon's controller is the I/O
+//! shell that feeds it and applies what it returns, and `simulate` runs the same decider over
+//! recorded dumps, so what is simulated is what `run` does.
+
+pub mod windows;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tracing::{error, info, warn};
+
+use crate::actuator::Job;
+use crate::allowlist::Allowlist;
+use crate::config::Config;
+use crate::engine;
+use crate::net;
+use crate::ops::{BlockView, Manual, OpError, Outcome};
+use crate::poll::Observation;
+use crate::rules::{Action, Actions, MapClass, Rule};
+use crate::store::{AllowEntry, AuditRecord, Block, Event, Offender, Origin, Place, Write};
+use crate::time::{ms, Millis};
+use windows::{Aggregator, Breaker, Limits, Transition};
+
+/// The actor name written in the audit log for automatic decisions.
+pub const AUTO_ACTOR: &str = "stickwarden";
+/// The rule name of manual blocks.
+pub const MANUAL_RULE: &str = "manual";
+
+const BREAKER_WINDOW: Millis = 60_000;
+/// How long after a failed release it is tried again.
+pub const RELEASE_RETRY: Millis = 10_000;
+/// Blocks per re-apply job.
+const REAPPLY_BATCH: usize = 50_000;
+/// Blocks younger than this when HAProxy was read may not be applied yet: not compared. (A repair
+/// that was not needed would do no harm: applying is idempotent.)
+const RECONCILE_MARGIN: Millis = 2_000;
+/// How long a released key's polls from before the release are ignored.
+const RELEASED_MEMORY: Millis = 60_000;
+
+/// What one target holds, read at `read_at`. `None`: not used by this configuration.
+#[derive(Debug, Clone)]
+pub struct Actual {
+    pub target: String,
+    pub read_at: Millis,
+    pub acl: Option<HashSet<IpNet>>,
+    pub tagged: Option<HashSet<IpAddr>>,
+    /// The block map's keys and values.
+    pub mapped: Option<HashMap<IpNet, String>>,
+}
+
+/// How a job ended on every target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    pub what: &'static str,
+    pub release: bool,
+    /// One line per target that refused or failed.
+    pub failures: Vec<String>,
+    /// The keys refused somewhere (every key of the job, unless a target named some).
+    pub refused: Vec<IpNet>,
+    /// The start of the poll that decided the job's blocks.
+    pub polled_at: Option<Millis>,
+}
+
+/// What happened, for [`Decider::step`].
+#[derive(Debug)]
+pub enum Input {
+    /// The candidates of a poll that started at `polled_at` ([`Decider::candidates`] chose them),
+    /// each with its stored history; `population`: the clients the watched tables track.
+    Scored { polled_at: Millis, scored: Vec<(Observation, Option<Offender>)>, population: Option<u64> },
+    /// Time passed: releases due, the breaker's window.
+    Tick { population: Option<u64> },
+    /// A job ended on every target; `block` when it was one block's.
+    Done { block: Option<Block>, outcome: JobOutcome },
+    /// An operator action by `actor`.
+    Manual { op: Manual, actor: String },
+    /// Every active block, on every target (`only`: on that one), as after a start.
+    Reapply { only: Option<String> },
+    /// `target`'s HAProxy is a new process (reload, restart).
+    Restarted { target: String, was: String, now: String },
+    /// What `target` holds, and which of its leftovers ([`Decider::leftovers`]) stickwarden owns.
+    Actual { actual: Actual, owned: HashSet<IpNet> },
+}
+
+/// A job for the actuators.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// Only this target (all of them when `None`).
+    pub only: Option<String>,
+    /// The block the job is about, reported back with its outcome.
+    pub block: Option<Block>,
+    pub job: Job,
+    /// The start of the poll that decided the job's blocks (for the detection time).
+    pub polled_at: Option<Millis>,
+    /// Whether the operator who asked waits for HAProxy's answer.
+    pub notify: bool,
+}
+
+/// What a step asks the I/O shell to carry out, in this order: allowlist entries, writes (made
+/// durable when `durable`), then jobs.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub allow_put: Vec<AllowEntry>,
+    pub allow_remove: Vec<IpNet>,
+    pub writes: Vec<Write>,
+    /// Whether the writes (and everything before them) must be durable before any job is sent.
+    pub durable: bool,
+    pub jobs: Vec<Dispatch>,
+    /// The breaker opened (`Some(Some((since, reason)))`) or closed (`Some(None)`).
+    pub breaker: Option<Option<(Millis, String)>>,
+    /// Decisions by (rule, event), for the metrics.
+    pub decisions: Vec<(String, &'static str)>,
+    /// Repairs by target, for the metrics.
+    pub repairs: Vec<String>,
+    /// For an operator action: what was decided.
+    pub reply: Outcome,
+}
+
+impl Effects {
+    fn write(&mut self, w: Write) {
+        self.writes.push(w);
+    }
+
+    fn send(&mut self, only: Option<&str>, block: Option<&Block>, job: Job) {
+        self.jobs.push(Dispatch {
+            only: only.map(str::to_owned),
+            block: block.cloned(),
+            job,
+            polled_at: None,
+            notify: false,
+        });
+    }
+}
+
+/// The decider's state: the active blocks (the store stays the truth; this is its index), what
+/// is being released, the allowlist, the breaker and aggregation windows.
+pub struct Decider {
+    cfg: Arc<Config>,
+    allow: Allowlist,
+    /// The allowlist entries operators added (with the configuration's, they make `allow`).
+    stored_allows: Vec<AllowEntry>,
+    active: HashMap<IpNet, Block>,
+    /// Keys of active network blocks, to test addresses against.
+    nets: Vec<IpNet>,
+    /// Where the active blocks were applied, one copy of each.
+    places: HashSet<Arc<Place>>,
+    /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
+    releasing: HashMap<IpNet, Option<Millis>>,
+    /// When each key was last released: a poll that started earlier saw the counters from before
+    /// the release (which cleared them) and must not count against it again.
+    released: HashMap<IpNet, Millis>,
+    /// Releases an operator asked for, with who and why, for their audit record.
+    unblocked_by: HashMap<IpNet, (String, String)>,
+    breaker: Breaker,
+    aggregator: Aggregator,
+}
+
+impl Decider {
+    /// A decider with no active block and the operators' allowlist entries `stored`.
+    pub fn new(cfg: Arc<Config>, stored: Vec<AllowEntry>) -> Decider {
+        let limits = Limits {
+            floor: cfg.safety.breaker_floor,
+            share: cfg.safety.breaker_share,
+            cap: cfg.safety.max_blocks_per_minute,
+        };
+        Decider {
+            allow: Allowlist::new(&cfg, &stored),
+            stored_allows: stored,
+            active: HashMap::new(),
+            nets: Vec::new(),
+            places: HashSet::new(),
+            releasing: HashMap::new(),
+            released: HashMap::new(),
+            unblocked_by: HashMap::new(),
+            breaker: Breaker::new(limits, BREAKER_WINDOW),
+            aggregator: Aggregator::default(),
+            cfg,
+        }
+    }
+
+    /// Takes a stored block into the index at start. One that now reaches a protected address (a
+    /// never_block or allowlist entry added since, or one stored before the containment rule) is
+    /// never re-applied: it ends at the first tick, its audit record saying why.
+    pub fn load(&mut self, mut b: Block, now: Millis) {
+        // Recorded before places were kept: where this configuration puts its actions.
+        if b.place.is_none() {
+            b.place = Some(Arc::new(Place::of(&self.cfg.block, &b.actions)));
+        }
+        if let Some(why) = self.unsafe_reach(&b.key, now) {
+            warn!(key = %net::display(&b.key), protected = %why, "stored block reaches a protected address; releasing it");
+            self.unblocked_by.insert(b.key, (AUTO_ACTOR.into(), format!("reaches a protected address ({why})")));
+            b.until = b.until.min(now);
+        }
+        self.index(b);
+    }
+
+    /// The active blocks.
+    pub fn active(&self) -> impl Iterator<Item = &Block> {
+        self.active.values()
+    }
+
+    pub fn block(&self, key: &IpNet) -> Option<&Block> {
+        self.active.get(key)
+    }
+
+    /// Whether the breaker is open (no automatic block).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// The observations of a poll that started at `polled_at` that are worth scoring: not
+    /// allowlisted, not blocked already, not seen before their key's release.
+    pub fn candidates(&self, polled_at: Millis, batch: Vec<Observation>, now: Millis) -> Vec<Observation> {
+        batch
+            .into_iter()
+            .filter(|obs| {
+                if self.released.get(&net::host_net(obs.addr)).is_some_and(|&t| t >= polled_at) {
+                    return false;
+                }
+                if let Some(reason) = self.allow.allows(obs.addr, now) {
+                    tracing::debug!(addr = %obs.addr, reason, "allowlisted, not scored");
+                    return false;
+                }
+                !self.blocked(obs.addr)
+            })
+            .collect()
+    }
+
+    /// The keys `actual` holds that no active block wants: the ones to ask the store about
+    /// (whether stickwarden put them there) before [`Input::Actual`].
+    pub fn leftovers(&self, actual: &Actual) -> Vec<IpNet> {
+        let mut keys: Vec<IpNet> = self.leftover_actions(actual).into_keys().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Carries `input` at `now` into the state and says what to do. Only operator actions can be
+    /// refused (and then nothing changed).
+    pub fn step(&mut self, input: Input, now: Millis) -> Result<Effects, OpError> {
+        let mut fx = Effects::default();
+        match input {
+            Input::Scored { polled_at, scored, population } => self.scored(polled_at, scored, population, now, &mut fx),
+            Input::Tick { population } => self.tick(population, now, &mut fx),
+            Input::Done { block, outcome } => self.done(block, outcome, now, &mut fx),
+            Input::Manual { op, actor } => self.manual(op, &actor, now, &mut fx)?,
+            Input::Reapply { only } => {
+                self.reapply(only.as_deref(), now, &mut fx);
+            }
+            Input::Restarted { target, was, now: desc } => {
+                warn!(target, was, now = desc, "HAProxy was reloaded or restarted; re-applying every active block");
+                fx.send(Some(&target), None, Job::Forget);
+                let n = self.reapply(Some(&target), now, &mut fx);
+                let reason = format!("{target}: HAProxy {was} replaced by {desc}; {n} active block(s) re-applied");
+                fx.write(Write::Audit(AuditRecord::note(Event::TargetRestarted, now, AUTO_ACTOR, reason)));
+            }
+            Input::Actual { actual, owned } => self.reconcile(actual, &owned, now, &mut fx),
+        }
+        Ok(fx)
+    }
+
+    /// Why a block of `key` must not be in force, if it must not: what no override allows (every
+    /// IPv4 or IPv6 client), or an allowlisted or protected address.
+    fn unsafe_reach(&self, key: &IpNet, now: Millis) -> Option<String> {
+        let never = self.cfg.safety.check_breadth(key, true).err();
+        never.or_else(|| self.allow.overlaps(key, now).map(str::to_owned))
+    }
+
+    fn index(&mut self, mut b: Block) {
+        // One copy of each place, however many blocks were applied there.
+        if let Some(p) = b.place.take() {
+            b.place = Some(match self.places.get(&p) {
+                Some(known) => known.clone(),
+                None => {
+                    self.places.insert(p.clone());
+                    p
+                }
+            });
+        }
+        if !net::is_host(&b.key) && !self.nets.contains(&b.key) {
+            self.nets.push(b.key);
+        }
+        self.active.insert(b.key, b);
+    }
+
+    fn unindex(&mut self, key: &IpNet) {
+        self.active.remove(key);
+        self.nets.retain(|n| n != key);
+    }
+
+    fn blocked(&self, addr: IpAddr) -> bool {
+        self.active.contains_key(&net::host_net(addr)) || self.nets.iter().any(|n| net::covers_addr(n, addr))
+    }
+
+    fn place(&self, actions: &Actions) -> Arc<Place> {
+        Arc::new(Place::of(&self.cfg.block, actions))
+    }
+
+    fn scored(
+        &mut self,
+        polled_at: Millis,
+        scored: Vec<(Observation, Option<Offender>)>,
+        population: Option<u64>,
+        now: Millis,
+        fx: &mut Effects,
+    ) {
+        let cfg = self.cfg.clone();
+        let mut decided: Vec<Block> = Vec::new();
+        for (obs, offender) in scored {
+            let rules: Vec<&Rule> = obs.rules.iter().map(|&i| &cfg.rules.rules[i]).collect();
+            let mut offender = offender.unwrap_or_default();
+            let policy = &cfg.rules.policy;
+            let verdict = engine::assess(policy, &mut offender, &rules, now, cfg.dry_run, cfg.store.max_offences);
+            let Some(v) = verdict else {
+                fx.write(Write::Offender(obs.addr, offender));
+                continue;
+            };
+            if !v.dry_run && !self.breaker_check(now, population, fx) {
+                warn!(addr = %obs.addr, rule = %v.rule, "circuit breaker open: not blocking");
+                fx.decisions.push((v.rule.clone(), "suppressed"));
+                offender.offences.pop(); // not acted on, so not counted for the ladder
+                fx.write(Write::Offender(obs.addr, offender));
+                continue;
+            }
+            let block = Block {
+                key: net::host_net(obs.addr),
+                level: v.level,
+                actions: v.actions.clone(),
+                rule: v.rule.clone(),
+                reason: format!("score crossed {} ({})", policy.threshold, describe(&obs.counters)),
+                source: Origin::Auto,
+                actor: AUTO_ACTOR.into(),
+                since: now,
+                until: now + ms(v.duration),
+                counters: obs.counters,
+                dry_run: v.dry_run,
+                place: Some(self.place(&v.actions)),
+                nodes: obs.nodes,
+            };
+            if !v.dry_run {
+                self.breaker.record(now);
+            }
+            let event = if v.dry_run { Event::WouldBlock } else { Event::Block };
+            fx.decisions.push((v.rule.clone(), event.as_str()));
+            let rec = AuditRecord::of(event, &block, now);
+            fx.write(Write::Decide { block: Box::new(block.clone()), offender: Some((obs.addr, offender)), rec });
+            info!(addr = %obs.addr, rule = %block.rule, level = block.level, actions = %block.actions,
+                  duration = %crate::time::human(v.duration), dry_run = block.dry_run, "block decided");
+            if !v.dry_run {
+                if let Some(prefix_block) = self.aggregate(obs.addr, population, now, fx) {
+                    decided.push(prefix_block);
+                }
+            }
+            decided.push(block);
+        }
+        // Durable before acted on: a crash from here on finds every decision in the store.
+        fx.durable = !decided.is_empty();
+        // The poll's new blocks go out together: one pipelined job per place, not one round trip
+        // per block.
+        let mut by_place: HashMap<Arc<Place>, Vec<(IpNet, Actions)>> = HashMap::new();
+        for b in decided {
+            if !b.dry_run {
+                by_place.entry(b.place()).or_default().push((b.key, b.actions.clone()));
+            }
+            self.index(b);
+        }
+        let mut places: Vec<_> = by_place.into_iter().collect();
+        places.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
+        for (place, blocks) in places {
+            let job = Job::ApplyMany { blocks, place, fresh: true };
+            fx.jobs.push(Dispatch { only: None, block: None, job, polled_at: Some(polled_at), notify: false });
+        }
+    }
+
+    /// Whether an automatic block may happen now (false: the breaker is open). Opening and closing
+    /// are logged and audited; the caller records the block it then makes.
+    fn breaker_check(&mut self, now: Millis, population: Option<u64>, fx: &mut Effects) -> bool {
+        let (allowed, change) = self.breaker.check(now, population);
+        let Some(change) = change else { return allowed };
+        let (event, reason) = match change {
+            Transition::Opened { blocks, limit, population } => {
+                let reason = breaker_reason(self.breaker.limits(), blocks, limit, population);
+                error!(%reason, "circuit breaker open: automatic blocks suspended; manual actions still work");
+                fx.breaker = Some(Some((now, reason.clone())));
+                (Event::BreakerOpen, reason)
+            }
+            Transition::Closed => {
+                info!("circuit breaker closed: automatic blocks resume");
+                fx.breaker = Some(None);
+                (Event::BreakerClosed, "automatic blocks within the last minute are under the limit again".to_owned())
+            }
+        };
+        fx.write(Write::Audit(AuditRecord::note(event, now, AUTO_ACTOR, reason)));
+        allowed
+    }
+
+    /// Subnet aggregation: the prefix block decided when `addr` is the N-th recent offender of its
+    /// prefix.
+    fn aggregate(&mut self, addr: IpAddr, population: Option<u64>, now: Millis, fx: &mut Effects) -> Option<Block> {
+        let agg = self.cfg.aggregate.clone()?;
+        let prefix = net::prefix_of(addr, agg.ipv4_prefix, agg.ipv6_prefix);
+        let n = self.aggregator.record(prefix, addr, now, ms(agg.window));
+        if n < agg.offenders || self.active.contains_key(&prefix) || net::is_host(&prefix) {
+            return None;
+        }
+        if let Some(reason) = self.allow.overlaps(&prefix, now) {
+            warn!(%prefix, allowlisted = reason, "not blocking the prefix: it overlaps the allowlist");
+            return None;
+        }
+        // An IPv6 client in ::/64 has a prefix that holds ::ffff:0:0/96: every IPv4 client.
+        if let Err(why) = self.cfg.safety.check_breadth(&prefix, false) {
+            warn!(%prefix, why, "not blocking the prefix");
+            return None;
+        }
+        if !self.breaker_check(now, population, fx) {
+            return None;
+        }
+        self.breaker.record(now);
+        self.aggregator.reset(&prefix);
+        let actions = Actions::new(vec![Action::Acl]);
+        let block = Block {
+            key: prefix,
+            level: 0,
+            place: Some(self.place(&actions)),
+            actions,
+            rule: "subnet-aggregate".into(),
+            reason: format!("{n} offenders of {prefix} blocked within {}", crate::time::human(agg.window)),
+            source: Origin::Auto,
+            actor: AUTO_ACTOR.into(),
+            since: now,
+            until: now + ms(agg.duration),
+            counters: vec![("offenders".into(), n as i64)],
+            dry_run: false,
+            nodes: Vec::new(),
+        };
+        let rec = AuditRecord::of(Event::Block, &block, now);
+        fx.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
+        info!(%prefix, offenders = n, "prefix block decided");
+        Some(block)
+    }
+
+    /// Releases the blocks whose `until` has come; retries failed releases; closes a breaker whose
+    /// minute is quiet; forgets old windows.
+    fn tick(&mut self, population: Option<u64>, now: Millis, fx: &mut Effects) {
+        let mut due = windows::due(self.active.values(), &self.releasing, now);
+        due.sort_unstable_by_key(|b| (b.until, b.key));
+        for b in due {
+            if b.dry_run {
+                self.finish_release(&b, Event::WouldRelease, now, fx);
+                continue;
+            }
+            self.releasing.insert(b.key, None);
+            let job = Job::Release { key: b.key, actions: b.actions.clone(), place: b.place() };
+            fx.send(None, Some(&b), job);
+        }
+        if self.breaker.is_open() {
+            self.breaker_check(now, population, fx); // closes it once the last minute is quiet
+        }
+        self.released.retain(|_, t| *t + RELEASED_MEMORY > now);
+        if let Some(agg) = &self.cfg.aggregate {
+            self.aggregator.prune(now, ms(agg.window));
+        }
+    }
+
+    /// Queues the end of `block` for the store (its record removed if it is still the one that
+    /// started at `since`, with its audit record) and takes it out of the index.
+    fn finish_release(&mut self, block: &Block, event: Event, now: Millis, fx: &mut Effects) {
+        let mut rec = AuditRecord::of(event, block, now);
+        if let Some((actor, reason)) = self.unblocked_by.remove(&block.key) {
+            (rec.source, rec.actor, rec.reason) = (Origin::Manual, actor, format!("unblocked: {reason}"));
+        }
+        fx.write(Write::Release { key: block.key, since: block.since, rec });
+        if self.active.get(&block.key).is_some_and(|b| b.since == block.since) {
+            info!(key = %net::display(&block.key), rule = %block.rule, "released");
+            self.unindex(&block.key);
+            self.released.insert(block.key, now);
+        }
+    }
+
+    /// A job ended on every target: failures audited, a confirmed release finished, a failed one
+    /// retried later.
+    fn done(&mut self, block: Option<Block>, outcome: JobOutcome, now: Millis, fx: &mut Effects) {
+        let JobOutcome { what, release, failures, refused, .. } = outcome;
+        if !failures.is_empty() {
+            error!(key = ?block.as_ref().map(|b| net::display(&b.key)), refused = refused.len(), failures = ?failures, "{what} failed");
+            let reason = format!("{what}: {}", failures.join("; "));
+            // A poll's new blocks: the audit record of each one a target refused. (A re-apply of
+            // every block, refused for a reason that is the same for all, is one record.)
+            let blocks: Vec<&Block> = match &block {
+                Some(b) => vec![b],
+                None if what == "block" => refused.iter().filter_map(|k| self.active.get(k)).collect(),
+                None => Vec::new(),
+            };
+            let mut records: Vec<AuditRecord> =
+                blocks.into_iter().map(|b| AuditRecord::of(Event::ActionFailed, b, now)).collect();
+            if records.is_empty() {
+                let mut rec = AuditRecord::note(Event::ActionFailed, now, AUTO_ACTOR, String::new());
+                rec.counters = vec![("keys_refused".into(), refused.len() as i64)];
+                records.push(rec);
+            }
+            for mut rec in records {
+                rec.reason = reason.clone();
+                fx.write(Write::Audit(rec));
+            }
+        }
+        if let (Some(b), true) = (&block, release) {
+            if failures.is_empty() {
+                self.releasing.remove(&b.key);
+                self.finish_release(b, Event::Release, now, fx);
+            } else {
+                self.releasing.insert(b.key, Some(now + RELEASE_RETRY));
+            }
+        }
+    }
+
+    /// Re-applies every block still in force, on every target (`only`: on that one): after a
+    /// restart of the controller or of HAProxy, HAProxy must hold what the store says. Sessions
+    /// are not killed again. Returns how many blocks were sent.
+    fn reapply(&mut self, only: Option<&str>, now: Millis, fx: &mut Effects) -> usize {
+        // Keys and actions only, by where they were applied (nearly always one place): a copy of
+        // every block would double the memory of the index.
+        let mut by_place: HashMap<Arc<Place>, Vec<(IpNet, Actions)>> = HashMap::new();
+        let mut n = 0;
+        for b in self.active.values().filter(|b| !b.dry_run && b.until > now) {
+            by_place.entry(b.place()).or_default().push((b.key, b.actions.clone()));
+            n += 1;
+        }
+        if n > 0 {
+            info!(blocks = n, target = only.unwrap_or("all"), "re-applying active blocks");
+        }
+        let mut places: Vec<_> = by_place.into_iter().collect();
+        for (_, items) in &mut places {
+            // In key order: the same order every time, whatever the index's.
+            items.sort_unstable_by_key(|a| a.0);
+        }
+        places.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
+        for (place, items) in places {
+            // Pipelined jobs of many blocks: 100,000 blocks go back in seconds, not minutes.
+            for chunk in items.chunks(REAPPLY_BATCH) {
+                let job = Job::ApplyMany { blocks: chunk.to_vec(), place: place.clone(), fresh: false };
+                fx.send(only, None, job);
+            }
+        }
+        n
+    }
+
+    /// What `actual` holds that no active block wants, by key, with the actions to remove.
+    fn leftover_actions(&self, actual: &Actual) -> HashMap<IpNet, Vec<Action>> {
+        let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
+        let here = self.here();
+        let wants = |k: &IpNet, a: Action| {
+            self.active.get(k).is_some_and(|b| !b.dry_run && b.actions.has(a) && b.place().same_for(&here, a))
+        };
+        let wants_map = |k: &IpNet| {
+            self.active.get(k).is_some_and(|b| {
+                !b.dry_run && b.actions.map_class().is_some_and(|c| b.place().same_for(&here, Action::Map(c)))
+            })
+        };
+        let recent = |k: &IpNet| self.releasing.contains_key(k) || self.released.get(k).is_some_and(|&t| t >= settled);
+        let mut leftovers: HashMap<IpNet, Vec<Action>> = HashMap::new();
+        for k in actual.acl.iter().flatten().filter(|k| !wants(k, Action::Acl) && !recent(k)) {
+            leftovers.entry(*k).or_default().push(Action::Acl);
+        }
+        for k in actual.mapped.iter().flat_map(|m| m.keys()).filter(|k| !wants_map(k) && !recent(k)) {
+            // Removed by key: the class in the action does not matter.
+            leftovers.entry(*k).or_default().push(Action::Map(MapClass::Deny));
+        }
+        for a in actual.tagged.iter().flatten() {
+            let k = net::host_net(*a);
+            if !wants(&k, Action::Tag) && !recent(&k) {
+                leftovers.entry(k).or_default().push(Action::Tag);
+            }
+        }
+        leftovers
+    }
+
+    /// Where today's `[block]` puts every action.
+    fn here(&self) -> Place {
+        let every = vec![Action::Tag, Action::Acl, Action::Map(MapClass::Deny)];
+        Place::of(&self.cfg.block, &Actions::new(every))
+    }
+
+    /// Puts back on `actual.target` what it lacks of the active blocks (those old enough to have
+    /// been applied before HAProxy was read, and not being released), and removes what it holds of
+    /// keys stickwarden once blocked (`owned`) and no block wants now. Each repair is counted and
+    /// audited; patterns and tags of keys stickwarden never blocked are left alone.
+    fn reconcile(&mut self, actual: Actual, owned: &HashSet<IpNet>, now: Millis, fx: &mut Effects) {
+        let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
+        // What was read is the places of today's [block]; a block applied elsewhere (the
+        // configuration changed since) is compared only where its place is today's.
+        let here = self.here();
+        let mut repairs: Vec<(Block, Actions)> = Vec::new();
+        for b in self.active.values().filter(|b| !b.dry_run && b.since <= settled && b.until > actual.read_at) {
+            if self.releasing.contains_key(&b.key) {
+                continue;
+            }
+            let place = b.place();
+            let mut missing = Vec::new();
+            if b.actions.has(Action::Acl)
+                && place.same_for(&here, Action::Acl)
+                && actual.acl.as_ref().is_some_and(|a| !a.contains(&b.key))
+            {
+                missing.push(Action::Acl);
+            }
+            if b.actions.has(Action::Tag)
+                && net::is_host(&b.key)
+                && place.same_for(&here, Action::Tag)
+                && actual.tagged.as_ref().is_some_and(|t| !t.contains(&b.key.addr()))
+            {
+                missing.push(Action::Tag);
+            }
+            if let Some(class) = b.actions.map_class() {
+                let held = actual.mapped.as_ref().map(|m| m.get(&b.key).map(String::as_str));
+                if place.same_for(&here, Action::Map(class)) && held.is_some_and(|v| v != Some(class.as_str())) {
+                    missing.push(Action::Map(class));
+                }
+            }
+            if !missing.is_empty() {
+                repairs.push((b.clone(), Actions::new(missing)));
+            }
+        }
+        repairs.sort_unstable_by_key(|(b, _)| b.key);
+        let mut removals: Vec<(IpNet, Actions)> = self
+            .leftover_actions(&actual)
+            .into_iter()
+            .filter(|(k, _)| owned.contains(k))
+            .map(|(k, a)| (k, Actions::new(a)))
+            .collect();
+        removals.sort_unstable_by_key(|r| r.0);
+        if repairs.is_empty() && removals.is_empty() {
+            return;
+        }
+        let target = actual.target.as_str();
+        warn!(
+            target,
+            missing = repairs.len(),
+            leftovers = removals.len(),
+            "HAProxy differs from the active blocks; repairing"
+        );
+        // What the actuator remembers of this target is wrong, since HAProxy lost entries.
+        fx.send(Some(target), None, Job::Forget);
+        for (b, missing) in repairs {
+            let mut rec = AuditRecord::of(Event::Repaired, &b, now);
+            rec.actions = missing.clone();
+            rec.reason = format!("{target}: missing {missing}, put back");
+            fx.write(Write::Audit(rec));
+            fx.repairs.push(target.to_owned());
+            let job = Job::Apply { key: b.key, place: b.place(), actions: missing, kill: false };
+            fx.send(Some(target), Some(&b), job);
+        }
+        for (key, actions) in removals {
+            let reason = format!("{target}: leftover {actions} of an ended block, removed");
+            let mut rec = AuditRecord::note(Event::Repaired, now, AUTO_ACTOR, reason);
+            (rec.key, rec.actions) = (Some(key), actions.clone());
+            fx.write(Write::Audit(rec));
+            fx.repairs.push(target.to_owned());
+            let place = self.place(&actions);
+            fx.send(Some(target), None, Job::Release { key, actions, place });
+        }
+    }
+
+    fn manual(&mut self, op: Manual, actor: &str, now: Millis, fx: &mut Effects) -> Result<(), OpError> {
+        match op {
+            Manual::Block { key, duration, reason, allow_broad } => {
+                self.cfg.safety.check_breadth(&key, allow_broad).map_err(|m| OpError::bad("too_broad", m))?;
+                self.manual_block(key, duration, reason, actor, now, fx)
+            }
+            Manual::Unblock { key, reason, grace } => {
+                if !self.active.contains_key(&key) {
+                    return Err(OpError::NotFound(format!("{} is not blocked", net::display(&key))));
+                }
+                if let Some(g) = grace {
+                    let entry = AllowEntry {
+                        net: key,
+                        reason: format!("grace after unblock: {reason}"),
+                        actor: actor.to_owned(),
+                        since: now,
+                        until: Some(now + ms(g)),
+                    };
+                    self.add_allow(entry, now, fx);
+                }
+                self.unblock(key, actor, &reason, now, fx);
+                Ok(())
+            }
+            Manual::Extend { key, duration, reason } => {
+                let Some(old) = self.active.get(&key).cloned() else {
+                    return Err(OpError::NotFound(format!("{} is not blocked", net::display(&key))));
+                };
+                if self.releasing.contains_key(&key) {
+                    return Err(OpError::Conflict(format!("the block of {} is being released", net::display(&key))));
+                }
+                let block = Block { until: now + ms(duration), ..old.clone() };
+                let mut rec = AuditRecord::of(Event::ExpiryChanged, &block, now);
+                (rec.actor, rec.reason, rec.source) = (actor.to_owned(), reason, Origin::Manual);
+                rec.duration_ms = ms(duration);
+                fx.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
+                fx.durable = true;
+                info!(
+                    key = %net::display(&key),
+                    actor,
+                    was = %crate::time::rfc3339(old.until),
+                    until = %crate::time::rfc3339(block.until),
+                    "block end moved"
+                );
+                fx.reply.blocked.push(BlockView::of(&block, now));
+                self.index(block);
+                Ok(())
+            }
+            Manual::Allow { key, duration, reason } => {
+                let entry = AllowEntry {
+                    net: key,
+                    reason: reason.clone(),
+                    actor: actor.to_owned(),
+                    since: now,
+                    until: duration.map(|d| now + ms(d)),
+                };
+                self.add_allow(entry, now, fx);
+                fx.reply.allowed.push(net::display(&key));
+                let mut covered: Vec<IpNet> = self.active.keys().filter(|k| net::overlaps(k, &key)).copied().collect();
+                covered.sort_unstable();
+                for k in covered {
+                    self.unblock(k, actor, &format!("allowlisted: {reason}"), now, fx);
+                }
+                Ok(())
+            }
+            Manual::Disallow { key, reason } => {
+                if self.cfg.allow.iter().any(|a| a.net == key)
+                    || self.cfg.safety.never_block.iter().any(|p| p.net == key)
+                {
+                    return Err(OpError::Conflict(format!(
+                        "{} is allowlisted in {}: remove it there",
+                        net::display(&key),
+                        self.cfg.path.display()
+                    )));
+                }
+                let Some(i) = self.stored_allows.iter().position(|e| e.net == key) else {
+                    return Err(OpError::NotFound(format!("{} is not on the allowlist", net::display(&key))));
+                };
+                let entry = self.stored_allows.remove(i);
+                self.allow = Allowlist::new(&self.cfg, &self.stored_allows);
+                fx.allow_remove.push(key);
+                let mut rec = AuditRecord::note(Event::Disallow, now, actor, reason);
+                (rec.key, rec.source) = (Some(entry.net), Origin::Manual);
+                fx.write(Write::Audit(rec));
+                fx.reply.allowed.push(net::display(&key));
+                Ok(())
+            }
+            Manual::Import { keys, duration, reason, allow_broad } => {
+                // Every entry is checked before anything is recorded: one too broad refuses the file.
+                for k in &keys {
+                    self.cfg.safety.check_breadth(k, allow_broad).map_err(|m| OpError::bad("too_broad", m))?;
+                }
+                self.import(keys, duration, reason, actor, now, fx)
+            }
+        }
+    }
+
+    fn add_allow(&mut self, entry: AllowEntry, now: Millis, fx: &mut Effects) {
+        let mut rec = AuditRecord::note(Event::Allow, now, &entry.actor, entry.reason.clone());
+        (rec.key, rec.source) = (Some(entry.net), Origin::Manual);
+        rec.duration_ms = entry.until.map_or(0, |u| u.saturating_sub(now));
+        // One entry per network: a new one replaces the old (as the store's key does).
+        self.stored_allows.retain(|e| e.net != entry.net);
+        self.stored_allows.push(entry.clone());
+        self.allow = Allowlist::new(&self.cfg, &self.stored_allows);
+        fx.allow_put.push(entry);
+        fx.write(Write::Audit(rec));
+    }
+
+    /// How a manual block of `key` is applied: the ACL, and the tag for an address.
+    fn manual_actions(&self, key: &IpNet) -> Result<Actions, OpError> {
+        let mut a = Vec::new();
+        if net::is_host(key) && self.cfg.block.table.is_some() {
+            a.push(Action::Tag);
+        }
+        if self.cfg.block.acl.is_some() {
+            a.push(Action::Acl);
+        }
+        if a.is_empty() {
+            return Err(OpError::Conflict(format!(
+                "cannot block {}: a network needs [block] acl in the configuration",
+                net::display(key)
+            )));
+        }
+        Ok(Actions::new(a))
+    }
+
+    fn manual_block(
+        &mut self,
+        key: IpNet,
+        duration: Duration,
+        reason: String,
+        actor: &str,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<(), OpError> {
+        if let Some(why) = self.allow.overlaps(&key, now) {
+            return Err(OpError::Conflict(format!(
+                "{} is allowlisted ({why}): remove it from the allowlist first",
+                net::display(&key)
+            )));
+        }
+        let mut actions: Vec<Action> = self.manual_actions(&key)?.iter().collect();
+        // Overriding a block keeps what it did in place (kill is one-shot: nothing to keep).
+        if let Some(old) = self.active.get(&key) {
+            actions.extend(old.actions.iter().filter(|a| *a != Action::Kill));
+        }
+        let actions = Actions::new(actions);
+        let block = Block {
+            key,
+            level: 0,
+            place: Some(self.place(&actions)),
+            nodes: Vec::new(),
+            actions,
+            rule: MANUAL_RULE.into(),
+            reason,
+            source: Origin::Manual,
+            actor: actor.to_owned(),
+            since: now,
+            until: now + ms(duration),
+            counters: Vec::new(),
+            dry_run: false,
+        };
+        let rec = AuditRecord::of(Event::Block, &block, now);
+        fx.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
+        fx.durable = true;
+        info!(key = %net::display(&key), actor, until = %crate::time::rfc3339(block.until), "manual block");
+        self.index(block.clone());
+        let job = Job::Apply { key, actions: block.actions.clone(), kill: false, place: block.place() };
+        fx.reply.blocked.push(BlockView::of(&block, now));
+        fx.jobs.push(Dispatch { only: None, block: Some(block), job, polled_at: None, notify: true });
+        Ok(())
+    }
+
+    /// Releases `key` now, on behalf of `actor`; its audit record says who and why.
+    fn unblock(&mut self, key: IpNet, actor: &str, reason: &str, now: Millis, fx: &mut Effects) {
+        let Some(block) = self.active.get(&key).cloned() else { return };
+        self.unblocked_by.insert(key, (actor.to_owned(), reason.to_owned()));
+        fx.reply.released.push(net::display(&key));
+        if block.dry_run {
+            self.finish_release(&block, Event::WouldRelease, now, fx);
+            return;
+        }
+        self.releasing.insert(key, None);
+        let job = Job::Release { key, actions: block.actions.clone(), place: block.place() };
+        fx.jobs.push(Dispatch { only: None, block: Some(block), job, polled_at: None, notify: true });
+    }
+
+    fn import(
+        &mut self,
+        keys: Vec<IpNet>,
+        duration: Duration,
+        reason: String,
+        actor: &str,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<(), OpError> {
+        let Some(acl) = self.cfg.block.acl.as_ref().map(|a| a.to_string()) else {
+            return Err(OpError::Conflict("an import goes into the ACL: configure [block] acl".into()));
+        };
+        let actions = Actions::new(vec![Action::Acl]);
+        let place = self.place(&actions);
+        let mut fresh = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(why) = self.allow.overlaps(&key, now) {
+                fx.reply.skipped.push((net::display(&key), format!("allowlisted ({why})")));
+            } else if self.active.contains_key(&key) {
+                fx.reply.skipped.push((net::display(&key), "already blocked".into()));
+            } else {
+                let block = Block {
+                    key,
+                    level: 0,
+                    actions: actions.clone(),
+                    rule: "import".into(),
+                    reason: reason.clone(),
+                    source: Origin::Manual,
+                    actor: actor.to_owned(),
+                    since: now,
+                    until: now + ms(duration),
+                    counters: Vec::new(),
+                    dry_run: false,
+                    place: Some(place.clone()),
+                    nodes: Vec::new(),
+                };
+                let rec = AuditRecord::of(Event::Block, &block, now);
+                fx.reply.blocked.push(BlockView::of(&block, now));
+                fx.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
+                // Indexed at once: a key twice in the file is blocked once.
+                self.index(block);
+                fresh.push(key);
+            }
+        }
+        fx.durable = true;
+        info!(actor, imported = fresh.len(), skipped = fx.reply.skipped.len(), "import recorded");
+        if !fresh.is_empty() {
+            let job = Job::ImportAcl { keys: fresh, acl };
+            fx.jobs.push(Dispatch { only: None, block: None, job, polled_at: None, notify: true });
+        }
+        Ok(())
+    }
+}
+
+/// Why the breaker opened, in words: what the limit was made of.
+fn breaker_reason(l: Limits, blocks: usize, limit: usize, population: Option<u64>) -> String {
+    let pct = l.share * 100.0;
+    let made_of = match population {
+        _ if l.cap.is_some_and(|c| c as usize == limit) => format!("max_blocks_per_minute = {limit}"),
+        Some(p) if limit > l.floor as usize => format!("{pct}% of the {p} clients the watched tables track"),
+        Some(p) => format!("breaker_floor = {}; {pct}% of the {p} tracked clients is fewer", l.floor),
+        None => format!("breaker_floor = {}; no poll has counted the tracked clients yet", l.floor),
+    };
+    format!("{blocks} automatic blocks within a minute reached the limit of {limit} ({made_of}): a rule that matches this many clients looks broken")
+}
+
+/// `http_req_rate=312, conn_cur=4`
+fn describe(counters: &[(String, i64)]) -> String {
+    counters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests;
