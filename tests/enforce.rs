@@ -9,6 +9,8 @@ use common::*;
 use stickwarden::store::{Event, Store};
 
 const INTERVAL: Duration = Duration::from_millis(INTERVAL_MS);
+/// The daemon's housekeeping period (releases are looked for this often).
+const TICK: Duration = Duration::from_millis(250);
 
 fn events(store: &Store, key: &str) -> Vec<(Event, String, u32)> {
     store
@@ -68,23 +70,32 @@ async fn flooder_gets_403_within_two_intervals_normal_and_allowlisted_clients_do
     assert!(events(&store, "127.0.0.4").is_empty());
 }
 
+/// Real durations (10 minutes, then an hour), on the daemon's clock: the test skips them instead
+/// of sleeping, so the checks just before and just after each end have a minute of margin, not
+/// a fraction of a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeat_offence_climbs_the_ladder_and_release_brings_service_back_on_time() {
     let sb = haproxy();
     let c = admin(&sb).await;
-    let steps = "{ action = [\"tag\"], duration = \"2s\" }, { action = [\"tag\", \"acl\"], duration = \"3s\" }";
+    let steps = "{ action = [\"tag\"], duration = \"10m\" }, { action = [\"tag\", \"acl\"], duration = \"1h\" }";
     let s = setup(&sb, "", &policy(steps), "");
     let d = Daemon::start(&s);
+    let skip_to = |t: u64| d.clock.skip(Duration::from_millis(t.saturating_sub(d.clock.now())));
 
     flood(&sb, 1, 150).await;
     assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
     assert_eq!(get(&sb, 1).await, 403);
     assert!(acl(&c, &sb).await.is_empty(), "level 1 is a tag only");
     let first = d.store.blocks().unwrap().remove(0);
-    assert_eq!(first.level, 1);
+    assert_eq!((first.level, first.until - first.since), (1, 600_000));
 
-    // Released after 2 s: tag back to 0 and the entry cleared (its counters with it), served again.
-    assert!(eventually(Duration::from_secs(4), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await);
+    // A minute before its end: still denied, after the housekeeping ticks of that instant.
+    skip_to(first.until - 60_000);
+    tokio::time::sleep(4 * TICK).await;
+    assert_eq!(get(&sb, 1).await, 403, "released early");
+    // At its end: tag back to 0 and the entry cleared (its counters with it), served again.
+    skip_to(first.until);
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await);
     assert!(eventually(Duration::from_secs(1), || async { d.store.blocks().unwrap().is_empty() }).await);
     assert_eq!(get(&sb, 1).await, 200);
 
@@ -93,18 +104,17 @@ async fn repeat_offence_climbs_the_ladder_and_release_brings_service_back_on_tim
     assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await == ["127.0.0.2"] }).await);
     let second = d.store.blocks().unwrap().remove(0);
     assert_eq!((second.level, second.actions.to_string().as_str()), (2, "tag+acl"));
+    assert_eq!(second.until - second.since, 3_600_000);
     assert!(second.since >= first.until, "the first block ran its full time");
     assert_eq!(gpt0(&c, "127.0.0.2").await, Some(1));
     assert_eq!(get(&sb, 1).await, 403);
 
-    // Still denied just before its end, served again just after.
-    let until = Duration::from_millis(second.until - stickwarden::time::now_ms());
-    tokio::time::sleep(until.saturating_sub(Duration::from_millis(700))).await;
+    // Still denied a minute before its end, served again once it has come.
+    skip_to(second.until - 60_000);
+    tokio::time::sleep(4 * TICK).await;
     assert_eq!(get(&sb, 1).await, 403, "released early");
-    assert!(
-        eventually(Duration::from_millis(700 + 1500), || async { acl(&c, &sb).await.is_empty() }).await,
-        "released late"
-    );
+    skip_to(second.until);
+    assert!(eventually(Duration::from_secs(3), || async { acl(&c, &sb).await.is_empty() }).await, "released late");
     assert!(
         eventually(Duration::from_secs(1), || async { gpt0(&c, "127.0.0.2").await.is_none() }).await,
         "entry cleared"
@@ -115,6 +125,9 @@ async fn repeat_offence_climbs_the_ladder_and_release_brings_service_back_on_tim
     assert!(store.blocks().unwrap().is_empty());
     let ev: Vec<(Event, u32)> = events(&store, "127.0.0.2").into_iter().map(|(e, _, l)| (e, l)).collect();
     assert_eq!(ev, [(Event::Block, 1), (Event::Release, 1), (Event::Block, 2), (Event::Release, 2)]);
+    let released: Vec<u64> =
+        store.audit_since(0).unwrap().iter().filter(|r| r.event == Event::Release).map(|r| r.at).collect();
+    assert!(released[0] >= first.until && released[1] >= second.until, "released before the end: {released:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +240,7 @@ async fn subnet_aggregation_puts_the_prefix_in_the_acl() {
 async fn an_entry_in_use_at_release_is_untagged_at_once_and_cleared_when_free() {
     let sb = haproxy();
     let c = admin(&sb).await;
-    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"2s\" }"), "");
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
     // A live connection through ft_tcp, tracked in ft_web: the offender's entry is in use.
     let held = stickwarden::sandbox::connect_from(stickwarden::sandbox::client_addr(1), sb.tcp_port).await.unwrap();
     let d = Daemon::start(&s);
@@ -240,8 +253,9 @@ async fn an_entry_in_use_at_release_is_untagged_at_once_and_cleared_when_free() 
     c.set_table("ft_web", key, &[("http_req_rate".parse().unwrap(), 0), ("http_err_rate".parse().unwrap(), 0)])
         .await
         .unwrap();
+    d.clock.skip(Duration::from_secs(3600));
     // Released: the tag is 0 at once, but `clear table` answers "Entry currently in use".
-    assert!(eventually(Duration::from_secs(4), || async { gpt0(&c, "127.0.0.2").await == Some(0) }).await);
+    assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(0) }).await);
     // The store records the release once HAProxy confirmed it: a moment after the tag changed.
     assert!(eventually(Duration::from_secs(1), || async { d.store.blocks().unwrap().is_empty() }).await);
     assert_eq!(get(&sb, 1).await, 200);
@@ -591,13 +605,14 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_haproxy_down_is_bounded_and_keeps_the_unconfirmed_release() {
     let mut sb = haproxy();
-    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1s\" }"), "");
+    let s = setup(&sb, "", &policy("{ action = [\"tag\"], duration = \"1h\" }"), "");
     let d = Daemon::start(&s);
     flood(&sb, 1, 150).await;
     let c = admin(&sb).await;
     assert!(eventually(Duration::from_secs(3), || async { gpt0(&c, "127.0.0.2").await == Some(1) }).await);
     sb.stop();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the release is due, and cannot be sent
+    d.clock.skip(Duration::from_secs(3600));
+    tokio::time::sleep(4 * TICK).await; // the release is due, and cannot be sent
     let started = Instant::now();
     let store = d.stop().await;
     let took = started.elapsed();

@@ -85,7 +85,9 @@ pub async fn serve(cfg: Config, store: Store, stop: impl std::future::Future<Out
         shutdown.await;
         let _ = super::systemd::notify("STOPPING=1");
     };
-    let result = crate::daemon::run_with(cfg, store, metrics, shutdown, on_start).await.map_err(Failure::runtime);
+    let result = crate::daemon::run_with(cfg, store, metrics, crate::time::Clock::system(), shutdown, on_start)
+        .await
+        .map_err(Failure::runtime);
     // The API's tasks end with the runtime: its socket files are removed here, so that nothing
     // mistakes a stale one for a daemon that answers.
     for p in sockets {

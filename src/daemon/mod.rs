@@ -168,32 +168,13 @@ fn start_targets(cfg: &Config, stop_rx: &watch::Receiver<bool>, metrics: &Arc<Me
 
 /// Runs the daemon on an opened store until `shutdown` resolves.
 pub async fn run(cfg: Config, store: Store, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
-    run_with(cfg, store, Arc::new(Metrics::new()), shutdown, |_, _| {}).await
+    run_with(cfg, store, Arc::new(Metrics::new()), Clock::system(), shutdown, |_, _| {}).await
 }
 
-/// [`run`] on `clock` instead of the system's: a test skips an hour instead of sleeping it.
-pub async fn run_clocked(
-    cfg: Config,
-    store: Store,
-    clock: Clock,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StoreError> {
-    run_full(cfg, store, Arc::new(Metrics::new()), clock, shutdown, |_, _| {}).await
-}
-
-/// [`run`], with the metrics to update and a callback that receives a [`Handle`] and the
-/// targets' clients once everything runs (the HTTP API is started there).
+/// [`run`], with the metrics to update, the clock to read (a test skips an hour on its own
+/// instead of sleeping it), and a callback that receives a [`Handle`] and the targets' clients
+/// once everything runs (the HTTP API is started there).
 pub async fn run_with(
-    cfg: Config,
-    store: Store,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-    on_start: impl FnOnce(Handle, Vec<(String, Client)>),
-) -> Result<(), StoreError> {
-    run_full(cfg, store, metrics, Clock::system(), shutdown, on_start).await
-}
-
-async fn run_full(
     cfg: Config,
     store: Store,
     metrics: Arc<Metrics>,
@@ -393,4 +374,31 @@ pub async fn run_once(cfg: Config, store: Store, op: Manual, actor: &str, wait: 
     let _ = stop_tx.send(true);
     tokio::task::spawn_blocking(move || store.flush()).await.map_err(|_| OpError::Unavailable)??;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On tokio's paused clock: the wait is exactly [`CONFIRM_WAIT`] of clock time, and not one
+    /// real second of the test's.
+    #[tokio::test(start_paused = true)]
+    async fn an_action_not_confirmed_in_time_is_answered_pending_and_one_confirmed_in_time_is_not() {
+        let (tx, rx) = oneshot::channel::<Vec<String>>();
+        let started = tokio::time::Instant::now();
+        let out = confirm(ManualReply { outcome: Outcome::default(), pending: vec![rx] }, CONFIRM_WAIT).await;
+        assert_eq!(started.elapsed(), CONFIRM_WAIT);
+        assert_eq!(out.failures, ["not confirmed by HAProxy within 10s: recorded, and retried until it is"]);
+        drop(tx);
+
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(CONFIRM_WAIT - Duration::from_millis(1)).await;
+            let _ = tx.send(vec!["lb1: refused".to_owned()]);
+        });
+        let started = tokio::time::Instant::now();
+        let out = confirm(ManualReply { outcome: Outcome::default(), pending: vec![rx] }, CONFIRM_WAIT).await;
+        assert_eq!(started.elapsed(), CONFIRM_WAIT - Duration::from_millis(1));
+        assert_eq!(out.failures, ["lb1: refused"]);
+    }
 }

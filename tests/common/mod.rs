@@ -77,6 +77,8 @@ pub fn setup(sb: &Sandbox, top: &str, policy: &str, extra: &str) -> Setup {
 /// The controller running in this process on `setup`, with its store open for inspection.
 pub struct Daemon {
     pub store: stickwarden::store::Store,
+    /// The daemon's clock: a test skips a block's hour instead of sleeping it.
+    pub clock: stickwarden::time::Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), stickwarden::store::StoreError>>,
 }
@@ -98,10 +100,14 @@ impl Daemon {
         }
         let cfg = stickwarden::config::Config::load(&setup.config).unwrap_or_else(|e| panic!("{e}"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(stickwarden::daemon::run(cfg, store.clone(), async move {
+        let clock = stickwarden::time::Clock::system();
+        let metrics = std::sync::Arc::new(stickwarden::metrics::Metrics::new());
+        let stop = async move {
             let _ = rx.await;
-        }));
-        Daemon { store, stop: Some(tx), task }
+        };
+        let run = stickwarden::daemon::run_with(cfg, store.clone(), metrics, clock.clone(), stop, |_, _| {});
+        let task = tokio::spawn(run);
+        Daemon { store, clock, stop: Some(tx), task }
     }
 
     /// Stops it as SIGTERM would and checks it ended cleanly.
