@@ -277,6 +277,22 @@ async fn simulate_runs_the_shipped_rules_over_recorded_dumps() {
     assert!(stderr(&o).contains("bad.txt:1: not a `show table` line"), "{}", stderr(&o));
     let o = stickwarden(&["simulate", "--rules", "/nonexistent", d1.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(64));
+
+    // With a whole configuration: its allowlist holds (as in `run`), so nothing is blocked.
+    let cfg = dir.path().join("stickwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "rules = \"{rules}\"\n[[haproxy]]\nname = \"lb\"\nsocket = \"/nonexistent.sock\"\n\
+             [block]\ntable = \"ft_web\"\nacl = \"/etc/haproxy/blocked.acl\"\n[[allow]]\ncidr = \"10.0.0.0/24\"\nreason = \"office\"\n"
+        ),
+    )
+    .unwrap();
+    let o = stickwarden(&["simulate", "--config", cfg.to_str().unwrap(), "--json", d1.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(json_lines(&o).is_empty(), "{}", stdout(&o));
+    let o = stickwarden(&["simulate", d1.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "--rules or --config is required");
 }
 
 /// The demo's blocks can be watched in the review console: the URL and token it prints let a

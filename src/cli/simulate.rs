@@ -1,4 +1,4 @@
-//! `stickwarden simulate --rules DIR DUMP...`: who the rules would block, at which step and why,
+//! `stickwarden simulate --rules DIR|--config FILE DUMP...`: who the rules would block, at which step and why,
 //! over recorded dumps taken as successive polls. Contacts no HAProxy, writes no store.
 
 use std::path::PathBuf;
@@ -8,10 +8,14 @@ use clap::Args;
 use super::{Failure, EXIT_CONFIG};
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["rules", "config"]))]
 pub struct SimulateArgs {
-    /// The rules directory to try.
+    /// The rules directory to try, every other setting at its default.
     #[arg(long)]
-    rules: PathBuf,
+    rules: Option<PathBuf>,
+    /// A whole configuration instead: its rules, dry-run, allowlist, breaker and aggregation.
+    #[arg(long, conflicts_with = "rules")]
+    config: Option<PathBuf>,
     /// Time between two successive dumps.
     #[arg(long, default_value = "1s")]
     interval: String,
@@ -25,8 +29,18 @@ pub struct SimulateArgs {
 
 pub fn run(a: SimulateArgs) -> Result<(), Failure> {
     let interval = crate::ops::parse_duration(&a.interval).map_err(Failure::usage)?;
-    let rules = crate::rules::load_dir(&a.rules).map_err(|e| Failure { code: EXIT_CONFIG, error: e.into() })?;
-    let decisions = crate::simulate::simulate(&rules, &a.dumps, interval).map_err(Failure::usage)?;
+    let cfg = match (&a.rules, &a.config) {
+        (Some(dir), _) => {
+            let rules = crate::rules::load_dir(dir).map_err(|e| Failure { code: EXIT_CONFIG, error: e.into() })?;
+            crate::config::Config::offline(rules)
+        }
+        (None, Some(path)) => {
+            crate::config::Config::load(path).map_err(|e| Failure { code: EXIT_CONFIG, error: e.into() })?
+        }
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let decisions =
+        crate::simulate::simulate_with(std::sync::Arc::new(cfg), &a.dumps, interval).map_err(Failure::usage)?;
     if a.json {
         for d in &decisions {
             say!("{}", serde_json::to_string(d).map_err(Failure::runtime)?)?;
