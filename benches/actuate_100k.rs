@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
     }
     feed.extend_from_slice(b"quit\n");
     let blocks: Vec<_> = (0..BLOCKS)
-        .map(|i| (stickwarden::net::host_net(nth_addr(i).into()), Actions::new(vec![Action::Tag, Action::Acl])))
+        .map(|i| (stickwarden::key::Key::host(nth_addr(i).into()), Actions::new(vec![Action::Tag, Action::Acl])))
         .collect();
     let target =
         TargetConfig { name: "bench".into(), target: sb.admin().parse().unwrap(), commands_per_second: 100_000_000 };

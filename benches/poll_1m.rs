@@ -116,7 +116,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("socat_raw_dump", |b| b.iter(|| socat(&sock, b"show table ft_web\n")));
     g.bench_function("daemon_full_poll", |b| {
         b.iter(|| {
-            let p = rt.block_on(poll::poll(&client, "ft_web", &full, &rules)).unwrap();
+            let p = rt.block_on(poll::poll(&client, "ft_web", None, &full, &rules)).unwrap();
             assert_eq!((p.observations.len(), p.scanned), (offending, u64::from(ENTRIES)));
         })
     });
@@ -128,7 +128,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("socat_filtered_dump", |b| b.iter(|| socat(&sock, &filtered_input)));
     g.bench_function("daemon_filtered_poll", |b| {
         b.iter(|| {
-            let p = rt.block_on(poll::poll(&client, "ft_web", &planned, &rules)).unwrap();
+            let p = rt.block_on(poll::poll(&client, "ft_web", None, &planned, &rules)).unwrap();
             assert_eq!(p.observations.len(), offending);
         })
     });
@@ -140,7 +140,7 @@ fn bench(c: &mut Criterion) {
         socat(&sock, b"show table ft_web\n");
         theirs.push(t.elapsed());
         let t = Instant::now();
-        rt.block_on(poll::poll(&client, "ft_web", &full, &rules)).unwrap();
+        rt.block_on(poll::poll(&client, "ft_web", None, &full, &rules)).unwrap();
         ours.push(t.elapsed());
     }
     let (o, t) = (median(ours), median(theirs));

@@ -102,7 +102,7 @@ async fn run() {
 
         offend().await;
         let today = per_poll(pid, hz, || async {
-            let p = poll::poll(&c, "ft_web", &queries, &rules).await.unwrap();
+            let p = poll::poll(&c, "ft_web", None, &queries, &rules).await.unwrap();
             assert_eq!(p.observations.len(), suspects.len());
         })
         .await;

@@ -283,11 +283,11 @@ fn populate(path: &Path) {
             last_seen: now - 3_600_000,
             ..Default::default()
         };
-        store.put_offender(addr, &o).unwrap();
+        store.put_offender(&stickwarden::key::Key::host(addr), &o).unwrap();
     }
     let blocks: Vec<Block> = (0..ACTIVE_BLOCKS)
         .map(|i| Block {
-            key: stickwarden::net::host_net(IpAddr::V4(Ipv4Addr::from(0x0c00_0000 + i))),
+            key: stickwarden::key::Key::host(IpAddr::V4(Ipv4Addr::from(0x0c00_0000 + i))),
             level: 1,
             actions: Actions::new(vec![Action::Tag, Action::Acl]),
             rule: "http-flood".into(),
@@ -312,7 +312,10 @@ fn populate(path: &Path) {
         dry_run: false,
     });
     store
-        .put_offender(repeat, &Offender { offences: offences.collect(), last_seen: now, ..Default::default() })
+        .put_offender(
+            &stickwarden::key::Key::host(repeat),
+            &Offender { offences: offences.collect(), last_seen: now, ..Default::default() },
+        )
         .unwrap();
     for i in 1..3u64 {
         let mut old = blocks[5].clone();

@@ -64,6 +64,12 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
             (tc.name.clone(), cols)
         })
         .collect();
+    // A table keyed otherwise carries the tag of its own keys.
+    for tc in cfg.tables.iter().filter(|t| t.key.is_some() && cfg.rules.policy.uses(Action::Tag)) {
+        if let Some((_, cols)) = needs.iter_mut().find(|(n, _)| *n == tc.name) {
+            cols.insert(cfg.block.tag.to_string());
+        }
+    }
     if let Some(bt) = cfg.block.table.as_ref().filter(|_| cfg.rules.policy.uses(Action::Tag)) {
         match needs.iter_mut().find(|(n, _)| n == bt) {
             Some((_, cols)) => {
@@ -81,12 +87,33 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
             )));
             continue;
         };
-        if !matches!(KeyType::from_header(&info.key_type), Some(KeyType::Ip | KeyType::Ipv6)) {
-            out.push(Finding::fail(format!(
-                "table '{name}' is keyed by {}; stickwarden needs type ip or ipv6",
-                info.key_type
-            )));
-            continue;
+        let declared = cfg.key_type(name);
+        match (KeyType::from_header(&info.key_type), declared) {
+            (Some(KeyType::Ip | KeyType::Ipv6), None) => {}
+            (Some(KeyType::String { .. }), Some(KeyType::String { len })) => out.push(Finding::ok(format!(
+                "table '{name}' is keyed by string (keys checked at most {} bytes, its `len`): its keys are \
+                 blocked by tag and map only; the ACL, kill and aggregation are for addresses",
+                len.unwrap_or_default()
+            ))),
+            (Some(KeyType::Integer), Some(KeyType::Integer)) => out.push(Finding::ok(format!(
+                "table '{name}' is keyed by integer: its keys are blocked by tag and map only; the ACL, kill \
+                 and aggregation are for addresses"
+            ))),
+            (_, None) => {
+                out.push(Finding::fail(format!(
+                    "table '{name}' is keyed by {}: declare it in [[table]] with key = \"string\" (and key_len) \
+                     or \"integer\", or track addresses (type ip or ipv6)",
+                    info.key_type
+                )));
+                continue;
+            }
+            (_, Some(want)) => {
+                out.push(Finding::fail(format!(
+                    "table '{name}' is keyed by {} in HAProxy, and [[table]] says key = \"{want}\"",
+                    info.key_type
+                )));
+                continue;
+            }
         }
         let (mut missing, mut unfilterable) = (Vec::new(), Vec::new());
         for col in cols {
@@ -164,6 +191,19 @@ pub async fn check_target(cfg: &Config, t: &TargetConfig) -> Vec<Finding> {
             Ok(_) => out.push(Finding::fail(format!(
                 "map file {map} is not loaded by HAProxy: read it with `http-request set-var(txn.sw_class) \
                  src,map_ip({map})` (`stickwarden haproxy-config` prints the lines); the file must exist, even empty"
+            ))),
+            Err(e) => out.push(Finding::fail(format!("cannot list maps: {e}"))),
+        }
+    }
+    // The maps of tables keyed otherwise, read with `map` (strings) rather than `map_ip`.
+    for (name, map) in cfg.tables.iter().filter_map(|t| Some((&t.name, t.map.as_ref()?))) {
+        match client.list_maps().await {
+            Ok(list) if list.iter().any(|m| m.file.as_deref() == Some(&map.to_string())) => {
+                out.push(Finding::ok(format!("map {map} (keys of {name}) is loaded")))
+            }
+            Ok(_) => out.push(Finding::fail(format!(
+                "map file {map} (keys of {name}) is not loaded by HAProxy: read it with the key's fetch, e.g. \
+                 `req.hdr(x-api-key),map({map})`; the file must exist, even empty"
             ))),
             Err(e) => out.push(Finding::fail(format!("cannot list maps: {e}"))),
         }

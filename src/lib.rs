@@ -7,13 +7,15 @@
 //! - [`proto`]: the protocol with no I/O: commands and their encoding, key validation, answer
 //!   framing, error classification, and streaming parsers of `show table`, `show info`,
 //!   `show acl`, `show sess`. Tested on text captured from real HAProxy 2.6 and 3.4.
+//! - [`net`]: addresses and networks in the one canonical form blocks are keyed by, and the one
+//!   containment rule.
+//! - [`key`]: what blocks, offenders and audit records are about: an address or network, or a
+//!   key of a table keyed by something else (string, integer), validated against its type.
 //! - [`client`]: one connection actor per target, commands pipelined over a persistent interactive
 //!   connection, typed results, reconnection with backoff, streamed table dumps.
 //! - [`output`]: how tables and entries are printed for people (aligned columns) and programs
 //!   (JSON Lines), written as they stream.
 //! - [`time`]: instants as the store keeps them (ms since the epoch, RFC 3339 for people).
-//! - [`net`]: addresses and networks in the one canonical form blocks are keyed by, and the one
-//!   containment rule.
 //! - [`checked`]: checked TOML, below every file reader: errors at file:line:column, the value
 //!   types (durations, networks, times) and their limits.
 //! - [`rules`]: rule files, conditions, the scoring and escalation policy, and the server-side
@@ -65,6 +67,7 @@ pub mod decide;
 pub mod engine;
 pub mod fleet;
 pub mod haproxy_side;
+pub mod key;
 pub mod metrics;
 pub mod net;
 pub mod ops;

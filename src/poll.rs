@@ -12,14 +12,16 @@ use tracing::{debug, warn};
 
 use crate::client::{Client, ClientError, TableItem};
 use crate::columns;
-use crate::proto::{DataField, Filter, TableSelect};
+use crate::key::Key;
+use crate::proto::{DataField, Filter, KeyType, TableSelect};
 use crate::rules::{filters, Condition, Rule, RuleSet};
 pub use crate::suspects::Blocked;
 
 /// An entry that matched at least one rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
-    pub addr: IpAddr,
+    /// The client: its address, or its key in a table keyed otherwise.
+    pub key: Key,
     /// Indices into the rule set of the rules it matched.
     pub rules: Vec<usize>,
     /// The values of the columns those rules read.
@@ -29,10 +31,10 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// The observation of `addr` if it matches a rule of `table`, each condition's column read by
+    /// The observation of `key` if it matches a rule of `table`, each condition's column read by
     /// `read` (from one entry, or from the values merged across a fleet).
     pub fn of(
-        addr: IpAddr,
+        key: Key,
         rules: &RuleSet,
         table: &str,
         read: impl Fn(&Condition) -> Option<i128>,
@@ -50,7 +52,7 @@ impl Observation {
                 counters.push((c.column.to_string(), v.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
             }
         }
-        Some(Observation { addr, rules: matched, counters, nodes: Vec::new() })
+        Some(Observation { key, rules: matched, counters, nodes: Vec::new() })
     }
 }
 
@@ -80,8 +82,8 @@ pub async fn sweep(
 ) -> Result<Sweep, ClientError> {
     let tag = blocked.tag;
     let mut untagged: HashSet<IpAddr> = HashSet::new();
-    let mut full = poll_each(client, table, queries, rules, |addr, e| {
-        if !is_tagged(e, tag) {
+    let mut full = poll_each(client, table, None, queries, rules, |key, e| {
+        if let (Some(addr), false) = (key.addr(), is_tagged(e, tag)) {
             untagged.insert(addr);
         }
     })
@@ -101,8 +103,8 @@ pub async fn sweep(
         let mut listed = listed.into_iter();
         missed.retain(|_| !listed.next().unwrap_or(false));
     }
-    let seen: HashSet<IpAddr> = full.observations.iter().map(|o| o.addr).collect();
-    full.observations.extend(flagged.polled.observations.into_iter().filter(|o| !seen.contains(&o.addr)));
+    let seen: HashSet<Key> = full.observations.iter().map(|o| o.key.clone()).collect();
+    full.observations.extend(flagged.polled.observations.into_iter().filter(|o| !seen.contains(&o.key)));
     full.scanned += flagged.polled.scanned;
     Ok(Sweep { polled: full, missed, flagged: flagged.flagged.len() })
 }
@@ -153,26 +155,29 @@ pub struct Polled {
     pub used: Option<u64>,
 }
 
-/// One poll: every query of the table, each entry evaluated once.
+/// One poll: every query of the table, each entry evaluated once. `key`: what the table is keyed
+/// by when it is not addresses (`[[table]] key`).
 pub async fn poll(
     client: &Client,
     table: &str,
+    key: Option<KeyType>,
     queries: &[Vec<Filter>],
     rules: &RuleSet,
 ) -> Result<Polled, ClientError> {
-    poll_each(client, table, queries, rules, |_, _| {}).await
+    poll_each(client, table, key, queries, rules, |_, _| {}).await
 }
 
 /// [`poll`], calling `matched` with each entry that matched a rule.
 async fn poll_each(
     client: &Client,
     table: &str,
+    key_type: Option<KeyType>,
     queries: &[Vec<Filter>],
     rules: &RuleSet,
-    mut matched: impl FnMut(IpAddr, &crate::proto::table::Entry<'_>),
+    mut matched: impl FnMut(&Key, &crate::proto::table::Entry<'_>),
 ) -> Result<Polled, ClientError> {
     let mut out = Vec::new();
-    let mut seen: HashSet<IpAddr> = HashSet::new();
+    let mut seen: HashSet<Key> = HashSet::new();
     let (mut scanned, mut used) = (0, None);
     for q in queries {
         let select = TableSelect::query(q);
@@ -183,15 +188,15 @@ async fn poll_each(
                     used = Some(h.used);
                 }
                 if let TableItem::Entry(e) = item {
-                    let Some(addr) = e.key_addr() else { return };
-                    if queries.len() > 1 && seen.contains(&addr) {
+                    let Some(key) = key_of(table, key_type, &e) else { return };
+                    if queries.len() > 1 && seen.contains(&key) {
                         return;
                     }
-                    if let Some(o) = Observation::of(addr, rules, table, |c| c.read(&e)) {
+                    if let Some(o) = Observation::of(key.clone(), rules, table, |c| c.read(&e)) {
                         if queries.len() > 1 {
-                            seen.insert(addr);
+                            seen.insert(key.clone());
                         }
-                        matched(addr, &e);
+                        matched(&key, &e);
                         out.push(o);
                     }
                 }
@@ -200,6 +205,18 @@ async fn poll_each(
         scanned += stats.entries;
     }
     Ok(Polled { observations: out, scanned, used })
+}
+
+/// The client an entry of `table` is about: its address, or (for a table keyed otherwise) its key
+/// as HAProxy takes it back. A key that does not fit the type is skipped (HAProxy never dumps one).
+fn key_of(table: &str, key_type: Option<KeyType>, e: &crate::proto::table::Entry<'_>) -> Option<Key> {
+    match key_type {
+        None => e.key_addr().map(Key::host),
+        Some(ty) => {
+            let bytes = e.key_bytes();
+            Key::in_table(table, ty, std::str::from_utf8(&bytes).ok()?).ok()
+        }
+    }
 }
 
 /// Keys read by key in one pipelined batch.
@@ -261,7 +278,7 @@ pub async fn poll_suspects(
                         out.polled.scanned += 1;
                         if is_tagged(&e, tag) {
                             tagged.push(key.clone());
-                        } else if let Some(o) = Observation::of(*addr, rules, table, |c| c.read(&e)) {
+                        } else if let Some(o) = Observation::of(Key::host(*addr), rules, table, |c| c.read(&e)) {
                             out.polled.observations.push(o);
                         }
                     }

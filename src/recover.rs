@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::key::Key;
+
 use crate::client::{Client, ClientOptions};
 use crate::config::Config;
 use crate::rules::{Action, Actions};
@@ -197,7 +199,7 @@ pub async fn recover(cfg: &Config, opts: &Options<'_>) -> Result<Report, Recover
         // Taken back from where today's [block] puts things: that is where release goes.
         let actions = Actions::new(actions);
         let block = Block {
-            key,
+            key: Key::Net(key),
             level: 0,
             place: Some(std::sync::Arc::new(Place::of(&cfg.block, &actions))),
             nodes: Vec::new(),

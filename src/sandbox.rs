@@ -32,8 +32,11 @@ pub struct SandboxOptions {
     /// sandbox): an error HAProxy counts as a response, as from a real application.
     pub not_found: bool,
     /// Lines for `ft_web` after its tracking line (the `map:CLASS` responses of
-    /// [`crate::haproxy_side`]'s kind), with [`MAP_FILE`] standing for the sandbox's block map.
+    /// [`crate::haproxy_side`]'s kind, a second tracking line and its denies), with [`MAP_FILE`]
+    /// standing for the sandbox's block map.
     pub map_lines: Vec<String>,
+    /// More sections at the end of the configuration (a backend holding another table).
+    pub sections: String,
 }
 
 /// What stands for the sandbox's block map file in [`SandboxOptions::map_lines`].
@@ -295,7 +298,8 @@ backend t_noexp
     stick-table type ip size 1k store gpt0
 backend t_small
     stick-table type ip size 2 expire 1h store gpt0
-{section}{origin}"
+{section}{origin}{extra}",
+        extra = opts.sections
     )
 }
 

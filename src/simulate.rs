@@ -71,20 +71,20 @@ pub fn simulate_with(
     interval: Duration,
 ) -> Result<Vec<SimDecision>, SimError> {
     let mut decider = Decider::new(cfg.clone(), Vec::new());
-    let mut offenders: HashMap<IpAddr, Offender> = HashMap::new();
+    let mut offenders: HashMap<crate::key::Key, Offender> = HashMap::new();
     let mut out = Vec::new();
     let mut parser = EntryParser::new();
     for (i, path) in dumps.iter().enumerate() {
         let now = ms(interval) * i as u64;
         let poll = i + 1;
-        let record = |fx: Effects, offenders: &mut HashMap<IpAddr, Offender>, out: &mut Vec<SimDecision>| {
+        let record = |fx: Effects, offenders: &mut HashMap<crate::key::Key, Offender>, out: &mut Vec<SimDecision>| {
             for w in fx.writes {
                 if let Some(d) = SimDecision::of(&w, poll, now) {
                     out.push(d);
                 }
                 match w {
-                    Write::Offender(a, o) | Write::Decide { offender: Some((a, o)), .. } => {
-                        offenders.insert(a, o);
+                    Write::Offender(k, o) | Write::Decide { offender: Some((k, o)), .. } => {
+                        offenders.insert(k, o);
                     }
                     _ => {}
                 }
@@ -115,11 +115,11 @@ pub fn simulate_with(
         let mut batch = Vec::new();
         for s in &samples {
             let Line::Entry(e) = parser.parse_line(&s.line) else { continue };
-            batch.extend(Observation::of(s.addr, &cfg.rules, &s.table, |c| c.read(&e)));
+            batch.extend(Observation::of(crate::key::Key::host(s.addr), &cfg.rules, &s.table, |c| c.read(&e)));
         }
         let candidates = decider.candidates(polled_at, batch, now);
         let scored = candidates.into_iter().map(|o| {
-            let history = offenders.get(&o.addr).cloned();
+            let history = offenders.get(&o.key).cloned();
             (o, history)
         });
         let input = Input::Scored { polled_at, scored: scored.collect(), population };
@@ -141,7 +141,7 @@ impl SimDecision {
             poll,
             at_s: now / 1000,
             event: rec.event.as_str().to_owned(),
-            key: rec.key.map(|k| crate::net::display(&k)).unwrap_or_default(),
+            key: rec.key.as_ref().map(|k| k.text()).unwrap_or_default(),
             rule: rec.rule.clone(),
             level: rec.level,
             action: rec.actions.to_string(),

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use stickwarden::key::Key;
 use stickwarden::store::{Event, Store};
 
 const INTERVAL: Duration = Duration::from_millis(INTERVAL_MS);
@@ -17,7 +18,7 @@ fn events(store: &Store, key: &str) -> Vec<(Event, String, u32)> {
         .audit_since(0)
         .unwrap()
         .into_iter()
-        .filter(|r| r.key.is_some_and(|k| stickwarden::net::display(&k) == key))
+        .filter(|r| r.key.as_ref().is_some_and(|k| k.to_string() == key))
         .map(|r| (r.event, r.rule, r.level))
         .collect()
 }
@@ -63,7 +64,7 @@ async fn flooder_gets_403_within_two_intervals_normal_and_allowlisted_clients_do
     let store = d.stop().await;
     let blocks = store.blocks().unwrap();
     assert_eq!(blocks.len(), 1, "{blocks:?}");
-    assert_eq!(stickwarden::net::display(&blocks[0].key), "127.0.0.2");
+    assert_eq!(blocks[0].key.to_string(), "127.0.0.2");
     assert_eq!(blocks[0].rule, "http-flood");
     assert!(blocks[0].counters.iter().any(|(k, v)| k == "http_req_rate" && *v > 100), "{:?}", blocks[0].counters);
     assert_eq!(events(&store, "127.0.0.2"), [(Event::Block, "http-flood".to_owned(), 1)]);
@@ -293,7 +294,7 @@ async fn circuit_breaker_stops_automatic_blocks_past_its_limit() {
     let store = d.stop().await;
     assert!(events(&store, "127.0.0.3").is_empty());
     // Not counted as an offence either: it was never acted on.
-    let o = store.offender("127.0.0.3".parse().unwrap()).unwrap().unwrap();
+    let o = store.offender(&Key::host("127.0.0.3".parse().unwrap())).unwrap().unwrap();
     assert!(o.offences.is_empty(), "{o:?}");
 }
 
@@ -315,7 +316,7 @@ async fn actuator_is_rate_limited() {
     let started = Instant::now();
     let mut replies = Vec::new();
     for i in 0..12u8 {
-        let key = stickwarden::net::parse_net(&format!("10.9.0.{i}")).unwrap();
+        let key = Key::Net(stickwarden::net::parse_net(&format!("10.9.0.{i}")).unwrap());
         let actions = Actions::new(vec![Action::Tag]);
         replies.push(a.submit(Job::Apply { key, place: place(&actions), actions, kill: false }).unwrap());
     }
@@ -329,9 +330,7 @@ async fn actuator_is_rate_limited() {
     }
     // Putting back what HAProxy lost is not limited: 200 tags at "4 a second" go at once.
     let blocks: Vec<_> = (0..200u32)
-        .map(|i| {
-            (stickwarden::net::host_net(stickwarden::sandbox::nth_addr(i).into()), Actions::new(vec![Action::Tag]))
-        })
+        .map(|i| (Key::host(stickwarden::sandbox::nth_addr(i).into()), Actions::new(vec![Action::Tag])))
         .collect();
     let started = Instant::now();
     a.run(Job::ApplyMany { blocks, place: place(&Actions::new(vec![Action::Tag])), fresh: false }).await.unwrap();
@@ -340,7 +339,9 @@ async fn actuator_is_rate_limited() {
     // A poll's new blocks, one pipelined job, are limited like any command: 12 tags cannot take
     // less than (12 - 4) / 4 s.
     let fresh: Vec<_> = (0..12u8)
-        .map(|i| (stickwarden::net::parse_net(&format!("10.9.1.{i}")).unwrap(), Actions::new(vec![Action::Tag])))
+        .map(|i| {
+            (Key::Net(stickwarden::net::parse_net(&format!("10.9.1.{i}")).unwrap()), Actions::new(vec![Action::Tag]))
+        })
         .collect();
     let started = Instant::now();
     a.run(Job::ApplyMany { blocks: fresh, place: place(&Actions::new(vec![Action::Tag])), fresh: true }).await.unwrap();
@@ -364,16 +365,19 @@ async fn a_refused_tag_does_not_keep_the_acl_entry_from_being_added() {
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let a = Actuator::spawn(&cfg.targets[0], c.clone(), stop_rx, Default::default());
     let place = |a: &Actions| std::sync::Arc::new(stickwarden::store::Place::of(&cfg.block, a));
-    let key = stickwarden::net::parse_net("10.0.0.3").unwrap();
+    let key = Key::Net(stickwarden::net::parse_net("10.0.0.3").unwrap());
     let both = Actions::new(vec![Action::Tag, Action::Acl]);
-    let e = a.run(Job::Apply { key, place: place(&both), actions: both.clone(), kill: false }).await.unwrap_err();
+    let e = a
+        .run(Job::Apply { key: key.clone(), place: place(&both), actions: both.clone(), kill: false })
+        .await
+        .unwrap_err();
     assert_eq!(e.haproxy().map(|h| h.kind), Some(ErrorKind::DataTypeNotStored), "{e}");
     assert_eq!(acl(&c, &sb).await, ["10.0.0.3"]);
     // Applying again adds no duplicate ACL entry (HAProxy itself would accept one).
-    let _ = a.run(Job::Apply { key, place: place(&both), actions: both, kill: false }).await;
+    let _ = a.run(Job::Apply { key: key.clone(), place: place(&both), actions: both, kill: false }).await;
     assert_eq!(acl(&c, &sb).await, ["10.0.0.3"]);
     let acl_only = Actions::new(vec![Action::Acl]);
-    a.run(Job::Release { key, place: place(&acl_only), actions: acl_only.clone() }).await.unwrap();
+    a.run(Job::Release { key: key.clone(), place: place(&acl_only), actions: acl_only.clone() }).await.unwrap();
     assert!(acl(&c, &sb).await.is_empty());
     // Releasing what is already gone is not an error.
     a.run(Job::Release { key, place: place(&acl_only), actions: acl_only }).await.unwrap();
@@ -528,7 +532,7 @@ async fn a_thousand_blocks_come_back_after_a_reload_and_a_restart() {
         let blocks: Vec<Block> = keys
             .iter()
             .map(|k| Block {
-                key: stickwarden::net::parse_net(k).unwrap(),
+                key: Key::Net(stickwarden::net::parse_net(k).unwrap()),
                 level: 1,
                 actions: Actions::new(vec![Action::Tag, Action::Acl]),
                 rule: "http-flood".into(),

@@ -89,7 +89,7 @@ async fn an_abuser_under_the_threshold_on_each_node_but_over_it_in_total_is_bloc
         assert_eq!(get(sb, 2).await, 200, "60 requests in all is not abuse");
     }
     assert_eq!(tags(&cs, "127.0.0.3").await, [Some(0); NODES]);
-    let b = d.store.blocks().unwrap().into_iter().find(|b| b.key.to_string() == "127.0.0.2/32").unwrap();
+    let b = d.store.blocks().unwrap().into_iter().find(|b| b.key.to_string() == "127.0.0.2").unwrap();
     let rate = b.counters.iter().find(|(n, _)| n == "http_req_rate").map(|(_, v)| *v).unwrap();
     assert!((150..=160).contains(&rate), "the decision saw the fleet-wide rate: {rate}");
     // And the evidence keeps each node's share of it.

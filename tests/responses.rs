@@ -113,7 +113,7 @@ async fn challenge_is_passed_by_a_client_that_follows_it_only() {
     let map = sb.block_map().display().to_string().parse().unwrap();
     c.execute(&stickwarden::proto::Command::AddMap {
         map,
-        key: "127.0.0.4".parse().unwrap(),
+        key: stickwarden::proto::MapKey::Pattern("127.0.0.4".parse().unwrap()),
         value: "challenge".into(),
     })
     .await
@@ -136,7 +136,8 @@ async fn deny_answers_its_status_and_body_and_release_and_repair_act_on_the_map(
     // Deleted by hand: the reconciler puts it back.
     let c = admin(&sb).await;
     let map = sb.block_map().display().to_string().parse().unwrap();
-    c.execute(&stickwarden::proto::Command::DelMap { map, key: "127.0.0.2".parse().unwrap() }).await.unwrap();
+    let key = stickwarden::proto::MapKey::Pattern("127.0.0.2".parse().unwrap());
+    c.execute(&stickwarden::proto::Command::DelMap { map, key }).await.unwrap();
     assert_eq!(request(&sb, abuser, "").await.0, 200, "really gone");
     let back =
         eventually(Duration::from_secs(5), || async { mapped(&sb, "127.0.0.2").await.as_deref() == Some("deny") })

@@ -194,8 +194,13 @@ async fn every_offender_a_full_poll_finds_is_flagged_and_found_again_by_key() {
     assert!(expected.contains(&listed));
     let cfg = stickwarden::config::Config::load(&s.config).unwrap();
     let queries = poll::plan(&c, "ft_web", &cfg.rules).await.unwrap();
-    let full: BTreeSet<IpAddr> =
-        poll::poll(&c, "ft_web", &queries, &cfg.rules).await.unwrap().observations.iter().map(|o| o.addr).collect();
+    let full: BTreeSet<IpAddr> = poll::poll(&c, "ft_web", None, &queries, &cfg.rules)
+        .await
+        .unwrap()
+        .observations
+        .iter()
+        .filter_map(|o| o.key.addr())
+        .collect();
     assert_eq!(full, expected, "the traffic did not make the offenders it meant to");
     let flags = flagged(&c).await;
     let unflagged: Vec<&IpAddr> = full.difference(&flags).collect();
@@ -204,13 +209,13 @@ async fn every_offender_a_full_poll_finds_is_flagged_and_found_again_by_key() {
     let tag = Some(&cfg.block.tag);
     let by_key = poll::poll_suspects(&c, "ft_web", "sw_suspects", KeyType::Ip, &cfg.rules, tag).await.unwrap();
     assert_eq!(by_key.flagged.iter().copied().collect::<BTreeSet<_>>(), flags);
-    let found: BTreeSet<IpAddr> = by_key.polled.observations.iter().map(|o| o.addr).collect();
+    let found: BTreeSet<IpAddr> = by_key.polled.observations.iter().filter_map(|o| o.key.addr()).collect();
     assert_eq!(found, full, "the suspects poll must find what the full poll finds");
     // The same counters as the full poll's, read by key.
-    let again = poll::poll(&c, "ft_web", &queries, &cfg.rules).await.unwrap();
+    let again = poll::poll(&c, "ft_web", None, &queries, &cfg.rules).await.unwrap();
     for o in &by_key.polled.observations {
-        let twin = again.observations.iter().find(|x| x.addr == o.addr).unwrap();
-        assert_eq!(o.rules, twin.rules, "{}", o.addr);
+        let twin = again.observations.iter().find(|x| x.key == o.key).unwrap();
+        assert_eq!(o.rules, twin.rules, "{}", o.key);
     }
     // And the sweep that checks it in the daemon agrees: nothing missed (the listed client is
     // blocked, not missed); without the ACL to ask, it would count as missed.
@@ -237,7 +242,7 @@ async fn the_daemon_blocks_through_the_flags_and_clears_them() {
     tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
     let (expected, _held) = traffic(&sb).await;
     let all_blocked = eventually(Duration::from_secs(5), || async {
-        let blocked: BTreeSet<IpAddr> = d.store.blocks().unwrap().iter().map(|b| b.key.addr()).collect();
+        let blocked: BTreeSet<IpAddr> = d.store.blocks().unwrap().iter().filter_map(|b| b.key.addr()).collect();
         blocked == expected
     })
     .await;

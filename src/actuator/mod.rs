@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
+
+use crate::key::Key;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -39,13 +41,13 @@ use crate::store::Place;
 pub enum Job {
     /// `kill` is false when a block is re-applied (after a restart): sessions are killed once.
     Apply {
-        key: IpNet,
+        key: Key,
         actions: Actions,
         kill: bool,
         place: Arc<Place>,
     },
     Release {
-        key: IpNet,
+        key: Key,
         actions: Actions,
         place: Arc<Place>,
     },
@@ -64,7 +66,7 @@ pub enum Job {
     /// Otherwise what HAProxy held a moment ago (re-applied after a restart): not rate limited,
     /// no session killed. Keys HAProxy refused are answered as [`ClientError::Refused`].
     ApplyMany {
-        blocks: Vec<(IpNet, Actions)>,
+        blocks: Vec<(Key, Actions)>,
         place: Arc<Place>,
         fresh: bool,
     },
@@ -160,7 +162,7 @@ struct Actor {
     /// Each ACL's patterns as last read, kept up to date by our own adds and deletes.
     acl_known: HashMap<String, HashSet<AclPattern>>,
     /// Each map's keys and values as last read, kept up to date by our own changes.
-    map_known: HashMap<String, HashMap<AclPattern, String>>,
+    map_known: HashMap<String, HashMap<crate::proto::MapKey, String>>,
     /// Entries whose tag is already 0 but that were in use when cleared: (table, key, first try).
     pending_clears: Vec<(String, TableKey, Instant)>,
     shutdown: watch::Receiver<bool>,
@@ -257,13 +259,13 @@ impl Actor {
                 if actions.has(Action::Tag) {
                     match &place.tag {
                         Some(tag) => keep(self.set_tag(tag, key, tag.value).await.map(drop))?,
-                        None if crate::net::is_host(key) => keep(Err(unplaced("tag table")))?,
+                        None if key.is_single() => keep(Err(unplaced("tag table")))?,
                         None => {} // networks are blocked through the ACL only
                     }
                 }
-                if actions.has(Action::Acl) {
+                if let (true, Some(net)) = (actions.has(Action::Acl), key.net()) {
                     match &place.acl {
-                        Some(acl) => keep(self.add_acl(acl, key).await)?,
+                        Some(acl) => keep(self.add_acl(acl, net).await)?,
                         None => keep(Err(unplaced("ACL file")))?,
                     }
                 }
@@ -273,8 +275,8 @@ impl Actor {
                         None => keep(Err(unplaced("map file")))?,
                     }
                 }
-                if *kill && actions.has(Action::Kill) {
-                    keep(self.kill(key).await)?;
+                if let (true, Some(net)) = (*kill && actions.has(Action::Kill), key.net()) {
+                    keep(self.kill(net).await)?;
                 }
             }
             Job::ImportAcl { keys, acl } => return self.import_acl(acl, keys).await,
@@ -288,8 +290,8 @@ impl Actor {
                 self.pending_clears.clear();
             }
             Job::Release { key, actions, place } => {
-                if let (true, Some(acl)) = (actions.has(Action::Acl), &place.acl) {
-                    keep(gone_is_done(self.del_acl(acl, key).await))?;
+                if let (true, Some(acl), Some(net)) = (actions.has(Action::Acl), &place.acl, key.net()) {
+                    keep(gone_is_done(self.del_acl(acl, net).await))?;
                 }
                 if let (Some(_), Some(map)) = (actions.map_class(), &place.map) {
                     keep(gone_is_done(self.del_map(map, key).await))?;
@@ -318,18 +320,18 @@ impl Actor {
         self.metrics.commands.get_or_create(&self.labels).inc_by(n);
     }
 
-    async fn apply_many(&mut self, blocks: &[(IpNet, Actions)], place: &Place, fresh: bool) -> Result<(), ClientError> {
+    async fn apply_many(&mut self, blocks: &[(Key, Actions)], place: &Place, fresh: bool) -> Result<(), ClientError> {
         // What to send, as keys: the commands themselves are made one batch at a time, so that
         // 100,000 blocks never hold 200,000 commands in memory at once.
-        let mut tags: Vec<(IpNet, TableKey)> = Vec::new();
+        let mut tags: Vec<(Key, TableKey)> = Vec::new();
         if let Some(tag) = &place.tag {
-            for (key, _) in blocks.iter().filter(|(k, a)| a.has(Action::Tag) && crate::net::is_host(k)) {
+            for (key, _) in blocks.iter().filter(|(k, a)| a.has(Action::Tag) && k.is_single()) {
                 if let Some(k) = self.table_key(&tag.table, key).await? {
-                    tags.push((*key, k));
+                    tags.push((key.clone(), k));
                 }
             }
         }
-        let mut adds: Vec<(IpNet, AclPattern)> = Vec::new();
+        let mut adds: Vec<(Key, AclPattern)> = Vec::new();
         // An ACL HAProxy refuses to show (unknown, or a level too low) refuses every ACL action of
         // the job; the tags still go out.
         let (mut first_error, mut refused) = (None, Vec::new());
@@ -339,7 +341,7 @@ impl Actor {
                     adds = blocks
                         .iter()
                         .filter(|(_, a)| a.has(Action::Acl))
-                        .map(|(k, _)| (*k, Self::pattern(k)))
+                        .filter_map(|(k, _)| Some((k.clone(), Self::pattern(k.net()?))))
                         .filter(|(_, p)| !known.contains(p))
                         .collect();
                     adds.sort_unstable_by_key(|(_, p)| *p);
@@ -347,22 +349,22 @@ impl Actor {
                 }
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
-                    refused.extend(blocks.iter().filter(|(_, a)| a.has(Action::Acl)).map(|(k, _)| *k));
+                    refused.extend(blocks.iter().filter(|(_, a)| a.has(Action::Acl)).map(|(k, _)| k.clone()));
                     first_error = Some(e);
                 }
             }
         }
         // The map's commands, made now: how many there are is how many blocks have a map step.
-        let mut maps: Vec<(IpNet, Command)> = Vec::new();
+        let mut maps: Vec<(Key, Command)> = Vec::new();
         if let Some(file) = &place.map {
             for (key, actions) in blocks {
                 let Some(class) = actions.map_class() else { continue };
                 match self.map_command(file, key, class).await {
-                    Ok(Some(cmd)) => maps.push((*key, cmd)),
+                    Ok(Some(cmd)) => maps.push((key.clone(), cmd)),
                     Ok(None) => {}
                     Err(e) if e.is_transient() => return Err(e),
                     Err(e) => {
-                        refused.push(*key);
+                        refused.push(key.clone());
                         first_error.get_or_insert(e);
                     }
                 }
@@ -389,7 +391,7 @@ impl Actor {
         // in-flight bounds pace it to what HAProxy answers.
         let mut commands = commands.peekable();
         while commands.peek().is_some() {
-            let (nets, chunk): (Vec<IpNet>, Vec<Command>) = commands.by_ref().take(IMPORT_CHUNK).unzip();
+            let (nets, chunk): (Vec<Key>, Vec<Command>) = commands.by_ref().take(IMPORT_CHUNK).unzip();
             if fresh {
                 for _ in 0..chunk.len() {
                     self.command().await;
@@ -411,19 +413,20 @@ impl Actor {
                     }
                     Err(e) if e.is_transient() => return Err(e),
                     Err(e) => {
-                        refused.push(*net);
+                        refused.push(net.clone());
                         first_error.get_or_insert(e);
                     }
                 }
             }
         }
         if fresh {
-            let kill: Vec<IpNet> = blocks.iter().filter(|(_, a)| a.has(Action::Kill)).map(|(k, _)| *k).collect();
+            let kill: Vec<IpNet> =
+                blocks.iter().filter(|(_, a)| a.has(Action::Kill)).filter_map(|(k, _)| k.net().copied()).collect();
             if let Err(e) = self.kill_all(&kill).await {
                 if e.is_transient() {
                     return Err(e);
                 }
-                refused.extend(&kill);
+                refused.extend(kill.into_iter().map(Key::Net));
                 first_error.get_or_insert(e);
             }
             debug!(target = %self.name, blocks = blocks.len(), commands = sent, "new blocks applied");
@@ -432,14 +435,14 @@ impl Actor {
         }
         // Blocks with an action that has nowhere to go (recorded without a place, under a
         // configuration that lost that part of [block]) are a failure, not a silent skip.
-        let lost: Vec<IpNet> = blocks
+        let lost: Vec<Key> = blocks
             .iter()
             .filter(|(k, a)| {
-                (a.has(Action::Acl) && place.acl.is_none())
-                    || (a.has(Action::Tag) && crate::net::is_host(k) && place.tag.is_none())
+                (a.has(Action::Acl) && place.acl.is_none() && k.net().is_some())
+                    || (a.has(Action::Tag) && k.is_single() && place.tag.is_none())
                     || (a.map_class().is_some() && place.map.is_none())
             })
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.clone())
             .collect();
         if !lost.is_empty() {
             first_error.get_or_insert(ClientError::Unplaced(format!(
@@ -494,7 +497,9 @@ mod tests {
         // HAProxy is unreachable: this job waits in the retry loop.
         let key: IpNet = "10.0.0.1/32".parse().unwrap();
         let place = Arc::new(Place { tag: None, acl: Some("/x.lst".into()), map: None });
-        let held = a.submit(Job::Apply { key, actions: Actions::new(vec![Action::Acl]), kill: false, place }).unwrap();
+        let held = a
+            .submit(Job::Apply { key: Key::Net(key), actions: Actions::new(vec![Action::Acl]), kill: false, place })
+            .unwrap();
         a.abort();
         assert!(held.await.is_err(), "a job held by a stopped actor must not look done");
         for _ in 0..10 {

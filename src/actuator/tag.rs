@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use ipnet::IpNet;
+use crate::key::Key;
 use tracing::{debug, warn};
 
 use super::{Actor, CLEAR_PATIENCE};
@@ -38,9 +38,10 @@ pub async fn tagged(
 }
 
 impl Actor {
-    /// The key of a host block in `table`, if it can be tagged there.
-    pub(super) async fn table_key(&mut self, table: &str, key: &IpNet) -> Result<Option<TableKey>, ClientError> {
-        if !crate::net::is_host(key) {
+    /// The key of a block in `table` (an address, or a key of a table keyed otherwise), if it can
+    /// be tagged there.
+    pub(super) async fn table_key(&mut self, table: &str, key: &Key) -> Result<Option<TableKey>, ClientError> {
+        if !key.is_single() {
             return Ok(None); // networks are blocked through the ACL only
         }
         let ty = match self.key_types.get(table) {
@@ -52,10 +53,15 @@ impl Actor {
                 t
             }
         };
-        match TableKey::from_addr(ty, key.addr()) {
+        let parsed = match (key, key.addr()) {
+            (_, Some(addr)) => TableKey::from_addr(ty, addr),
+            (Key::Table(t), None) => TableKey::parse(ty, &t.key),
+            (Key::Net(_), None) => return Ok(None),
+        };
+        match parsed {
             Ok(k) => Ok(Some(k)),
             Err(e) => {
-                warn!(target = %self.name, key = %crate::net::display(key), table, error = %e, "cannot tag this address in the block table");
+                warn!(target = %self.name, %key, table, error = %e, "cannot tag this key in the table");
                 Ok(None)
             }
         }
@@ -65,7 +71,7 @@ impl Actor {
     pub(super) async fn set_tag(
         &mut self,
         tag: &TagPlace,
-        key: &IpNet,
+        key: &Key,
         value: u32,
     ) -> Result<Option<TableKey>, ClientError> {
         let Some(k) = self.table_key(&tag.table, key).await? else { return Ok(None) };

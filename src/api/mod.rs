@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::Client;
 use crate::config::Config;
 use crate::daemon::Handle;
+use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::ops::{self, AllowRequest, AuditQuery, BlockRequest, ExtendRequest, ImportRequest, OpError, UnblockRequest};
 use crate::store::Store;
@@ -328,7 +329,7 @@ fn stream_blocks(s: &ApiState) -> Response {
                 serde_json::to_writer(&mut buf, &view).expect("views serialize");
                 buf.push(b'\n');
             }
-            after = page.last().map(|b| b.key);
+            after = page.last().map(|b| b.key.clone());
             if !buf.is_empty() && tx.send(buf.into()).await.is_err() {
                 return; // the caller went away
             }
@@ -386,15 +387,32 @@ impl futures_core::Stream for Chunks {
     }
 }
 
+/// `?table=NAME`: the key of a path is a key of that table (keyed by string or integer).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InTable {
+    table: Option<String>,
+}
+
+/// The key a path names: an address or network (`addr_only`: one address), or with `?table=`, a
+/// key of that table, checked against its declared type.
+fn path_key(cfg: &crate::config::Config, key: &str, t: &InTable, addr_only: bool) -> Result<Key, OpError> {
+    if t.table.is_none() && addr_only {
+        return ops::parse_addr(key).map(Key::host);
+    }
+    ops::checked_key(cfg, &ops::parse_block_key(t.table.as_deref(), key)?)
+}
+
 async fn get_block(
     State(s): State<ApiState>,
     caller: Caller,
     Path(key): Path<String>,
+    t: Result<Query<InTable>, QueryRejection>,
 ) -> Result<Json<ops::BlockView>, ApiError> {
     caller.require(Role::Viewer)?;
-    let key = ops::parse_key(&key)?;
+    let key = path_key(&s.cfg, &key, &t?.0, false)?;
     let b = s.store.block(&key).map_err(OpError::from)?;
-    let b = b.ok_or_else(|| OpError::NotFound(format!("{} is not blocked", crate::net::display(&key))))?;
+    let b = b.ok_or_else(|| OpError::NotFound(format!("{key} is not blocked")))?;
     let mut view = ops::BlockView::of(&b, now_ms());
     view.unconfirmed_on = s.handle.lag().lagging_on(&key);
     Ok(Json(view))
@@ -520,20 +538,22 @@ async fn history(
     State(s): State<ApiState>,
     caller: Caller,
     Path(addr): Path<String>,
+    t: Result<Query<InTable>, QueryRejection>,
 ) -> Result<Json<ops::HistoryView>, ApiError> {
     caller.require(Role::Viewer)?;
-    let addr = ops::parse_addr(&addr)?;
-    Ok(Json(blocking(move || ops::history(&s.store, addr, now_ms())).await?))
+    let key = path_key(&s.cfg, &addr, &t?.0, true)?;
+    Ok(Json(blocking(move || ops::history(&s.store, &key, now_ms())).await?))
 }
 
 async fn explain(
     State(s): State<ApiState>,
     caller: Caller,
     Path(addr): Path<String>,
+    t: Result<Query<InTable>, QueryRejection>,
 ) -> Result<Json<ops::explain::ExplainView>, ApiError> {
     caller.require(Role::Viewer)?;
-    let addr = ops::parse_addr(&addr)?;
-    let mut view = ops::explain::explain(&s.cfg, &s.store, &s.clients, addr, now_ms()).await?;
+    let key = path_key(&s.cfg, &addr, &t?.0, true)?;
+    let mut view = ops::explain::explain(&s.cfg, &s.store, &s.clients, &key, now_ms()).await?;
     view.breaker = s.handle.census().breaker();
     Ok(Json(view))
 }

@@ -17,7 +17,6 @@ use clap::Args;
 
 use super::Failure;
 use crate::config::Config;
-use crate::net;
 use crate::sandbox::{self, Sandbox, SandboxOptions};
 use crate::store::{AuditRecord, Store};
 use crate::time::now_ms;
@@ -230,7 +229,7 @@ fn print_decisions(
 }
 
 fn describe(r: &AuditRecord) -> String {
-    let key = r.key.map_or_else(String::new, |k| net::display(&k));
+    let key = r.key.as_ref().map_or_else(String::new, ToString::to_string);
     let dur = crate::time::human(Duration::from_millis(r.duration_ms));
     format!("{} {key}: level {} ({}) for {dur}, rule {}: {}", r.event.as_str(), r.level, r.actions, r.rule, r.reason)
 }
@@ -255,15 +254,7 @@ fn blocked(store: &Store) -> String {
         .blocks()
         .unwrap_or_default()
         .iter()
-        .map(|b| {
-            format!(
-                "{} L{} {} {}s left",
-                net::display(&b.key),
-                b.level,
-                b.actions,
-                b.until.saturating_sub(now).div_ceil(1000)
-            )
-        })
+        .map(|b| format!("{} L{} {} {}s left", b.key, b.level, b.actions, b.until.saturating_sub(now).div_ceil(1000)))
         .collect();
     if list.is_empty() {
         "-".into()

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::{Failure, EXIT_CONFIG, EXIT_RUNTIME, EXIT_USAGE};
 use crate::api::client::{ApiClient, ApiClientError};
 use crate::config::{Config, Listen};
+use crate::key::Key;
 use crate::ops::explain::ExplainView;
 use crate::ops::{
     self, AllowRequest, AuditQuery, AuditView, BlockRequest, BlockView, ExtendRequest, HistoryView, ImportRequest,
@@ -43,16 +44,24 @@ pub struct Access {
 
 #[derive(Debug, Args)]
 pub struct KeyArgs {
-    /// An address (or a CIDR where it makes sense).
+    /// An address (or a CIDR where it makes sense), or a key of --table.
     key: String,
+    /// The table KEY belongs to, when it is keyed by something else than addresses (string,
+    /// integer): `--table st_apikey KEY`.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
     #[command(flatten)]
     access: Access,
 }
 
 #[derive(Debug, Args)]
 pub struct BlockArgs {
-    /// The address or CIDR to block.
+    /// The address or CIDR to block, or a key of --table.
     key: String,
+    /// The table KEY belongs to, when it is keyed by something else than addresses (string,
+    /// integer): `--table st_apikey KEY`.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
     /// How long: 30m, 2h, 7d.
     #[arg(long = "for")]
     duration: String,
@@ -68,6 +77,10 @@ pub struct BlockArgs {
 #[derive(Debug, Args)]
 pub struct UnblockArgs {
     key: String,
+    /// The table KEY belongs to, when it is keyed by something else than addresses (string,
+    /// integer): `--table st_apikey KEY`.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
     #[arg(long)]
     reason: String,
     /// Keep the rules from blocking it again for this long.
@@ -79,8 +92,12 @@ pub struct UnblockArgs {
 
 #[derive(Debug, Args)]
 pub struct ExtendArgs {
-    /// The blocked address or CIDR.
+    /// The blocked address or CIDR, or a key of --table.
     key: String,
+    /// The table KEY belongs to, when it is keyed by something else than addresses (string,
+    /// integer): `--table st_apikey KEY`.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
     /// The block ends this long from now (longer or shorter than it would): 30m, 2h, 7d.
     #[arg(long = "for")]
     duration: String,
@@ -126,9 +143,12 @@ pub struct AuditArgs {
     /// Records of this long ago or later (`1h`, `7d`), or since an RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
-    /// Only records about this address or network.
+    /// Only records about this address or network, or this key of --table.
     #[arg(long)]
     key: Option<String>,
+    /// With --key: the table the key belongs to (keyed by string or integer).
+    #[arg(long, value_name = "NAME", requires = "key")]
+    table: Option<String>,
     #[arg(long)]
     actor: Option<String>,
     /// `block`, `release`, `would_block`, `allow`, ...
@@ -214,9 +234,10 @@ impl Via {
     }
 }
 
-/// A path segment: `/` in a CIDR percent-encoded.
+/// A path segment: everything but letters, digits and `-._~` percent-encoded (the `/` of a
+/// CIDR, the spaces and `;` a table key may hold).
 fn seg(key: &str) -> String {
-    key.replace('%', "%25").replace('/', "%2F")
+    urlencode(key)
 }
 
 fn json_line(v: &impl Serialize) -> Result<(), Failure> {
@@ -269,12 +290,29 @@ pub async fn blocks(a: Access) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The key of `history` and `explain`: one address, or a key of `--table`; its path and query
+/// in the API.
+fn subject(a: &KeyArgs) -> Result<(Key, String), Failure> {
+    let key = match &a.table {
+        None => Key::host(ops::parse_addr(&a.key).map_err(op_failure)?),
+        Some(t) => ops::parse_block_key(Some(t), &a.key).map_err(op_failure)?,
+    };
+    let path = match &a.table {
+        None => seg(&a.key),
+        Some(t) => format!("{}?table={}", seg(&a.key), urlencode(t)),
+    };
+    Ok((key, path))
+}
+
 pub async fn history(a: KeyArgs) -> Result<(), Failure> {
-    let addr = ops::parse_addr(&a.key).map_err(op_failure)?;
+    let (key, path) = subject(&a)?;
     let via = a.access.connect().await?;
     let h: HistoryView = match &via {
-        Via::Api(_) => via.get(&format!("/v1/history/{}", seg(&addr.to_string()))).await?,
-        Via::Local(_, store) => ops::history(store, addr, now_ms()).map_err(op_failure)?,
+        Via::Api(_) => via.get(&format!("/v1/history/{path}")).await?,
+        Via::Local(cfg, store) => {
+            let key = ops::checked_key(cfg, &key).map_err(op_failure)?;
+            ops::history(store, &key, now_ms()).map_err(op_failure)?
+        }
     };
     if a.access.json {
         return json_line(&h);
@@ -319,17 +357,17 @@ fn print_audit(events: &[AuditView]) -> Result<(), Failure> {
 }
 
 pub async fn explain(a: KeyArgs) -> Result<(), Failure> {
-    let addr = ops::parse_addr(&a.key).map_err(op_failure)?;
+    let (key, path) = subject(&a)?;
     let via = a.access.connect().await?;
     let x: ExplainView = match &via {
-        Via::Api(_) => via.get(&format!("/v1/explain/{}", seg(&addr.to_string()))).await?,
+        Via::Api(_) => via.get(&format!("/v1/explain/{path}")).await?,
         Via::Local(cfg, store) => {
             let clients: Vec<(String, crate::client::Client)> = cfg
                 .targets
                 .iter()
                 .map(|t| (t.name.clone(), crate::client::Client::new(t.target.clone(), Default::default())))
                 .collect();
-            ops::explain::explain(cfg, store, &clients, addr, now_ms()).await.map_err(op_failure)?
+            ops::explain::explain(cfg, store, &clients, &key, now_ms()).await.map_err(op_failure)?
         }
     };
     if a.access.json {
@@ -423,21 +461,22 @@ fn print_outcome(o: &Outcome, json: bool) -> Result<(), Failure> {
 }
 
 pub async fn block(a: BlockArgs) -> Result<(), Failure> {
-    let req = BlockRequest { key: a.key, duration: a.duration, reason: a.reason, allow_broad: a.allow_broad };
+    let req =
+        BlockRequest { key: a.key, table: a.table, duration: a.duration, reason: a.reason, allow_broad: a.allow_broad };
     let op = req.check().map_err(op_failure)?;
     let via = a.access.connect().await?;
     print_outcome(&via.act("/v1/blocks", &req, op).await?, a.access.json)
 }
 
 pub async fn unblock(a: UnblockArgs) -> Result<(), Failure> {
-    let req = UnblockRequest { key: a.key, reason: a.reason, grace: a.grace };
+    let req = UnblockRequest { key: a.key, table: a.table, reason: a.reason, grace: a.grace };
     let op = req.check().map_err(op_failure)?;
     let via = a.access.connect().await?;
     print_outcome(&via.act("/v1/unblock", &req, op).await?, a.access.json)
 }
 
 pub async fn extend(a: ExtendArgs) -> Result<(), Failure> {
-    let req = ExtendRequest { key: a.key, duration: a.duration, reason: a.reason };
+    let req = ExtendRequest { key: a.key, table: a.table, duration: a.duration, reason: a.reason };
     let op = req.check().map_err(op_failure)?;
     let via = a.access.connect().await?;
     print_outcome(&via.act("/v1/extend", &req, op).await?, a.access.json)
@@ -488,14 +527,16 @@ pub async fn import(a: ImportArgs) -> Result<(), Failure> {
 }
 
 pub async fn audit(a: AuditArgs) -> Result<(), Failure> {
-    let q = AuditQuery { since: a.since, key: a.key, actor: a.actor, event: a.event };
+    let q = AuditQuery { since: a.since, key: a.key, table: a.table, actor: a.actor, event: a.event };
     // Checked here first, so that bad input never reaches the daemon.
     ops::audit_check(&q).map_err(op_failure)?;
     let via = a.access.connect().await?;
     let records: Vec<AuditView> = match &via {
         Via::Api(_) => {
             let mut qs = Vec::new();
-            for (k, v) in [("since", &q.since), ("key", &q.key), ("actor", &q.actor), ("event", &q.event)] {
+            let fields =
+                [("since", &q.since), ("key", &q.key), ("table", &q.table), ("actor", &q.actor), ("event", &q.event)];
+            for (k, v) in fields {
                 if let Some(v) = v {
                     qs.push(format!("{k}={}", urlencode(v)));
                 }

@@ -90,7 +90,7 @@ pub enum ClientError {
     /// Some keys of a job of many were refused (the others were applied): which (sorted, for a
     /// binary search), and the first refusal.
     #[error("{} key(s) refused; the first: {first}", keys.len())]
-    Refused { keys: Vec<ipnet::IpNet>, first: Box<ClientError> },
+    Refused { keys: Vec<crate::key::Key>, first: Box<ClientError> },
 }
 
 impl ClientError {

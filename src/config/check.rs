@@ -20,7 +20,7 @@ use super::{
 };
 use crate::checked::error::Source;
 use crate::checked::values::{Dur, Net, Time};
-use crate::proto::{AclRef, DataField};
+use crate::proto::{AclRef, DataField, KeyType};
 use crate::rules::{Action, RuleSet};
 use crate::target::Target;
 
@@ -91,6 +91,9 @@ pub(super) struct RawTable {
     interval: Option<Spanned<Dur>>,
     suspects: Option<Spanned<String>>,
     sweep_interval: Option<Spanned<Dur>>,
+    key: Option<Spanned<String>>,
+    key_len: Option<Spanned<usize>>,
+    map: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,7 +239,13 @@ fn check_tables(
     let read_tables = rules.tables();
     let mut tables: Vec<TableConfig> = read_tables
         .iter()
-        .map(|t| TableConfig { name: (*t).to_owned(), interval: default_interval, suspects: None })
+        .map(|t| TableConfig {
+            name: (*t).to_owned(),
+            interval: default_interval,
+            suspects: None,
+            key: None,
+            map: None,
+        })
         .collect();
     for (i, t) in raw.table.iter().enumerate() {
         let t = t.get_ref();
@@ -256,6 +265,7 @@ fn check_tables(
             }
             slot.interval = interval.get_ref().0;
         }
+        (slot.key, slot.map) = check_table_key(src, t)?;
         if let (Some(s), None) = (&t.sweep_interval, &t.suspects) {
             return Err(
                 src.error(&s.span(), "sweep_interval needs suspects = \"TABLE\" (it checks the suspects table)")
@@ -265,6 +275,11 @@ fn check_tables(
             let suspects = s.get_ref();
             let shared =
                 raw.table[..i].iter().any(|o| o.get_ref().suspects.as_ref().is_some_and(|x| x.get_ref() == suspects));
+            if slot.key.is_some() {
+                return Err(
+                    src.error(&s.span(), "suspects mode flags clients by address: not for a table keyed otherwise")
+                );
+            }
             if suspects.is_empty() || suspects == name || read_tables.contains(&suspects.as_str()) || shared {
                 return Err(src.error(&s.span(), format!("suspects must name a table of its own, not '{suspects}'")));
             }
@@ -280,6 +295,40 @@ fn check_tables(
         }
     }
     Ok(tables)
+}
+
+/// `key`, `key_len` and `map` of a `[[table]]`: what its keys are (`None`: addresses) and, for a
+/// table keyed otherwise, the map its `map:CLASS` steps set keys in.
+fn check_table_key(src: &Source<'_>, t: &RawTable) -> Result<(Option<KeyType>, Option<AclRef>), ConfigError> {
+    let key = match t.key.as_ref().map(|k| (k, k.get_ref().as_str())) {
+        None | Some((_, "address")) => None,
+        Some((_, "integer")) => Some(KeyType::Integer),
+        Some((k, "string")) => {
+            let Some(len) = &t.key_len else {
+                return Err(src.error(
+                    &k.span(),
+                    "key = \"string\" needs key_len = N, the table's `len` in HAProxy: a longer key would be \
+                     truncated by HAProxy into another client's",
+                ));
+            };
+            if !(1..=65_535).contains(len.get_ref()) {
+                return Err(src.error(&len.span(), "key_len must be between 1 and 65535"));
+            }
+            Some(KeyType::String { len: Some(*len.get_ref()) })
+        }
+        Some((k, other)) => {
+            return Err(
+                src.error(&k.span(), format!("key must be \"address\", \"string\" or \"integer\", not '{other}'"))
+            )
+        }
+    };
+    if let (Some(l), false) = (&t.key_len, matches!(key, Some(KeyType::String { .. }))) {
+        return Err(src.error(&l.span(), "key_len is for a table with key = \"string\""));
+    }
+    if let (Some(m), None) = (&t.map, key) {
+        return Err(src.error(&m.span(), "map is for a table keyed by string or integer; addresses use [block] map"));
+    }
+    Ok((key, file_ref(src, t.map.as_ref(), "map")?))
 }
 
 /// What the ladder and suspects mode need of `[block]`.
@@ -301,19 +350,43 @@ fn check_block_uses(
             ),
         ));
     }
-    if rules.policy.uses(Action::Acl) && block.acl.is_none() {
+    // [block]'s places are for addresses: needed when an address table is watched.
+    let addresses = tables.iter().any(|t| t.key.is_none());
+    if addresses && rules.policy.uses(Action::Acl) && block.acl.is_none() {
         return Err(file_error(
             src,
             "the ladder uses \"acl\" but [block] has no acl = \"/path/of/the/acl/file\"".into(),
         ));
     }
-    if let (Some(class), None) = (rules.policy.map_class(), &block.map) {
+    if let (true, Some(class), None) = (addresses, rules.policy.map_class(), &block.map) {
         return Err(file_error(
             src,
             format!("the ladder uses \"map:{}\" but [block] has no map = \"/path/of/the/map/file\"", class.as_str()),
         ));
     }
-    if rules.policy.uses(Action::Tag) && block.table.is_none() {
+    // Keys that are not addresses are blocked by tag (in their own table) or map only.
+    for t in tables.iter().filter(|t| t.key.is_some()) {
+        for (i, step) in rules.policy.steps.iter().enumerate() {
+            let n = i + 1;
+            if !step.actions.has(Action::Tag) && step.actions.map_class().is_none() {
+                return Err(file_error(
+                    src,
+                    format!(
+                        "ladder step {n} ({}) cannot block the keys of table '{}': they are not addresses, so \
+                         the ACL and kill do not apply; give the step tag or map:CLASS",
+                        step.actions, t.name
+                    ),
+                ));
+            }
+            if step.actions.map_class().is_some() && t.map.is_none() {
+                return Err(file_error(
+                    src,
+                    format!("ladder step {n} uses a map, and table '{}' has no map = \"...\" for its keys", t.name),
+                ));
+            }
+        }
+    }
+    if addresses && rules.policy.uses(Action::Tag) && block.table.is_none() {
         return Err(file_error(
             src,
             "the ladder uses \"tag\" but [block] has no table = \"...\" (needed with several watched tables)".into(),
@@ -533,8 +606,8 @@ fn check_block(src: &Source<'_>, b: &RawBlock, tables: &[TableConfig]) -> Result
     let table = match &b.table {
         Some(t) if t.get_ref().trim().is_empty() => return Err(src.error(&t.span(), "expected a stick table name")),
         Some(t) => Some(t.get_ref().trim().to_owned()),
-        // With one watched table, that is where tags go.
-        None if tables.len() == 1 => Some(tables[0].name.clone()),
+        // With one watched table of addresses, that is where tags go.
+        None if tables.len() == 1 && tables[0].key.is_none() => Some(tables[0].name.clone()),
         None => None,
     };
     let tag = match &b.tag {

@@ -121,6 +121,19 @@ pub struct TableConfig {
     pub interval: Duration,
     /// Suspects mode ([`crate::suspects`]): the table HAProxy flags this table's offenders in.
     pub suspects: Option<SuspectsConfig>,
+    /// What the table is keyed by when it is not client addresses (`[[table]] key`): string (with
+    /// the table's `len`) or integer; its offenders are then blocked by key, in the table itself
+    /// (`tag`) or in `map`.
+    pub key: Option<crate::proto::KeyType>,
+    /// The map file the `map:CLASS` steps set this table's keys in (tables keyed otherwise).
+    pub map: Option<AclRef>,
+}
+
+impl Config {
+    /// The key type a table declares (`None`: addresses, or not a watched table).
+    pub fn key_type(&self, table: &str) -> Option<crate::proto::KeyType> {
+        self.tables.iter().find(|t| t.name == table).and_then(|t| t.key)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -34,12 +34,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use ipnet::IpNet;
 use maud::Markup;
 use serde::Deserialize;
 
 use crate::api::{allow_list, ApiError, ApiState};
 use crate::config::tokens::Role;
+use crate::key::Key;
 use crate::ops::listing::{BlockQuery, Search};
 use crate::ops::{self, AuditQuery, AuditView, Manual, OpError};
 use crate::time::{now_ms, rfc3339, Millis};
@@ -424,16 +424,17 @@ async fn address(State(s): State<ConsoleState>, h: HeaderMap, Path(addr): Path<S
 
 async fn address_data(s: &ConsoleState, addr: &str) -> Result<pages::Address, OpError> {
     let addr: IpAddr = ops::parse_addr(addr)?;
+    let key = Key::host(addr);
     let now = now_ms();
-    let mut explain = ops::explain::explain(&s.cfg, &s.store, &s.clients, addr, now).await?;
+    let mut explain = ops::explain::explain(&s.cfg, &s.store, &s.clients, &key, now).await?;
     explain.breaker = s.handle.census().breaker();
     if let Some(b) = explain.block.as_mut() {
-        b.unconfirmed_on =
-            s.handle.lag().lagging_on(&crate::net::parse_net(&b.key).map_err(|m| OpError::bad("invalid_address", m))?);
+        let covering = crate::net::parse_net(&b.key).map_err(|m| OpError::bad("invalid_address", m))?;
+        b.unconfirmed_on = s.handle.lag().lagging_on(&Key::Net(covering));
     }
     // Point lookups and the address's own records through the key index: short enough for the
     // daemon's thread.
-    let (history, offender) = (ops::history(&s.store, addr, now)?, s.store.offender(addr)?);
+    let (history, offender) = (ops::history(&s.store, &key, now)?, s.store.offender(&key)?);
     let allowed = allow_list(&s.cfg, &s.store)?
         .into_iter()
         .find(|a| crate::net::parse_net(&a.key).is_ok_and(|n| crate::net::covers_addr(&n, addr)));
@@ -451,15 +452,20 @@ async fn address_data(s: &ConsoleState, addr: &str) -> Result<pages::Address, Op
 /// The audit page's filters, checked: which records it keeps.
 struct AuditFilter {
     since: Millis,
-    key: Option<IpNet>,
+    key: Option<Key>,
     actor: Option<String>,
     event: Option<crate::store::Event>,
 }
 
 impl AuditFilter {
     fn of(f: &pages::AuditForm, now: Millis) -> Result<AuditFilter, OpError> {
-        let q =
-            AuditQuery { since: f.since.clone(), key: f.key.clone(), actor: f.actor.clone(), event: f.event.clone() };
+        let q = AuditQuery {
+            since: f.since.clone(),
+            key: f.key.clone(),
+            table: None,
+            actor: f.actor.clone(),
+            event: f.event.clone(),
+        };
         let q = blank_to_none(q);
         let (since, key, event) = ops::audit_filters(&q, now)?;
         Ok(AuditFilter { since, key, actor: q.actor, event })
@@ -467,15 +473,15 @@ impl AuditFilter {
 
     fn keeps(&self, r: &crate::store::AuditRecord) -> bool {
         r.at >= self.since
-            && self.key.is_none_or(|k| r.key.is_some_and(|rk| crate::net::overlaps(&rk, &k)))
+            && self.key.as_ref().is_none_or(|k| r.key.as_ref().is_some_and(|rk| rk.overlaps(k)))
             && self.actor.as_ref().is_none_or(|a| &r.actor == a)
             && self.event.is_none_or(|e| r.event == e)
     }
 
     /// An address's records, newest first, read through the key index (when the key is one).
     fn about_one(&self, store: &crate::store::Store) -> Result<Option<Vec<crate::store::AuditRecord>>, OpError> {
-        let Some(k) = self.key.filter(crate::net::is_host) else { return Ok(None) };
-        let mut all = store.audit_covering(k.addr())?;
+        let Some(addr) = self.key.as_ref().and_then(Key::addr) else { return Ok(None) };
+        let mut all = store.audit_covering(addr)?;
         all.retain(|r| self.keeps(r));
         all.reverse();
         Ok(Some(all))
@@ -531,7 +537,7 @@ async fn audit_rows(
 
 fn blank_to_none(q: AuditQuery) -> AuditQuery {
     let f = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    AuditQuery { since: f(q.since), key: f(q.key), actor: f(q.actor), event: f(q.event) }
+    AuditQuery { since: f(q.since), key: f(q.key), table: f(q.table), actor: f(q.actor), event: f(q.event) }
 }
 
 async fn audit(
@@ -713,6 +719,9 @@ async fn allowlist(State(s): State<ConsoleState>, h: HeaderMap) -> Response {
 struct ActionFields {
     #[serde(default)]
     key: String,
+    /// The table of a key of a table keyed otherwise (empty for an address or network).
+    #[serde(default)]
+    table: String,
     #[serde(default)]
     duration: String,
     #[serde(default)]
@@ -729,11 +738,11 @@ fn opt(s: &str) -> Option<String> {
 
 /// The checked action of `name` with `f`'s fields.
 fn manual(name: &str, f: &ActionFields) -> Result<Manual, OpError> {
-    let (key, reason) = (f.key.trim().to_owned(), f.reason.clone());
+    let (key, reason, table) = (f.key.trim().to_owned(), f.reason.clone(), opt(&f.table));
     match name {
-        "unblock" => ops::UnblockRequest { key, reason, grace: opt(&f.grace) }.check(),
-        "block" => ops::BlockRequest { key, duration: f.duration.clone(), reason, allow_broad: false }.check(),
-        "extend" => ops::ExtendRequest { key, duration: f.duration.clone(), reason }.check(),
+        "unblock" => ops::UnblockRequest { key, table, reason, grace: opt(&f.grace) }.check(),
+        "block" => ops::BlockRequest { key, table, duration: f.duration.clone(), reason, allow_broad: false }.check(),
+        "extend" => ops::ExtendRequest { key, table, duration: f.duration.clone(), reason }.check(),
         "allow" => ops::AllowRequest { key, reason, duration: opt(&f.duration) }.check_add(),
         "disallow" => ops::AllowRequest { key, reason, duration: None }.check_remove(),
         other => Err(OpError::NotFound(format!("no action '{other}'"))),
@@ -761,6 +770,7 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
     // Checked with a placeholder reason: the reason is asked on this page.
     let probe = ActionFields {
         key: f.key.clone(),
+        table: f.table.clone(),
         duration: f.duration.clone(),
         grace: f.grace.clone(),
         reason: "review".into(),
@@ -775,6 +785,7 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
         title: String::new(),
         changes: Vec::new(),
         key: f.key.trim().to_owned(),
+        table: f.table.trim().to_owned(),
         duration: f.duration.clone(),
         grace: f.grace.clone(),
         asks_duration: false,
@@ -790,21 +801,17 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
             rfc3339(b.until)
         )
     };
+    let checked = |key: &Key| ops::checked_key(&s.cfg, key);
     match (action, manual(action, &probe)?) {
         ("unblock", Manual::Unblock { key, grace, .. }) => {
-            let b = s
-                .store
-                .block(&key)?
-                .ok_or_else(|| OpError::NotFound(format!("{} is not blocked", crate::net::display(&key))))?;
+            let key = checked(&key)?;
+            let b = s.store.block(&key)?.ok_or_else(|| OpError::NotFound(format!("{key} is not blocked")))?;
             c.action = "unblock";
-            c.title = format!("Unblock {}", crate::net::display(&key));
+            c.title = format!("Unblock {key}");
             c.changes.push(if b.dry_run {
-                format!(
-                    "{} is released now (a dry-run block: nothing to remove from HAProxy).",
-                    crate::net::display(&key)
-                )
+                format!("{key} is released now (a dry-run block: nothing to remove from HAProxy).")
             } else {
-                format!("{} is released now: {} removed {on}.", crate::net::display(&key), b.actions)
+                format!("{key} is released now: {} removed {on}.", b.actions)
             });
             c.changes.push(describe(&b));
             c.changes.push(match grace {
@@ -817,11 +824,13 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
             c.asks_grace = true;
         }
         ("block", Manual::Block { key, duration, .. }) => {
+            let key = checked(&key)?;
             c.action = "block";
-            c.title = format!("Block {}", crate::net::display(&key));
-            // As the controller applies a manual block: the tag for an address, the ACL for any key.
-            let tag = crate::net::is_host(&key) && s.cfg.block.table.is_some();
-            let acts = match (tag, s.cfg.block.acl.is_some()) {
+            c.title = format!("Block {key}");
+            // As the controller applies a manual block: the tag for an address, the ACL for any
+            // address or network; a table key's tag in its own table.
+            let tag = key.is_single() && (key.table().is_some() || s.cfg.block.table.is_some());
+            let acts = match (tag, s.cfg.block.acl.is_some() && key.net().is_some()) {
                 (true, true) => "tag and ACL entry",
                 (true, false) => "tag",
                 (false, true) => "ACL entry",
@@ -830,8 +839,7 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
                 }
             };
             c.changes.push(format!(
-                "{} is blocked for {} (until {}): {acts} {on}.",
-                crate::net::display(&key),
+                "{key} is blocked for {} (until {}): {acts} {on}.",
                 crate::time::human(duration),
                 until(duration)
             ));
@@ -840,7 +848,7 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
             }
             if let Some(a) = allow_list(&s.cfg, &s.store)?
                 .iter()
-                .find(|a| crate::net::parse_net(&a.key).is_ok_and(|n| crate::net::overlaps(&n, &key)))
+                .find(|a| crate::net::parse_net(&a.key).is_ok_and(|n| key.overlaps(&Key::Net(n))))
             {
                 c.changes.push(format!(
                     "Refused: it reaches the allowlist entry {} ({}); remove that first.",
@@ -850,12 +858,10 @@ async fn confirm_page(s: &ConsoleState, action: &str, f: &ActionFields) -> Resul
             c.asks_duration = true;
         }
         ("extend", Manual::Extend { key, duration, .. }) => {
-            let b = s
-                .store
-                .block(&key)?
-                .ok_or_else(|| OpError::NotFound(format!("{} is not blocked", crate::net::display(&key))))?;
+            let key = checked(&key)?;
+            let b = s.store.block(&key)?.ok_or_else(|| OpError::NotFound(format!("{key} is not blocked")))?;
             c.action = "extend";
-            c.title = format!("Change the end of the block of {}", crate::net::display(&key));
+            c.title = format!("Change the end of the block of {key}");
             let new_until = now + crate::time::ms(duration);
             let verb = if new_until >= b.until { "extended" } else { "shortened" };
             c.changes.push(format!("The block ends at {} instead of {} ({verb}).", until(duration), rfc3339(b.until)));
@@ -920,21 +926,21 @@ async fn act(
         Ok(o) => o,
         Err(e) => return failed(&who, e),
     };
-    let mut touched: Vec<IpNet> = outcome
+    let table = opt(&f.table);
+    let mut touched: Vec<Key> = outcome
         .blocked
         .iter()
-        .map(|b| b.key.as_str())
-        .chain(outcome.released.iter().map(String::as_str))
-        .filter_map(|k| crate::net::parse_net(k).ok())
+        .map(|b| (b.table.clone(), b.key.as_str()))
+        .chain(outcome.released.iter().map(|k| (table.clone(), k.as_str())))
+        .filter_map(|(t, k)| ops::parse_block_key(t.as_deref(), k).ok())
         .collect();
     if !sends {
         touched.clear();
     }
     let states = states(&s, &touched, &outcome.failures);
-    let live = (!touched.is_empty()).then(|| {
-        let list: Vec<String> = touched.iter().map(crate::net::display).collect();
-        format!("/ui/live/confirm?key={}", pages::urlencode(&list.join(",")))
-    });
+    // The live view follows addresses and networks (its query names no table).
+    let nets: Vec<String> = touched.iter().filter(|k| k.net().is_some()).map(Key::text).collect();
+    let live = (!nets.is_empty()).then(|| format!("/ui/live/confirm?key={}", pages::urlencode(&nets.join(","))));
     let title = match action.as_str() {
         "unblock" => "Unblocked",
         "block" => "Blocked",
@@ -947,7 +953,7 @@ async fn act(
 
 /// Each target's state for `keys`: refused (its failure), waiting (not confirmed yet) or
 /// confirmed; "nothing to send" when the action needed no HAProxy command.
-fn states(s: &ConsoleState, keys: &[IpNet], failures: &[String]) -> Vec<Confirmation> {
+fn states(s: &ConsoleState, keys: &[Key], failures: &[String]) -> Vec<Confirmation> {
     s.cfg
         .targets
         .iter()
@@ -966,7 +972,7 @@ fn states(s: &ConsoleState, keys: &[IpNet], failures: &[String]) -> Vec<Confirma
             let waiting: Vec<String> = keys
                 .iter()
                 .filter(|k| s.handle.lag().lagging_on(k).contains(&t.name))
-                .map(crate::net::display)
+                .map(ToString::to_string)
                 .collect();
             if waiting.is_empty() {
                 Confirmation {
@@ -997,7 +1003,7 @@ async fn confirm_live(State(s): State<ConsoleState>, h: HeaderMap, Query(q): Que
     let mut keys = Vec::new();
     for k in q.key.split(',').filter(|k| !k.is_empty()).take(100) {
         match ops::parse_key(k) {
-            Ok(k) => keys.push(k),
+            Ok(k) => keys.push(Key::Net(k)),
             Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         }
     }
@@ -1015,6 +1021,7 @@ mod tests {
             at: "2026-12-02T12:00:00Z".into(),
             event: "block".into(),
             key: Some("10.0.0.1".into()),
+            table: None,
             rule: "flood".into(),
             action: "tag".into(),
             level: 1,

@@ -51,7 +51,7 @@ pub fn layout(title: &str, who: Option<&Session>, nav: Nav, body: Markup) -> Mar
                             (link("/ui/allow", "Allowlist", Nav::Allow))
                         }
                         form.search method="get" action="/ui/blocks" {
-                            input type="search" name="q" placeholder="address or network" aria-label="Find an address or network";
+                            input type="search" name="q" placeholder="address, network or key" aria-label="Find an address, a network or a table key";
                         }
                         span.who { (s.name) " (" (role(s.role)) ")" }
                         form.logout method="post" action="/ui/logout" {
@@ -254,7 +254,7 @@ pub fn blocks(who: &Session, q: &BlockQuery, page: &Page, rules: &[String], erro
         html! {
             h1 { "Active blocks" }
             form.filters method="get" action="/ui/blocks" {
-                label { "Address or network " input type="search" name="q" value=(q.q.clone().unwrap_or_default()); }
+                label { "Address, network or key " input type="search" name="q" value=(q.q.clone().unwrap_or_default()); }
                 label { "Rule "
                     select name="rule" {
                         option value="" { "any" }
@@ -345,7 +345,16 @@ pub fn blocks_live(q: &BlockQuery, page: &Page) -> Markup {
             tbody {
                 @for b in &page.rows {
                     tr {
-                        td { (key_link(&b.key)) @if b.dry_run { " " span.warn { "dry run" } } }
+                        td {
+                            @if let Some(t) = &b.table {
+                                // A key of a table keyed otherwise: no address page to go to.
+                                (text(&b.key)) " " span.muted { "in " (text(t)) } " "
+                                a href={ "/ui/confirm/unblock?key=" (urlencode(&b.key)) "&table=" (urlencode(t)) } { "unblock…" }
+                            } @else {
+                                (key_link(&b.key))
+                            }
+                            @if b.dry_run { " " span.warn { "dry run" } }
+                        }
                         td { (b.level) }
                         td { (b.action) }
                         td { (text(&b.rule)) }
@@ -639,6 +648,8 @@ pub struct Confirm {
     pub title: String,
     pub changes: Vec<String>,
     pub key: String,
+    /// The table of a table key (empty for an address or network).
+    pub table: String,
     pub duration: String,
     pub grace: String,
     /// Which optional fields the form has.
@@ -659,6 +670,7 @@ pub fn confirm(who: &Session, c: &Confirm) -> Markup {
                 form.confirm method="post" action={ "/ui/act/" (c.action) } {
                     input type="hidden" name="csrf" value=(who.csrf);
                     input type="hidden" name="key" value=(c.key);
+                    @if !c.table.is_empty() { input type="hidden" name="table" value=(c.table); }
                     @if c.asks_duration {
                         label { "Duration " input type="text" name="duration" value=(c.duration); }
                     }
@@ -669,7 +681,11 @@ pub fn confirm(who: &Session, c: &Confirm) -> Markup {
                         input #reason type="text" name="reason" required maxlength="500"; }
                     button.primary type="submit" { "Confirm" }
                     " "
-                    a href={ "/ui/address/" (c.key.split('/').next().unwrap_or_default()) } { "Cancel" }
+                    @if c.table.is_empty() {
+                        a href={ "/ui/address/" (c.key.split('/').next().unwrap_or_default()) } { "Cancel" }
+                    } @else {
+                        a href="/ui/blocks" { "Cancel" }
+                    }
                 }
             }
         },

@@ -8,7 +8,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -19,6 +18,7 @@ use crate::actuator::{Actuator, Job};
 use crate::client::ClientError;
 use crate::config::Config;
 use crate::decide::{Actual, Decider, Effects, Input, JobOutcome};
+use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::ops::{Manual, OpError, Outcome};
 use crate::poll::Observation;
@@ -151,8 +151,8 @@ impl Controller {
             return Ok(());
         }
         // Every candidate's history in one read, off the daemon's thread.
-        let addrs: Vec<std::net::IpAddr> = candidates.iter().map(|o| o.addr).collect();
-        let offenders = self.on_store(move |s| s.offenders(&addrs)).await?;
+        let keys: Vec<Key> = candidates.iter().map(|o| o.key.clone()).collect();
+        let offenders = self.on_store(move |s| s.offenders(&keys)).await?;
         let scored = candidates.into_iter().zip(offenders).collect();
         let t = std::time::Instant::now();
         self.step(Input::Scored { polled_at, scored, population: self.census.population() }).await?;
@@ -170,7 +170,7 @@ impl Controller {
     pub async fn reconcile(&mut self, actual: Actual) -> Result<(), StoreError> {
         // Which leftovers stickwarden put there: one read of the store, off the daemon's thread.
         let keys = self.decider.leftovers(&actual);
-        let owned: HashSet<IpNet> = if keys.is_empty() {
+        let owned: HashSet<Key> = if keys.is_empty() {
             HashSet::new()
         } else {
             self.on_store(move |s| {
@@ -244,10 +244,10 @@ impl Controller {
         notify: Option<oneshot::Sender<Vec<String>>>,
         polled_at: Option<Millis>,
     ) {
-        let keys: Arc<Vec<IpNet>> = Arc::new(match &job {
-            Job::Apply { key, .. } | Job::Release { key, .. } => vec![*key],
-            Job::ApplyMany { blocks, .. } => blocks.iter().map(|(k, _)| *k).collect(),
-            Job::ImportAcl { keys, .. } => keys.clone(),
+        let keys: Arc<Vec<Key>> = Arc::new(match &job {
+            Job::Apply { key, .. } | Job::Release { key, .. } => vec![key.clone()],
+            Job::ApplyMany { blocks, .. } => blocks.iter().map(|(k, _)| k.clone()).collect(),
+            Job::ImportAcl { keys, .. } => keys.iter().map(|k| Key::Net(*k)).collect(),
             Job::Forget => Vec::new(),
         });
         let mut replies: Vec<(String, oneshot::Receiver<Result<(), ClientError>>)> = Vec::new();
@@ -299,12 +299,12 @@ impl Controller {
                         // A refusal of the whole job (not of some of its keys) refuses them all.
                         match e {
                             ClientError::Refused { keys: bad, .. } => refused.extend(bad),
-                            _ => refused.extend(keys.iter().copied()),
+                            _ => refused.extend(keys.iter().cloned()),
                         }
                     }
                     Err(_) => {
                         failures.push(format!("{target}: actuator stopped"));
-                        refused.extend(keys.iter().copied());
+                        refused.extend(keys.iter().cloned());
                     }
                 }
             }

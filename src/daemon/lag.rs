@@ -8,16 +8,16 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ipnet::IpNet;
+use crate::key::Key;
 
 use crate::metrics::Metrics;
 
 #[derive(Default)]
 struct TargetLag {
     /// Keys with jobs sent and not answered yet, with how many.
-    pending: HashMap<IpNet, u32>,
+    pending: HashMap<Key, u32>,
     /// Keys whose last answered job failed.
-    failed: HashSet<IpNet>,
+    failed: HashSet<Key>,
 }
 
 impl TargetLag {
@@ -25,7 +25,7 @@ impl TargetLag {
         self.pending.len() + self.failed.iter().filter(|k| !self.pending.contains_key(k)).count()
     }
 
-    fn has(&self, key: &IpNet) -> bool {
+    fn has(&self, key: &Key) -> bool {
         self.pending.contains_key(key) || self.failed.contains(key)
     }
 }
@@ -58,24 +58,24 @@ impl Lag {
     }
 
     /// Jobs for `keys` were queued to `target`.
-    pub fn sent(&self, target: &str, keys: &[IpNet]) {
+    pub fn sent(&self, target: &str, keys: &[Key]) {
         if keys.is_empty() {
             return;
         }
         self.update(target, |t| {
             for k in keys {
-                *t.pending.entry(*k).or_default() += 1;
+                *t.pending.entry(k.clone()).or_default() += 1;
             }
         });
     }
 
     /// `target` answered the jobs for `keys`: confirmed (`ok`) or not.
-    pub fn answered(&self, target: &str, keys: &[IpNet], ok: bool) {
+    pub fn answered(&self, target: &str, keys: &[Key], ok: bool) {
         self.answered_but(target, keys, |_| !ok);
     }
 
     /// `target` answered the job for `keys`, refusing those for which `refused` is true.
-    pub fn answered_but(&self, target: &str, keys: &[IpNet], refused: impl Fn(&IpNet) -> bool) {
+    pub fn answered_but(&self, target: &str, keys: &[Key], refused: impl Fn(&Key) -> bool) {
         if keys.is_empty() {
             return;
         }
@@ -91,7 +91,7 @@ impl Lag {
                 if ok {
                     t.failed.remove(k);
                 } else {
-                    t.failed.insert(*k);
+                    t.failed.insert(k.clone());
                 }
             }
         });
@@ -104,11 +104,11 @@ impl Lag {
 
     /// Every key some target has not confirmed, with those targets (sorted): a snapshot, for
     /// listings.
-    pub fn lagging(&self) -> HashMap<IpNet, Vec<String>> {
-        let mut out: HashMap<IpNet, Vec<String>> = HashMap::new();
+    pub fn lagging(&self) -> HashMap<Key, Vec<String>> {
+        let mut out: HashMap<Key, Vec<String>> = HashMap::new();
         for (name, t) in self.lock().iter() {
             for k in t.pending.keys().chain(t.failed.iter()) {
-                let names = out.entry(*k).or_default();
+                let names = out.entry(k.clone()).or_default();
                 if !names.contains(name) {
                     names.push(name.clone());
                 }
@@ -119,7 +119,7 @@ impl Lag {
     }
 
     /// The targets that have not confirmed the last job for `key`, sorted.
-    pub fn lagging_on(&self, key: &IpNet) -> Vec<String> {
+    pub fn lagging_on(&self, key: &Key) -> Vec<String> {
         let mut v: Vec<String> = self.lock().iter().filter(|(_, t)| t.has(key)).map(|(n, _)| n.clone()).collect();
         v.sort();
         v
@@ -133,20 +133,20 @@ mod tests {
     #[test]
     fn a_key_is_unconfirmed_until_its_last_job_is_confirmed() {
         let lag = Lag::new(["a".to_owned(), "b".to_owned()], Arc::new(Metrics::new()));
-        let k: IpNet = "10.0.0.1/32".parse().unwrap();
-        lag.sent("a", &[k]);
-        lag.sent("b", &[k]);
-        lag.answered("a", &[k], true);
+        let k = Key::Net("10.0.0.1/32".parse().unwrap());
+        lag.sent("a", std::slice::from_ref(&k));
+        lag.sent("b", std::slice::from_ref(&k));
+        lag.answered("a", std::slice::from_ref(&k), true);
         assert_eq!(lag.lagging_on(&k), ["b"]);
-        assert_eq!(lag.lagging(), [(k, vec!["b".to_owned()])].into());
-        lag.answered("b", &[k], false);
+        assert_eq!(lag.lagging(), [(k.clone(), vec!["b".to_owned()])].into());
+        lag.answered("b", std::slice::from_ref(&k), false);
         assert_eq!(lag.unconfirmed()["b"], 1);
         // Block then release queued; the block's answer does not clear the pending release.
-        lag.sent("b", &[k]);
-        lag.sent("b", &[k]);
-        lag.answered("b", &[k], true);
+        lag.sent("b", std::slice::from_ref(&k));
+        lag.sent("b", std::slice::from_ref(&k));
+        lag.answered("b", std::slice::from_ref(&k), true);
         assert_eq!(lag.lagging_on(&k), ["b"]);
-        lag.answered("b", &[k], true);
+        lag.answered("b", std::slice::from_ref(&k), true);
         assert!(lag.lagging_on(&k).is_empty());
         assert_eq!(lag.unconfirmed().values().sum::<usize>(), 0);
     }
@@ -154,7 +154,8 @@ mod tests {
     #[test]
     fn a_job_of_many_keys_leaves_only_its_refused_keys_unconfirmed() {
         let lag = Lag::new(["a".to_owned()], Arc::new(Metrics::new()));
-        let keys: Vec<IpNet> = ["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"].map(|k| k.parse().unwrap()).to_vec();
+        let keys: Vec<Key> =
+            ["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"].map(|k| Key::Net(k.parse().unwrap())).to_vec();
         lag.sent("a", &keys);
         assert_eq!(lag.unconfirmed()["a"], 3);
         lag.answered_but("a", &keys, |k| *k == keys[1]);

@@ -192,7 +192,9 @@ pub async fn run_with(
     let rules = Arc::new(cfg.rules.clone());
     let census = Arc::new(Census::default());
     let merged = cfg.merge.enabled && parts.clients.len() > 1;
-    for table in cfg.tables.iter().filter(|_| merged) {
+    // A fleet merges the values of one client address across nodes; a table keyed otherwise is
+    // polled on each node (its key is the same client wherever it is seen).
+    for table in cfg.tables.iter().filter(|t| merged && t.key.is_none()) {
         let fleet = fleet_poller::Fleet {
             nodes: parts.clients.clone(),
             table: table.clone(),
@@ -203,8 +205,8 @@ pub async fn run_with(
         };
         tokio::spawn(fleet_poller::run(fleet, tx.clone(), stop_rx.clone(), metrics.clone()));
     }
-    for (name, client) in parts.clients.iter().filter(|_| !merged) {
-        for table in &cfg.tables {
+    for (name, client) in &parts.clients {
+        for table in cfg.tables.iter().filter(|t| !merged || t.key.is_some()) {
             let task = poller::Task {
                 target: name.clone(),
                 client: client.clone(),

@@ -96,7 +96,7 @@ async fn poll_once(task: &Task, state: &mut State, metrics: &Metrics) -> Result<
         state.queries = Some(plan(client, table, rules).await?);
     }
     let queries = state.queries.as_deref().unwrap_or_default();
-    let Some(suspects) = &task.table.suspects else { return poll(client, table, queries, rules).await };
+    let Some(suspects) = &task.table.suspects else { return poll(client, table, task.table.key, queries, rules).await };
     let key_type = match state.key_type {
         Some(t) => t,
         None => *state.key_type.insert(client.table_key_type(table).await?),

@@ -21,6 +21,7 @@ use crate::actuator::Job;
 use crate::allowlist::Allowlist;
 use crate::config::Config;
 use crate::engine;
+use crate::key::Key;
 use crate::net;
 use crate::ops::{BlockView, Manual, OpError, Outcome};
 use crate::poll::Observation;
@@ -64,7 +65,7 @@ pub struct JobOutcome {
     /// One line per target that refused or failed.
     pub failures: Vec<String>,
     /// The keys refused somewhere (every key of the job, unless a target named some).
-    pub refused: Vec<IpNet>,
+    pub refused: Vec<Key>,
     /// The start of the poll that decided the job's blocks.
     pub polled_at: Option<Millis>,
 }
@@ -86,7 +87,7 @@ pub enum Input {
     /// `target`'s HAProxy is a new process (reload, restart).
     Restarted { target: String, was: String, now: String },
     /// What `target` holds, and which of its leftovers ([`Decider::leftovers`]) stickwarden owns.
-    Actual { actual: Actual, owned: HashSet<IpNet> },
+    Actual { actual: Actual, owned: HashSet<Key> },
 }
 
 /// A job for the actuators.
@@ -146,18 +147,18 @@ pub struct Decider {
     allow: Allowlist,
     /// The allowlist entries operators added (with the configuration's, they make `allow`).
     stored_allows: Vec<AllowEntry>,
-    active: HashMap<IpNet, Block>,
+    active: HashMap<Key, Block>,
     /// Keys of active network blocks, to test addresses against.
     nets: Vec<IpNet>,
     /// Where the active blocks were applied, one copy of each.
     places: HashSet<Arc<Place>>,
     /// Blocks whose release was sent and not yet confirmed, with when to try again if it fails.
-    releasing: HashMap<IpNet, Option<Millis>>,
+    releasing: HashMap<Key, Option<Millis>>,
     /// When each key was last released: a poll that started earlier saw the counters from before
     /// the release (which cleared them) and must not count against it again.
-    released: HashMap<IpNet, Millis>,
+    released: HashMap<Key, Millis>,
     /// Releases an operator asked for, with who and why, for their audit record.
-    unblocked_by: HashMap<IpNet, (String, String)>,
+    unblocked_by: HashMap<Key, (String, String)>,
     breaker: Breaker,
     aggregator: Aggregator,
 }
@@ -193,9 +194,10 @@ impl Decider {
         if b.place.is_none() {
             b.place = Some(Arc::new(Place::of(&self.cfg.block, &b.actions)));
         }
-        if let Some(why) = self.unsafe_reach(&b.key, now) {
-            warn!(key = %net::display(&b.key), protected = %why, "stored block reaches a protected address; releasing it");
-            self.unblocked_by.insert(b.key, (AUTO_ACTOR.into(), format!("reaches a protected address ({why})")));
+        if let Some(why) = b.key.net().and_then(|n| self.unsafe_reach(n, now)) {
+            warn!(key = %b.key, protected = %why, "stored block reaches a protected address; releasing it");
+            self.unblocked_by
+                .insert(b.key.clone(), (AUTO_ACTOR.into(), format!("reaches a protected address ({why})")));
             b.until = b.until.min(now);
         }
         self.index(b);
@@ -206,7 +208,7 @@ impl Decider {
         self.active.values()
     }
 
-    pub fn block(&self, key: &IpNet) -> Option<&Block> {
+    pub fn block(&self, key: &Key) -> Option<&Block> {
         self.active.get(key)
     }
 
@@ -221,22 +223,22 @@ impl Decider {
         batch
             .into_iter()
             .filter(|obs| {
-                if self.released.get(&net::host_net(obs.addr)).is_some_and(|&t| t >= polled_at) {
+                if self.released.get(&obs.key).is_some_and(|&t| t >= polled_at) {
                     return false;
                 }
-                if let Some(reason) = self.allow.allows(obs.addr, now) {
-                    tracing::debug!(addr = %obs.addr, reason, "allowlisted, not scored");
+                if let Some(reason) = obs.key.addr().and_then(|a| self.allow.allows(a, now)) {
+                    tracing::debug!(key = %obs.key, reason, "allowlisted, not scored");
                     return false;
                 }
-                !self.blocked(obs.addr)
+                !self.blocked(&obs.key)
             })
             .collect()
     }
 
     /// The keys `actual` holds that no active block wants: the ones to ask the store about
     /// (whether stickwarden put them there) before [`Input::Actual`].
-    pub fn leftovers(&self, actual: &Actual) -> Vec<IpNet> {
-        let mut keys: Vec<IpNet> = self.leftover_actions(actual).into_keys().collect();
+    pub fn leftovers(&self, actual: &Actual) -> Vec<Key> {
+        let mut keys: Vec<Key> = self.leftover_actions(actual).into_keys().collect();
         keys.sort_unstable();
         keys
     }
@@ -283,23 +285,25 @@ impl Decider {
                 }
             });
         }
-        if !net::is_host(&b.key) && !self.nets.contains(&b.key) {
-            self.nets.push(b.key);
+        if let Some(n) = b.key.net().filter(|n| !net::is_host(n) && !self.nets.contains(n)) {
+            self.nets.push(*n);
         }
-        self.active.insert(b.key, b);
+        self.active.insert(b.key.clone(), b);
     }
 
-    fn unindex(&mut self, key: &IpNet) {
+    fn unindex(&mut self, key: &Key) {
         self.active.remove(key);
-        self.nets.retain(|n| n != key);
+        self.nets.retain(|n| Some(n) != key.net());
     }
 
-    fn blocked(&self, addr: IpAddr) -> bool {
-        self.active.contains_key(&net::host_net(addr)) || self.nets.iter().any(|n| net::covers_addr(n, addr))
+    /// Whether `key` is blocked: its own block, or (an address) a network block covering it.
+    fn blocked(&self, key: &Key) -> bool {
+        self.active.contains_key(key) || key.addr().is_some_and(|a| self.nets.iter().any(|n| net::covers_addr(n, a)))
     }
 
-    fn place(&self, actions: &Actions) -> Arc<Place> {
-        Arc::new(Place::of(&self.cfg.block, actions))
+    /// Where the configuration puts `actions` for `key`.
+    fn place(&self, key: &Key, actions: &Actions) -> Arc<Place> {
+        Arc::new(Place::for_key(&self.cfg, key, actions))
     }
 
     fn scored(
@@ -318,20 +322,22 @@ impl Decider {
             let policy = &cfg.rules.policy;
             let verdict = engine::assess(policy, &mut offender, &rules, now, cfg.dry_run, cfg.store.max_offences);
             let Some(v) = verdict else {
-                fx.write(Write::Offender(obs.addr, offender));
+                fx.write(Write::Offender(obs.key, offender));
                 continue;
             };
             if !v.dry_run && !self.breaker_check(now, population, fx) {
-                warn!(addr = %obs.addr, rule = %v.rule, "circuit breaker open: not blocking");
+                warn!(key = %obs.key, rule = %v.rule, "circuit breaker open: not blocking");
                 fx.decisions.push((v.rule.clone(), "suppressed"));
                 offender.offences.pop(); // not acted on, so not counted for the ladder
-                fx.write(Write::Offender(obs.addr, offender));
+                fx.write(Write::Offender(obs.key, offender));
                 continue;
             }
+            let actions = v.actions.for_key(&obs.key);
             let block = Block {
-                key: net::host_net(obs.addr),
+                key: obs.key.clone(),
                 level: v.level,
-                actions: v.actions.clone(),
+                place: Some(self.place(&obs.key, &actions)),
+                actions,
                 rule: v.rule.clone(),
                 reason: format!("score crossed {} ({})", policy.threshold, describe(&obs.counters)),
                 source: Origin::Auto,
@@ -340,7 +346,6 @@ impl Decider {
                 until: now + ms(v.duration),
                 counters: obs.counters,
                 dry_run: v.dry_run,
-                place: Some(self.place(&v.actions)),
                 nodes: obs.nodes,
             };
             if !v.dry_run {
@@ -349,11 +354,12 @@ impl Decider {
             let event = if v.dry_run { Event::WouldBlock } else { Event::Block };
             fx.decisions.push((v.rule.clone(), event.as_str()));
             let rec = AuditRecord::of(event, &block, now);
-            fx.write(Write::Decide { block: Box::new(block.clone()), offender: Some((obs.addr, offender)), rec });
-            info!(addr = %obs.addr, rule = %block.rule, level = block.level, actions = %block.actions,
+            info!(key = %obs.key, rule = %block.rule, level = block.level, actions = %block.actions,
                   duration = %crate::time::human(v.duration), dry_run = block.dry_run, "block decided");
-            if !v.dry_run {
-                if let Some(prefix_block) = self.aggregate(obs.addr, population, now, fx) {
+            let addr = obs.key.addr();
+            fx.write(Write::Decide { block: Box::new(block.clone()), offender: Some((obs.key, offender)), rec });
+            if let (false, Some(addr)) = (v.dry_run, addr) {
+                if let Some(prefix_block) = self.aggregate(addr, population, now, fx) {
                     decided.push(prefix_block);
                 }
             }
@@ -363,10 +369,10 @@ impl Decider {
         fx.durable = !decided.is_empty();
         // The poll's new blocks go out together: one pipelined job per place, not one round trip
         // per block.
-        let mut by_place: HashMap<Arc<Place>, Vec<(IpNet, Actions)>> = HashMap::new();
+        let mut by_place: HashMap<Arc<Place>, Vec<(Key, Actions)>> = HashMap::new();
         for b in decided {
             if !b.dry_run {
-                by_place.entry(b.place()).or_default().push((b.key, b.actions.clone()));
+                by_place.entry(b.place()).or_default().push((b.key.clone(), b.actions.clone()));
             }
             self.index(b);
         }
@@ -406,7 +412,7 @@ impl Decider {
         let agg = self.cfg.aggregate.clone()?;
         let prefix = net::prefix_of(addr, agg.ipv4_prefix, agg.ipv6_prefix);
         let n = self.aggregator.record(prefix, addr, now, ms(agg.window));
-        if n < agg.offenders || self.active.contains_key(&prefix) || net::is_host(&prefix) {
+        if n < agg.offenders || self.active.contains_key(&Key::Net(prefix)) || net::is_host(&prefix) {
             return None;
         }
         if let Some(reason) = self.allow.overlaps(&prefix, now) {
@@ -425,9 +431,9 @@ impl Decider {
         self.aggregator.reset(&prefix);
         let actions = Actions::new(vec![Action::Acl]);
         let block = Block {
-            key: prefix,
+            key: Key::Net(prefix),
             level: 0,
-            place: Some(self.place(&actions)),
+            place: Some(self.place(&Key::Net(prefix), &actions)),
             actions,
             rule: "subnet-aggregate".into(),
             reason: format!("{n} offenders of {prefix} blocked within {}", crate::time::human(agg.window)),
@@ -449,14 +455,14 @@ impl Decider {
     /// minute is quiet; forgets old windows.
     fn tick(&mut self, population: Option<u64>, now: Millis, fx: &mut Effects) {
         let mut due = windows::due(self.active.values(), &self.releasing, now);
-        due.sort_unstable_by_key(|b| (b.until, b.key));
+        due.sort_unstable_by(|a, b| (a.until, &a.key).cmp(&(b.until, &b.key)));
         for b in due {
             if b.dry_run {
                 self.finish_release(&b, Event::WouldRelease, now, fx);
                 continue;
             }
-            self.releasing.insert(b.key, None);
-            let job = Job::Release { key: b.key, actions: b.actions.clone(), place: b.place() };
+            self.releasing.insert(b.key.clone(), None);
+            let job = Job::Release { key: b.key.clone(), actions: b.actions.clone(), place: b.place() };
             fx.send(None, Some(&b), job);
         }
         if self.breaker.is_open() {
@@ -475,11 +481,11 @@ impl Decider {
         if let Some((actor, reason)) = self.unblocked_by.remove(&block.key) {
             (rec.source, rec.actor, rec.reason) = (Origin::Manual, actor, format!("unblocked: {reason}"));
         }
-        fx.write(Write::Release { key: block.key, since: block.since, rec });
+        fx.write(Write::Release { key: block.key.clone(), since: block.since, rec });
         if self.active.get(&block.key).is_some_and(|b| b.since == block.since) {
-            info!(key = %net::display(&block.key), rule = %block.rule, "released");
+            info!(key = %block.key, rule = %block.rule, "released");
             self.unindex(&block.key);
-            self.released.insert(block.key, now);
+            self.released.insert(block.key.clone(), now);
         }
     }
 
@@ -488,7 +494,7 @@ impl Decider {
     fn done(&mut self, block: Option<Block>, outcome: JobOutcome, now: Millis, fx: &mut Effects) {
         let JobOutcome { what, release, failures, refused, .. } = outcome;
         if !failures.is_empty() {
-            error!(key = ?block.as_ref().map(|b| net::display(&b.key)), refused = refused.len(), failures = ?failures, "{what} failed");
+            error!(key = ?block.as_ref().map(|b| b.key.to_string()), refused = refused.len(), failures = ?failures, "{what} failed");
             let reason = format!("{what}: {}", failures.join("; "));
             // A poll's new blocks: the audit record of each one a target refused. (A re-apply of
             // every block, refused for a reason that is the same for all, is one record.)
@@ -514,7 +520,7 @@ impl Decider {
                 self.releasing.remove(&b.key);
                 self.finish_release(b, Event::Release, now, fx);
             } else {
-                self.releasing.insert(b.key, Some(now + RELEASE_RETRY));
+                self.releasing.insert(b.key.clone(), Some(now + RELEASE_RETRY));
             }
         }
     }
@@ -525,10 +531,10 @@ impl Decider {
     fn reapply(&mut self, only: Option<&str>, now: Millis, fx: &mut Effects) -> usize {
         // Keys and actions only, by where they were applied (nearly always one place): a copy of
         // every block would double the memory of the index.
-        let mut by_place: HashMap<Arc<Place>, Vec<(IpNet, Actions)>> = HashMap::new();
+        let mut by_place: HashMap<Arc<Place>, Vec<(Key, Actions)>> = HashMap::new();
         let mut n = 0;
         for b in self.active.values().filter(|b| !b.dry_run && b.until > now) {
-            by_place.entry(b.place()).or_default().push((b.key, b.actions.clone()));
+            by_place.entry(b.place()).or_default().push((b.key.clone(), b.actions.clone()));
             n += 1;
         }
         if n > 0 {
@@ -537,7 +543,7 @@ impl Decider {
         let mut places: Vec<_> = by_place.into_iter().collect();
         for (_, items) in &mut places {
             // In key order: the same order every time, whatever the index's.
-            items.sort_unstable_by_key(|a| a.0);
+            items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         places.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
         for (place, items) in places {
@@ -551,28 +557,32 @@ impl Decider {
     }
 
     /// What `actual` holds that no active block wants, by key, with the actions to remove.
-    fn leftover_actions(&self, actual: &Actual) -> HashMap<IpNet, Vec<Action>> {
+    fn leftover_actions(&self, actual: &Actual) -> HashMap<Key, Vec<Action>> {
         let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
         let here = self.here();
-        let wants = |k: &IpNet, a: Action| {
+        let wants = |k: &Key, a: Action| {
             self.active.get(k).is_some_and(|b| !b.dry_run && b.actions.has(a) && b.place().same_for(&here, a))
         };
-        let wants_map = |k: &IpNet| {
+        let wants_map = |k: &Key| {
             self.active.get(k).is_some_and(|b| {
                 !b.dry_run && b.actions.map_class().is_some_and(|c| b.place().same_for(&here, Action::Map(c)))
             })
         };
-        let recent = |k: &IpNet| self.releasing.contains_key(k) || self.released.get(k).is_some_and(|&t| t >= settled);
-        let mut leftovers: HashMap<IpNet, Vec<Action>> = HashMap::new();
-        for k in actual.acl.iter().flatten().filter(|k| !wants(k, Action::Acl) && !recent(k)) {
-            leftovers.entry(*k).or_default().push(Action::Acl);
+        let recent = |k: &Key| self.releasing.contains_key(k) || self.released.get(k).is_some_and(|&t| t >= settled);
+        let mut leftovers: HashMap<Key, Vec<Action>> = HashMap::new();
+        for k in actual.acl.iter().flatten().map(|n| Key::Net(*n)) {
+            if !wants(&k, Action::Acl) && !recent(&k) {
+                leftovers.entry(k).or_default().push(Action::Acl);
+            }
         }
-        for k in actual.mapped.iter().flat_map(|m| m.keys()).filter(|k| !wants_map(k) && !recent(k)) {
+        for k in actual.mapped.iter().flat_map(|m| m.keys()).map(|n| Key::Net(*n)) {
             // Removed by key: the class in the action does not matter.
-            leftovers.entry(*k).or_default().push(Action::Map(MapClass::Deny));
+            if !wants_map(&k) && !recent(&k) {
+                leftovers.entry(k).or_default().push(Action::Map(MapClass::Deny));
+            }
         }
         for a in actual.tagged.iter().flatten() {
-            let k = net::host_net(*a);
+            let k = Key::host(*a);
             if !wants(&k, Action::Tag) && !recent(&k) {
                 leftovers.entry(k).or_default().push(Action::Tag);
             }
@@ -590,13 +600,15 @@ impl Decider {
     /// been applied before HAProxy was read, and not being released), and removes what it holds of
     /// keys stickwarden once blocked (`owned`) and no block wants now. Each repair is counted and
     /// audited; patterns and tags of keys stickwarden never blocked are left alone.
-    fn reconcile(&mut self, actual: Actual, owned: &HashSet<IpNet>, now: Millis, fx: &mut Effects) {
+    fn reconcile(&mut self, actual: Actual, owned: &HashSet<Key>, now: Millis, fx: &mut Effects) {
         let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
         // What was read is the places of today's [block]; a block applied elsewhere (the
         // configuration changed since) is compared only where its place is today's.
         let here = self.here();
         let mut repairs: Vec<(Block, Actions)> = Vec::new();
         for b in self.active.values().filter(|b| !b.dry_run && b.since <= settled && b.until > actual.read_at) {
+            // What was read is [block]'s places: the address blocks'.
+            let Some(key) = b.key.net() else { continue };
             if self.releasing.contains_key(&b.key) {
                 continue;
             }
@@ -604,19 +616,19 @@ impl Decider {
             let mut missing = Vec::new();
             if b.actions.has(Action::Acl)
                 && place.same_for(&here, Action::Acl)
-                && actual.acl.as_ref().is_some_and(|a| !a.contains(&b.key))
+                && actual.acl.as_ref().is_some_and(|a| !a.contains(key))
             {
                 missing.push(Action::Acl);
             }
             if b.actions.has(Action::Tag)
-                && net::is_host(&b.key)
+                && net::is_host(key)
                 && place.same_for(&here, Action::Tag)
-                && actual.tagged.as_ref().is_some_and(|t| !t.contains(&b.key.addr()))
+                && actual.tagged.as_ref().is_some_and(|t| !t.contains(&key.addr()))
             {
                 missing.push(Action::Tag);
             }
             if let Some(class) = b.actions.map_class() {
-                let held = actual.mapped.as_ref().map(|m| m.get(&b.key).map(String::as_str));
+                let held = actual.mapped.as_ref().map(|m| m.get(key).map(String::as_str));
                 if place.same_for(&here, Action::Map(class)) && held.is_some_and(|v| v != Some(class.as_str())) {
                     missing.push(Action::Map(class));
                 }
@@ -625,14 +637,14 @@ impl Decider {
                 repairs.push((b.clone(), Actions::new(missing)));
             }
         }
-        repairs.sort_unstable_by_key(|(b, _)| b.key);
-        let mut removals: Vec<(IpNet, Actions)> = self
+        repairs.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key));
+        let mut removals: Vec<(Key, Actions)> = self
             .leftover_actions(&actual)
             .into_iter()
             .filter(|(k, _)| owned.contains(k))
             .map(|(k, a)| (k, Actions::new(a)))
             .collect();
-        removals.sort_unstable_by_key(|r| r.0);
+        removals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if repairs.is_empty() && removals.is_empty() {
             return;
         }
@@ -651,16 +663,16 @@ impl Decider {
             rec.reason = format!("{target}: missing {missing}, put back");
             fx.write(Write::Audit(rec));
             fx.repairs.push(target.to_owned());
-            let job = Job::Apply { key: b.key, place: b.place(), actions: missing, kill: false };
+            let job = Job::Apply { key: b.key.clone(), place: b.place(), actions: missing, kill: false };
             fx.send(Some(target), Some(&b), job);
         }
         for (key, actions) in removals {
             let reason = format!("{target}: leftover {actions} of an ended block, removed");
             let mut rec = AuditRecord::note(Event::Repaired, now, AUTO_ACTOR, reason);
-            (rec.key, rec.actions) = (Some(key), actions.clone());
+            (rec.key, rec.actions) = (Some(key.clone()), actions.clone());
             fx.write(Write::Audit(rec));
             fx.repairs.push(target.to_owned());
-            let place = self.place(&actions);
+            let place = self.place(&key, &actions);
             fx.send(Some(target), None, Job::Release { key, actions, place });
         }
     }
@@ -668,16 +680,26 @@ impl Decider {
     fn manual(&mut self, op: Manual, actor: &str, now: Millis, fx: &mut Effects) -> Result<(), OpError> {
         match op {
             Manual::Block { key, duration, reason, allow_broad } => {
-                self.cfg.safety.check_breadth(&key, allow_broad).map_err(|m| OpError::bad("too_broad", m))?;
+                let key = crate::ops::checked_key(&self.cfg, &key)?;
+                if let Some(n) = key.net() {
+                    self.cfg.safety.check_breadth(n, allow_broad).map_err(|m| OpError::bad("too_broad", m))?;
+                }
                 self.manual_block(key, duration, reason, actor, now, fx)
             }
             Manual::Unblock { key, reason, grace } => {
+                let key = crate::ops::checked_key(&self.cfg, &key)?;
                 if !self.active.contains_key(&key) {
-                    return Err(OpError::NotFound(format!("{} is not blocked", net::display(&key))));
+                    return Err(OpError::NotFound(format!("{key} is not blocked")));
                 }
                 if let Some(g) = grace {
+                    let Some(net) = key.net() else {
+                        return Err(OpError::bad(
+                            "invalid_grace",
+                            "a grace period is an allowlist entry, for addresses only: not for a table key",
+                        ));
+                    };
                     let entry = AllowEntry {
-                        net: key,
+                        net: *net,
                         reason: format!("grace after unblock: {reason}"),
                         actor: actor.to_owned(),
                         since: now,
@@ -689,11 +711,12 @@ impl Decider {
                 Ok(())
             }
             Manual::Extend { key, duration, reason } => {
+                let key = crate::ops::checked_key(&self.cfg, &key)?;
                 let Some(old) = self.active.get(&key).cloned() else {
-                    return Err(OpError::NotFound(format!("{} is not blocked", net::display(&key))));
+                    return Err(OpError::NotFound(format!("{key} is not blocked")));
                 };
                 if self.releasing.contains_key(&key) {
-                    return Err(OpError::Conflict(format!("the block of {} is being released", net::display(&key))));
+                    return Err(OpError::Conflict(format!("the block of {key} is being released")));
                 }
                 let block = Block { until: now + ms(duration), ..old.clone() };
                 let mut rec = AuditRecord::of(Event::ExpiryChanged, &block, now);
@@ -702,7 +725,7 @@ impl Decider {
                 fx.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
                 fx.durable = true;
                 info!(
-                    key = %net::display(&key),
+                    %key,
                     actor,
                     was = %crate::time::rfc3339(old.until),
                     until = %crate::time::rfc3339(block.until),
@@ -722,7 +745,8 @@ impl Decider {
                 };
                 self.add_allow(entry, now, fx);
                 fx.reply.allowed.push(net::display(&key));
-                let mut covered: Vec<IpNet> = self.active.keys().filter(|k| net::overlaps(k, &key)).copied().collect();
+                let mut covered: Vec<Key> =
+                    self.active.keys().filter(|k| k.net().is_some_and(|n| net::overlaps(n, &key))).cloned().collect();
                 covered.sort_unstable();
                 for k in covered {
                     self.unblock(k, actor, &format!("allowlisted: {reason}"), now, fx);
@@ -746,7 +770,7 @@ impl Decider {
                 self.allow = Allowlist::new(&self.cfg, &self.stored_allows);
                 fx.allow_remove.push(key);
                 let mut rec = AuditRecord::note(Event::Disallow, now, actor, reason);
-                (rec.key, rec.source) = (Some(entry.net), Origin::Manual);
+                (rec.key, rec.source) = (Some(Key::Net(entry.net)), Origin::Manual);
                 fx.write(Write::Audit(rec));
                 fx.reply.allowed.push(net::display(&key));
                 Ok(())
@@ -763,7 +787,7 @@ impl Decider {
 
     fn add_allow(&mut self, entry: AllowEntry, now: Millis, fx: &mut Effects) {
         let mut rec = AuditRecord::note(Event::Allow, now, &entry.actor, entry.reason.clone());
-        (rec.key, rec.source) = (Some(entry.net), Origin::Manual);
+        (rec.key, rec.source) = (Some(Key::Net(entry.net)), Origin::Manual);
         rec.duration_ms = entry.until.map_or(0, |u| u.saturating_sub(now));
         // One entry per network: a new one replaces the old (as the store's key does).
         self.stored_allows.retain(|e| e.net != entry.net);
@@ -773,10 +797,12 @@ impl Decider {
         fx.write(Write::Audit(rec));
     }
 
-    /// How a manual block of `key` is applied: the ACL, and the tag for an address.
-    fn manual_actions(&self, key: &IpNet) -> Result<Actions, OpError> {
+    /// How a manual block of `key` is applied: the ACL, and the tag for an address; the tag in its
+    /// own table for a table key.
+    fn manual_actions(&self, key: &Key) -> Result<Actions, OpError> {
+        let Some(net) = key.net() else { return Ok(Actions::new(vec![Action::Tag])) };
         let mut a = Vec::new();
-        if net::is_host(key) && self.cfg.block.table.is_some() {
+        if net::is_host(net) && self.cfg.block.table.is_some() {
             a.push(Action::Tag);
         }
         if self.cfg.block.acl.is_some() {
@@ -784,8 +810,7 @@ impl Decider {
         }
         if a.is_empty() {
             return Err(OpError::Conflict(format!(
-                "cannot block {}: a network needs [block] acl in the configuration",
-                net::display(key)
+                "cannot block {key}: a network needs [block] acl in the configuration"
             )));
         }
         Ok(Actions::new(a))
@@ -793,18 +818,15 @@ impl Decider {
 
     fn manual_block(
         &mut self,
-        key: IpNet,
+        key: Key,
         duration: Duration,
         reason: String,
         actor: &str,
         now: Millis,
         fx: &mut Effects,
     ) -> Result<(), OpError> {
-        if let Some(why) = self.allow.overlaps(&key, now) {
-            return Err(OpError::Conflict(format!(
-                "{} is allowlisted ({why}): remove it from the allowlist first",
-                net::display(&key)
-            )));
+        if let Some(why) = key.net().and_then(|n| self.allow.overlaps(n, now)) {
+            return Err(OpError::Conflict(format!("{key} is allowlisted ({why}): remove it from the allowlist first")));
         }
         let mut actions: Vec<Action> = self.manual_actions(&key)?.iter().collect();
         // Overriding a block keeps what it did in place (kill is one-shot: nothing to keep).
@@ -813,9 +835,9 @@ impl Decider {
         }
         let actions = Actions::new(actions);
         let block = Block {
-            key,
             level: 0,
-            place: Some(self.place(&actions)),
+            place: Some(self.place(&key, &actions)),
+            key: key.clone(),
             nodes: Vec::new(),
             actions,
             rule: MANUAL_RULE.into(),
@@ -830,7 +852,7 @@ impl Decider {
         let rec = AuditRecord::of(Event::Block, &block, now);
         fx.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
         fx.durable = true;
-        info!(key = %net::display(&key), actor, until = %crate::time::rfc3339(block.until), "manual block");
+        info!(%key, actor, until = %crate::time::rfc3339(block.until), "manual block");
         self.index(block.clone());
         let job = Job::Apply { key, actions: block.actions.clone(), kill: false, place: block.place() };
         fx.reply.blocked.push(BlockView::of(&block, now));
@@ -839,15 +861,15 @@ impl Decider {
     }
 
     /// Releases `key` now, on behalf of `actor`; its audit record says who and why.
-    fn unblock(&mut self, key: IpNet, actor: &str, reason: &str, now: Millis, fx: &mut Effects) {
+    fn unblock(&mut self, key: Key, actor: &str, reason: &str, now: Millis, fx: &mut Effects) {
         let Some(block) = self.active.get(&key).cloned() else { return };
-        self.unblocked_by.insert(key, (actor.to_owned(), reason.to_owned()));
-        fx.reply.released.push(net::display(&key));
+        self.unblocked_by.insert(key.clone(), (actor.to_owned(), reason.to_owned()));
+        fx.reply.released.push(key.text());
         if block.dry_run {
             self.finish_release(&block, Event::WouldRelease, now, fx);
             return;
         }
-        self.releasing.insert(key, None);
+        self.releasing.insert(key.clone(), None);
         let job = Job::Release { key, actions: block.actions.clone(), place: block.place() };
         fx.jobs.push(Dispatch { only: None, block: Some(block), job, polled_at: None, notify: true });
     }
@@ -865,16 +887,16 @@ impl Decider {
             return Err(OpError::Conflict("an import goes into the ACL: configure [block] acl".into()));
         };
         let actions = Actions::new(vec![Action::Acl]);
-        let place = self.place(&actions);
+        let place = Arc::new(Place::of(&self.cfg.block, &actions));
         let mut fresh = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(why) = self.allow.overlaps(&key, now) {
-                fx.reply.skipped.push((net::display(&key), format!("allowlisted ({why})")));
-            } else if self.active.contains_key(&key) {
-                fx.reply.skipped.push((net::display(&key), "already blocked".into()));
+        for net in keys {
+            if let Some(why) = self.allow.overlaps(&net, now) {
+                fx.reply.skipped.push((net::display(&net), format!("allowlisted ({why})")));
+            } else if self.active.contains_key(&Key::Net(net)) {
+                fx.reply.skipped.push((net::display(&net), "already blocked".into()));
             } else {
                 let block = Block {
-                    key,
+                    key: Key::Net(net),
                     level: 0,
                     actions: actions.clone(),
                     rule: "import".into(),
@@ -893,7 +915,7 @@ impl Decider {
                 fx.write(Write::Decide { block: Box::new(block.clone()), offender: None, rec });
                 // Indexed at once: a key twice in the file is blocked once.
                 self.index(block);
-                fresh.push(key);
+                fresh.push(net);
             }
         }
         fx.durable = true;

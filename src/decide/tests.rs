@@ -47,27 +47,36 @@ fn addr(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn key(s: &str) -> IpNet {
+fn key(s: &str) -> Key {
+    Key::Net(net::parse_net(s).unwrap())
+}
+
+fn net(s: &str) -> IpNet {
     net::parse_net(s).unwrap()
 }
 
 fn seen(a: &str) -> Observation {
-    Observation { addr: addr(a), rules: vec![0], counters: vec![("http_req_rate".into(), 150)], nodes: vec![] }
+    Observation {
+        key: Key::host(addr(a)),
+        rules: vec![0],
+        counters: vec![("http_req_rate".into(), 150)],
+        nodes: vec![],
+    }
 }
 
 /// A poll at `now` in which every address of `addrs` matched the flood rule, each with the
 /// history `history` keeps (updated from the writes, as the store would be).
-fn poll(d: &mut Decider, history: &mut HashMap<IpAddr, Offender>, addrs: &[&str], now: Millis) -> Effects {
+fn poll(d: &mut Decider, history: &mut HashMap<Key, Offender>, addrs: &[&str], now: Millis) -> Effects {
     let batch = addrs.iter().map(|a| seen(a)).collect();
     let scored = d.candidates(now, batch, now).into_iter().map(|o| {
-        let h = history.get(&o.addr).cloned();
+        let h = history.get(&o.key).cloned();
         (o, h)
     });
     let fx = d.step(Input::Scored { polled_at: now, scored: scored.collect(), population: None }, now).unwrap();
     for w in &fx.writes {
         match w {
             Write::Offender(a, o) | Write::Decide { offender: Some((a, o)), .. } => {
-                history.insert(*a, o.clone());
+                history.insert(a.clone(), o.clone());
             }
             _ => {}
         }
@@ -89,7 +98,7 @@ fn events(fx: &Effects) -> Vec<(Event, String)> {
         .iter()
         .filter_map(|w| match w {
             Write::Decide { rec, .. } | Write::Release { rec, .. } | Write::Audit(rec) => {
-                Some((rec.event, rec.key.map(|k| net::display(&k)).unwrap_or_default()))
+                Some((rec.event, rec.key.as_ref().map(Key::to_string).unwrap_or_default()))
             }
             Write::Offender(..) => None,
         })
@@ -100,7 +109,7 @@ fn released_keys(fx: &Effects) -> Vec<String> {
     fx.jobs
         .iter()
         .filter_map(|d| match &d.job {
-            Job::Release { key, .. } => Some(net::display(key)),
+            Job::Release { key, .. } => Some(key.to_string()),
             _ => None,
         })
         .collect()
@@ -116,7 +125,7 @@ fn an_offence_is_recorded_durably_then_applied_in_one_job_and_not_scored_again()
     assert_eq!(fx.decisions, [("http-flood".into(), "block"), ("http-flood".into(), "block")]);
     assert_eq!(fx.jobs.len(), 1, "one pipelined job for the poll");
     let Job::ApplyMany { blocks, fresh: true, .. } = &fx.jobs[0].job else { panic!("{:?}", fx.jobs[0].job) };
-    assert_eq!(blocks.iter().map(|(k, a)| (net::display(k), a.to_string())).collect::<Vec<_>>().len(), 2);
+    assert_eq!(blocks.iter().map(|(k, a)| (k.to_string(), a.to_string())).collect::<Vec<_>>().len(), 2);
     assert_eq!(fx.jobs[0].polled_at, Some(T0));
     let b = d.block(&key("10.0.0.1")).unwrap();
     assert_eq!((b.level, b.actions.to_string(), b.since, b.until), (1, "map:challenge".into(), T0, T0 + 10 * M));
@@ -192,7 +201,7 @@ fn the_breaker_opens_at_its_floor_suppresses_and_closes_a_quiet_minute_later() {
     assert!(reason.starts_with("2 automatic blocks within a minute reached the limit of 2"), "{reason}");
     assert!(d.breaker_open());
     // The suppressed offence is not counted for the ladder.
-    assert!(h[&addr("10.0.0.3")].offences.is_empty());
+    assert!(h[&key("10.0.0.3")].offences.is_empty());
     assert!(tick(&mut d, T0 + M - 1).breaker.is_none(), "still within the minute");
     let fx = tick(&mut d, T0 + M);
     assert_eq!(fx.breaker, Some(None));
@@ -214,7 +223,7 @@ fn dry_run_decides_and_releases_in_the_audit_only() {
 #[test]
 fn allowlisted_addresses_are_never_scored_and_a_manual_block_of_them_changes_nothing() {
     let entry = AllowEntry {
-        net: key("10.0.0.0/24"),
+        net: net("10.0.0.0/24"),
         reason: "office".into(),
         actor: "alice".into(),
         since: T0,
@@ -257,7 +266,7 @@ fn unblock_with_grace_allows_first_then_releases_and_says_who() {
     // Unknown keys: not found, nothing changes.
     let op = Manual::Unblock { key: key("10.9.9.9"), reason: "r".into(), grace: None };
     assert!(matches!(d.step(Input::Manual { op, actor: "a".into() }, T0), Err(OpError::NotFound(_))));
-    let op = Manual::Disallow { key: key("10.9.9.9"), reason: "r".into() };
+    let op = Manual::Disallow { key: net("10.9.9.9"), reason: "r".into() };
     assert!(matches!(d.step(Input::Manual { op, actor: "a".into() }, T0), Err(OpError::NotFound(_))));
 }
 
@@ -267,7 +276,7 @@ fn a_stored_block_reaching_a_protected_address_ends_at_the_first_tick() {
         config(|c| {
             c.safety
                 .never_block
-                .push(crate::config::Protected { net: key("10.0.0.5"), why: "the monitoring host".into() })
+                .push(crate::config::Protected { net: net("10.0.0.5"), why: "the monitoring host".into() })
         }),
         vec![],
     );
@@ -311,7 +320,7 @@ fn reconcile_puts_back_what_is_missing_and_removes_only_owned_leftovers() {
     let actual = |read_at| Actual {
         target: "lb1".into(),
         read_at,
-        acl: Some([key("10.0.0.9"), key("10.0.0.8")].into_iter().collect()),
+        acl: Some([net("10.0.0.9"), net("10.0.0.8")].into_iter().collect()),
         tagged: Some([addr("10.0.0.1")].into_iter().collect()),
         mapped: Some(HashMap::new()),
     };
@@ -327,8 +336,8 @@ fn reconcile_puts_back_what_is_missing_and_removes_only_owned_leftovers() {
         .iter()
         .map(|d| match &d.job {
             Job::Forget => "forget".to_owned(),
-            Job::Apply { key, actions, kill, .. } => format!("apply {} {actions} kill={kill}", net::display(key)),
-            Job::Release { key, actions, .. } => format!("release {} {actions}", net::display(key)),
+            Job::Apply { key, actions, kill, .. } => format!("apply {key} {actions} kill={kill}"),
+            Job::Release { key, actions, .. } => format!("release {key} {actions}"),
             other => format!("{other:?}"),
         })
         .collect();
@@ -365,20 +374,20 @@ fn offenders_of_one_prefix_within_the_window_block_the_prefix() {
 
 #[test]
 fn an_import_skips_allowlisted_and_blocked_keys_and_goes_out_as_one_acl_job() {
-    let entry = AllowEntry { net: key("10.0.0.5"), reason: "office".into(), actor: "a".into(), since: T0, until: None };
+    let entry = AllowEntry { net: net("10.0.0.5"), reason: "office".into(), actor: "a".into(), since: T0, until: None };
     let mut d = Decider::new(config(|_| {}), vec![entry]);
     poll(&mut d, &mut HashMap::new(), &["10.0.0.1"], T0);
-    let keys = ["10.0.0.1", "10.0.0.5", "10.0.0.6", "10.0.0.6", "10.0.1.0/24"].map(key).to_vec();
+    let keys = ["10.0.0.1", "10.0.0.5", "10.0.0.6", "10.0.0.6", "10.0.1.0/24"].map(net).to_vec();
     let op = Manual::Import { keys, duration: Duration::from_secs(3600), reason: "feed".into(), allow_broad: false };
     let fx = d.step(Input::Manual { op, actor: "a".into() }, T0 + S).unwrap();
     assert!(fx.durable);
     let skipped: Vec<&str> = fx.reply.skipped.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(skipped, ["10.0.0.1", "10.0.0.5", "10.0.0.6"]);
     let Job::ImportAcl { keys, .. } = &fx.jobs[0].job else { panic!() };
-    assert_eq!(keys, &[key("10.0.0.6"), key("10.0.1.0/24")]);
+    assert_eq!(keys, &[net("10.0.0.6"), net("10.0.1.0/24")]);
     // One key too broad refuses the whole import: nothing changes.
     let op = Manual::Import {
-        keys: vec![key("10.0.0.7"), key("10.0.0.0/8")],
+        keys: vec![net("10.0.0.7"), net("10.0.0.0/8")],
         duration: Duration::from_secs(60),
         reason: "r".into(),
         allow_broad: false,

@@ -123,7 +123,7 @@ impl Aggregator {
 /// release is in flight).
 pub fn due<'a>(
     blocks: impl IntoIterator<Item = &'a Block>,
-    releasing: &HashMap<IpNet, Option<Millis>>,
+    releasing: &HashMap<crate::key::Key, Option<Millis>>,
     now: Millis,
 ) -> Vec<Block> {
     blocks
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn blocks_are_due_at_until_once_and_retried_after_failure() {
         let block = |until| Block {
-            key: crate::net::parse_net("10.0.0.1").unwrap(),
+            key: crate::key::Key::Net(crate::net::parse_net("10.0.0.1").unwrap()),
             level: 1,
             actions: Actions::new(vec![Action::Tag]),
             rule: "r".into(),
@@ -234,9 +234,9 @@ mod tests {
         let mut releasing = HashMap::new();
         assert!(due(&b, &releasing, 999).is_empty());
         assert_eq!(due(&b, &releasing, 1_000).len(), 1);
-        releasing.insert(b[0].key, None);
+        releasing.insert(b[0].key.clone(), None);
         assert!(due(&b, &releasing, 5_000).is_empty(), "in flight");
-        releasing.insert(b[0].key, Some(11_000));
+        releasing.insert(b[0].key.clone(), Some(11_000));
         assert!(due(&b, &releasing, 10_999).is_empty());
         assert_eq!(due(&b, &releasing, 11_000).len(), 1, "retried after a failure");
     }

@@ -4,7 +4,6 @@
 //! each rule of that table evaluated on it, condition by condition.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +12,7 @@ use super::OpError;
 use crate::allowlist::Allowlist;
 use crate::client::{Client, TableItem};
 use crate::config::Config;
+use crate::key::Key;
 use crate::proto::{TableKey, TableSelect};
 use crate::store::Store;
 use crate::time::Millis;
@@ -20,6 +20,8 @@ use crate::time::Millis;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExplainView {
     pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     /// `blocked`, `allowlisted` or `not blocked`.
     pub verdict: String,
     pub allowlisted: Option<String>,
@@ -64,23 +66,33 @@ pub async fn explain(
     cfg: &Config,
     store: &Store,
     clients: &[(String, Client)],
-    addr: IpAddr,
+    key: &Key,
     now: Millis,
 ) -> Result<ExplainView, OpError> {
-    let addr = addr.to_canonical();
+    let key = super::checked_key(cfg, key)?;
     let allow = Allowlist::new(cfg, &store.allows()?);
-    let allowlisted = allow.allows(addr, now).map(str::to_owned);
-    let block = store.block_covering(addr)?.map(|b| BlockView::of(&b, now));
+    let allowlisted = key.addr().and_then(|a| allow.allows(a, now)).map(str::to_owned);
+    let block = match key.addr() {
+        Some(addr) => store.block_covering(addr)?,
+        None => store.block(&key)?,
+    };
+    let block = block.map(|b| BlockView::of(&b, now));
     let policy = &cfg.rules.policy;
-    let offender = store.offender(addr)?.unwrap_or_default();
-    // The count the decider's next verdict will make (crate::engine::assess).
+    let offender = store.offender(&key)?.unwrap_or_default();
+    // The count the decider's next verdict will make (crate::engine::assess), and what of the
+    // step applies to this key (the decider's own rule).
     let n = crate::engine::offences_in_window(policy, &offender, now, cfg.dry_run);
     let (next_level, next_actions, next_duration) = policy.step_for(n + 1);
+    let next_actions = next_actions.for_key(&key);
 
     let mut tables = Vec::new();
     for (target, client) in clients {
-        for t in &cfg.tables {
-            tables.push(read_table(cfg, client, target, &t.name, addr).await);
+        // An address is read in every watched table keyed by address; a table key in its own.
+        for t in cfg.tables.iter().filter(|t| t.key.is_none() == key.table().is_none()) {
+            if key.table().is_some_and(|k| k != t.name) {
+                continue;
+            }
+            tables.push(read_table(cfg, client, target, &t.name, &key).await);
         }
     }
     let verdict = if block.is_some() {
@@ -91,7 +103,8 @@ pub async fn explain(
         "not blocked"
     };
     Ok(ExplainView {
-        key: addr.to_string(),
+        key: key.text(),
+        table: key.table().map(str::to_owned),
         verdict: verdict.into(),
         allowlisted,
         block,
@@ -106,7 +119,7 @@ pub async fn explain(
     })
 }
 
-async fn read_table(cfg: &Config, client: &Client, target: &str, table: &str, addr: IpAddr) -> TableExplain {
+async fn read_table(cfg: &Config, client: &Client, target: &str, table: &str, who: &Key) -> TableExplain {
     let mut out = TableExplain {
         target: target.to_owned(),
         table: table.to_owned(),
@@ -117,7 +130,11 @@ async fn read_table(cfg: &Config, client: &Client, target: &str, table: &str, ad
     };
     let result = async {
         let ty = client.table_key_type(table).await?;
-        let key = TableKey::from_addr(ty, addr)?;
+        let key = match (who, who.addr()) {
+            (_, Some(addr)) => TableKey::from_addr(ty, addr)?,
+            (Key::Table(t), None) => TableKey::parse(ty, &t.key)?,
+            (Key::Net(_), None) => return Ok(()),
+        };
         let dump = client.show_table(table, TableSelect::Key(key)).await?;
         dump.for_each(|item| {
             let TableItem::Entry(e) = item else { return };

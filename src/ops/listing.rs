@@ -8,6 +8,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
+
+use crate::key::Key;
 use serde::{Deserialize, Serialize};
 
 use super::{parse_key, BlockView, OpError};
@@ -79,11 +81,13 @@ pub struct BlockQuery {
     pub per_page: Option<usize>,
 }
 
-/// How blocks are searched: an address finds what covers it, a network what it overlaps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How blocks are searched: an address finds what covers it, a network what it overlaps, any
+/// other text the table keys equal to it.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Search {
     Addr(std::net::IpAddr),
     Net(IpNet),
+    Key(String),
 }
 
 /// A checked [`BlockQuery`].
@@ -119,10 +123,20 @@ impl BlockQuery {
     pub fn check(&self) -> Result<Listing, OpError> {
         let search = match filled(&self.q) {
             None => None,
-            Some(q) => {
-                let net = parse_key(q)?;
-                Some(if crate::net::is_host(&net) { Search::Addr(net.addr()) } else { Search::Net(net) })
-            }
+            Some(q) => match crate::net::parse_net(q) {
+                Ok(net) if crate::net::is_host(&net) => Some(Search::Addr(net.addr())),
+                Ok(net) => Some(Search::Net(net)),
+                // Text written like an address that is not one is a mistake, reported as such;
+                // anything else is a table key.
+                Err(_) if looks_like_address(q) => Some(Search::Net(parse_key(q)?)),
+                Err(_) if q.len() > MAX_SEARCH => {
+                    return Err(OpError::bad(
+                        "invalid_request",
+                        format!("the search text is longer than {MAX_SEARCH} bytes: not an address, network or key"),
+                    ))
+                }
+                Err(_) => Some(Search::Key(q.to_owned())),
+            },
         };
         let level = filled(&self.level)
             .map(|l| {
@@ -184,12 +198,24 @@ pub struct Page {
     pub rows: Vec<BlockView>,
 }
 
+/// The longest text searched for as a table key.
+const MAX_SEARCH: usize = 1024;
+
+/// `10.0.0.300`, `10.0.0.1/33`, `2001:db8::g`: what someone meant as an address or network (digits
+/// and dots, or hex digits and colons, and a prefix), not a table key.
+fn looks_like_address(q: &str) -> bool {
+    let v4 = q.contains('.') && q.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'/');
+    let v6 = q.contains(':') && q.bytes().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'/'));
+    v4 || v6
+}
+
 impl Listing {
-    fn matches(&self, b: &Block, lagging: &HashMap<IpNet, Vec<String>>) -> bool {
-        let found = match self.search {
+    fn matches(&self, b: &Block, lagging: &HashMap<Key, Vec<String>>) -> bool {
+        let found = match &self.search {
             None => true,
-            Some(Search::Addr(a)) => crate::net::covers_addr(&b.key, a),
-            Some(Search::Net(n)) => crate::net::overlaps(&b.key, &n),
+            Some(Search::Addr(a)) => b.covers(*a),
+            Some(Search::Net(n)) => b.key.net().is_some_and(|k| crate::net::overlaps(k, n)),
+            Some(Search::Key(k)) => matches!(&b.key, Key::Table(t) if t.key == *k),
         };
         found
             && self.rule.as_ref().is_none_or(|r| &b.rule == r)
@@ -221,7 +247,7 @@ impl Listing {
         &self,
         blocks: impl Iterator<Item = &'a Block>,
         now: Millis,
-        lagging: &HashMap<IpNet, Vec<String>>,
+        lagging: &HashMap<Key, Vec<String>>,
     ) -> Page {
         let mut total = 0;
         let mut hits: Vec<&Block> = Vec::new();
@@ -278,16 +304,15 @@ pub fn summary<'a>(blocks: impl Iterator<Item = &'a Block>) -> Summary {
         *s.by_level.entry(b.level).or_default() += 1;
         *s.by_rule.entry(b.rule.clone()).or_default() += 1;
         *s.by_source.entry(source_of(b).to_owned()).or_default() += 1;
-        let (map, len) = match b.key {
+        // Table keys have no network to count them in.
+        let Some(&key) = b.key.net() else { continue };
+        let (map, len) = match key {
             IpNet::V4(_) => (&mut v4, 24),
             IpNet::V6(_) => (&mut v6, 64),
         };
         // A network broader than the bucket is its own line.
-        let bucket = if b.key.prefix_len() >= len {
-            IpNet::new(b.key.addr(), len).map(|n| n.trunc()).unwrap_or(b.key)
-        } else {
-            b.key
-        };
+        let bucket =
+            if key.prefix_len() >= len { IpNet::new(key.addr(), len).map(|n| n.trunc()).unwrap_or(key) } else { key };
         *map.entry(bucket).or_default() += 1;
     }
     s.top_v4 = top(v4);
@@ -308,7 +333,7 @@ mod tests {
 
     fn block(key: &str, since: Millis, rule: &str, level: u32, source: Origin) -> Block {
         Block {
-            key: crate::net::parse_net(key).unwrap(),
+            key: Key::Net(crate::net::parse_net(key).unwrap()),
             level,
             actions: Actions::new(vec![Action::Tag]),
             rule: rule.into(),
@@ -384,7 +409,7 @@ mod tests {
         assert_eq!(q(|q| q.dry_run = Some("yes".into())), 1);
         assert_eq!(q(|q| q.rule = Some("flood".into())), 120);
         let mut lagging = HashMap::new();
-        lagging.insert(blocks[7].key, vec!["edge-2".to_owned()]);
+        lagging.insert(blocks[7].key.clone(), vec!["edge-2".to_owned()]);
         let p = BlockQuery { unconfirmed: Some("yes".into()), ..Default::default() }.check().unwrap().select(
             blocks.iter(),
             0,

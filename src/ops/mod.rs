@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::key::Key;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Event, Store, StoreError};
@@ -66,6 +68,39 @@ pub fn parse_key(s: &str) -> Result<IpNet, OpError> {
     crate::net::parse_net(s).map_err(|m| OpError::bad("invalid_address", m))
 }
 
+/// The key a request names: an address or CIDR, or with `table`, a key of that table. A table
+/// key is checked here for what no table could take (empty, a line feed, a NUL) and by the
+/// decider against the table's declared type, before anything is recorded or sent.
+pub fn parse_block_key(table: Option<&str>, key: &str) -> Result<Key, OpError> {
+    let Some(table) = table else { return parse_key(key).map(Key::Net) };
+    let table = table.trim();
+    let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+    if table.is_empty() || !table.bytes().all(ok) {
+        return Err(OpError::bad("unknown_table", format!("'{table}' is not a stick table name")));
+    }
+    crate::proto::escape::escape_arg(key.as_bytes(), &mut Vec::new())
+        .map_err(|e| OpError::bad("invalid_key", format!("a key that {e}")))?;
+    Ok(Key::named(table, key))
+}
+
+/// `key` checked against the configuration: a table key's table must be watched, and the key must
+/// fit its declared type (an address table takes an address).
+pub fn checked_key(cfg: &crate::config::Config, key: &Key) -> Result<Key, OpError> {
+    let Key::Table(named) = key else { return Ok(key.clone()) };
+    let (table, text) = (&named.table, &named.key);
+    let Some(t) = cfg.tables.iter().find(|t| &t.name == table) else {
+        let known: Vec<&str> = cfg.tables.iter().map(|t| t.name.as_str()).collect();
+        return Err(OpError::bad(
+            "unknown_table",
+            format!("no rule watches a table '{table}' (watched: {})", known.join(", ")),
+        ));
+    };
+    match t.key {
+        None => Ok(Key::Net(crate::net::parse_net(text).map_err(|m| OpError::bad("invalid_address", m))?)),
+        Some(ty) => Key::in_table(table, ty, text).map_err(|m| OpError::bad("invalid_key", m)),
+    }
+}
+
 /// An address only (history, explain).
 pub fn parse_addr(s: &str) -> Result<IpAddr, OpError> {
     let net = parse_key(s)?;
@@ -110,6 +145,9 @@ pub fn check_reason(s: &str) -> Result<String, OpError> {
 #[serde(deny_unknown_fields)]
 pub struct BlockRequest {
     pub key: String,
+    /// The table `key` belongs to, for a table keyed by something else than addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     pub duration: String,
     pub reason: String,
     /// Allows a network broader than `[safety] max_prefix_v4`/`max_prefix_v6`.
@@ -122,6 +160,8 @@ pub struct BlockRequest {
 #[serde(deny_unknown_fields)]
 pub struct UnblockRequest {
     pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     pub reason: String,
     /// Keeps the rules from blocking the key again for this long.
     #[serde(default)]
@@ -133,6 +173,8 @@ pub struct UnblockRequest {
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     pub duration: String,
     pub reason: String,
 }
@@ -140,7 +182,7 @@ pub struct ExtendRequest {
 impl ExtendRequest {
     pub fn check(&self) -> Result<Manual, OpError> {
         Ok(Manual::Extend {
-            key: parse_key(&self.key)?,
+            key: parse_block_key(self.table.as_deref(), &self.key)?,
             duration: parse_duration(&self.duration)?,
             reason: check_reason(&self.reason)?,
         })
@@ -175,19 +217,19 @@ pub struct ImportRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manual {
     Block {
-        key: IpNet,
+        key: Key,
         duration: Duration,
         reason: String,
         allow_broad: bool,
     },
     Unblock {
-        key: IpNet,
+        key: Key,
         reason: String,
         grace: Option<Duration>,
     },
     /// The active block of `key` ends `duration` from now; everything else about it stays.
     Extend {
-        key: IpNet,
+        key: Key,
         duration: Duration,
         reason: String,
     },
@@ -211,7 +253,7 @@ pub enum Manual {
 impl BlockRequest {
     pub fn check(&self) -> Result<Manual, OpError> {
         Ok(Manual::Block {
-            key: parse_key(&self.key)?,
+            key: parse_block_key(self.table.as_deref(), &self.key)?,
             duration: parse_duration(&self.duration)?,
             reason: check_reason(&self.reason)?,
             allow_broad: self.allow_broad,
@@ -222,7 +264,7 @@ impl BlockRequest {
 impl UnblockRequest {
     pub fn check(&self) -> Result<Manual, OpError> {
         Ok(Manual::Unblock {
-            key: parse_key(&self.key)?,
+            key: parse_block_key(self.table.as_deref(), &self.key)?,
             reason: check_reason(&self.reason)?,
             grace: self.grace.as_deref().map(parse_duration).transpose()?,
         })
@@ -312,10 +354,10 @@ pub fn blocks(store: &Store, now: Millis) -> Result<Vec<BlockView>, OpError> {
 pub fn blocks_unconfirmed(
     store: &Store,
     now: Millis,
-    unconfirmed: &std::collections::HashMap<IpNet, Vec<String>>,
+    unconfirmed: &std::collections::HashMap<Key, Vec<String>>,
 ) -> Result<Vec<BlockView>, OpError> {
     let mut list = store.blocks()?;
-    list.sort_by_key(|b| (b.since, b.key));
+    list.sort_by(|a, b| (a.since, &a.key).cmp(&(b.since, &b.key)));
     Ok(list
         .iter()
         .map(|b| BlockView {
@@ -325,12 +367,16 @@ pub fn blocks_unconfirmed(
         .collect())
 }
 
-/// Offences, blocks and releases of one address (and of the networks around it).
-pub fn history(store: &Store, addr: IpAddr, now: Millis) -> Result<HistoryView, OpError> {
-    let key = crate::net::host_net(addr);
-    let offender = store.offender(addr)?;
-    let block = store.block_covering(addr)?.map(|b| BlockView::of(&b, now));
-    let events = store.audit_covering(addr)?.iter().map(AuditView::of).collect();
+/// Offences, blocks and releases of one address (and of the networks around it), or of one key of
+/// a table keyed otherwise.
+pub fn history(store: &Store, key: &Key, now: Millis) -> Result<HistoryView, OpError> {
+    let offender = store.offender(key)?;
+    let (block, events) = match key.addr() {
+        Some(addr) => (store.block_covering(addr)?, store.audit_covering(addr)?),
+        None => (store.block(key)?, store.audit_about(std::slice::from_ref(key))?),
+    };
+    let block = block.map(|b| BlockView::of(&b, now));
+    let events = events.iter().map(AuditView::of).collect();
     Ok(HistoryView::new(key, offender.as_ref(), block, events))
 }
 
@@ -340,8 +386,11 @@ pub fn history(store: &Store, addr: IpAddr, now: Millis) -> Result<HistoryView, 
 pub struct AuditQuery {
     /// `1h` (that long ago) or an RFC 3339 time.
     pub since: Option<String>,
-    /// Records about this address or network (or a network containing the address).
+    /// Records about this address or network (or a network containing the address), or with
+    /// `table`, about this key of that table.
     pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     pub actor: Option<String>,
     /// `block`, `release`, `would_block`, ...
     pub event: Option<String>,
@@ -353,7 +402,7 @@ pub fn audit_check(q: &AuditQuery) -> Result<(), OpError> {
 }
 
 /// An audit query's filters, checked: since when, about which key, which event.
-pub type Filters = (Millis, Option<IpNet>, Option<Event>);
+pub type Filters = (Millis, Option<Key>, Option<Event>);
 
 pub fn audit_filters(q: &AuditQuery, now: Millis) -> Result<Filters, OpError> {
     let since = match q.since.as_deref() {
@@ -368,7 +417,10 @@ pub fn audit_filters(q: &AuditQuery, now: Millis) -> Result<Filters, OpError> {
             now.saturating_sub(crate::time::ms(d))
         }
     };
-    let key = q.key.as_deref().map(parse_key).transpose()?;
+    if let (Some(_), None) = (&q.table, &q.key) {
+        return Err(OpError::bad("invalid_request", "a table filter needs a key"));
+    }
+    let key = q.key.as_deref().map(|k| parse_block_key(q.table.as_deref(), k)).transpose()?;
     let event = match q.event.as_deref() {
         None => None,
         Some(e) => Some(
@@ -384,7 +436,7 @@ pub fn audit(store: &Store, q: &AuditQuery, now: Millis) -> Result<Vec<AuditView
     Ok(store
         .audit_since(since)?
         .iter()
-        .filter(|r| key.is_none_or(|k| r.key.is_some_and(|rk| crate::net::overlaps(&rk, &k))))
+        .filter(|r| key.as_ref().is_none_or(|k| r.key.as_ref().is_some_and(|rk| rk.overlaps(k))))
         .filter(|r| q.actor.as_ref().is_none_or(|a| &r.actor == a))
         .filter(|r| event.is_none_or(|e| r.event == e))
         .map(AuditView::of)
@@ -395,12 +447,52 @@ pub fn audit(store: &Store, q: &AuditQuery, now: Millis) -> Result<Vec<AuditView
 mod tests {
     use super::*;
 
+    /// A table key names a watched table and fits its declared type; in a table of addresses it
+    /// is an address.
+    #[test]
+    fn table_keys_are_checked_against_the_configuration() {
+        use crate::proto::KeyType;
+        let mut cfg = crate::config::Config::offline(crate::rules::RuleSet {
+            rules: Vec::new(),
+            policy: crate::rules::Policy::default(),
+        });
+        let table = |name: &str, key| crate::config::TableConfig {
+            name: name.into(),
+            interval: std::time::Duration::from_secs(1),
+            suspects: None,
+            key,
+            map: None,
+        };
+        cfg.tables = vec![
+            table("ft_web", None),
+            table("st_apikey", Some(KeyType::String { len: Some(8) })),
+            table("t_int", Some(KeyType::Integer)),
+        ];
+        let check = |t: &str, k: &str| parse_block_key(Some(t), k).and_then(|k| checked_key(&cfg, &k));
+        assert_eq!(check("ft_web", "::ffff:10.0.0.1").unwrap(), Key::host("10.0.0.1".parse().unwrap()));
+        assert_eq!(check("ft_web", "k-1").unwrap_err().code(), "invalid_address");
+        assert_eq!(check("st_apikey", "a b;c").unwrap(), Key::named("st_apikey", "a b;c"));
+        assert_eq!(check("st_apikey", "123456789").unwrap_err().code(), "invalid_key");
+        assert_eq!(check("st_apikey", "a\nb").unwrap_err().code(), "invalid_key");
+        assert_eq!(check("st_apikey", "").unwrap_err().code(), "invalid_key");
+        assert_eq!(check("t_int", "42").unwrap().text(), "42");
+        assert_eq!(check("t_int", "4x").unwrap_err().code(), "invalid_key");
+        assert_eq!(check("st_nope", "k").unwrap_err().code(), "unknown_table");
+        assert_eq!(check("bad table", "k").unwrap_err().code(), "unknown_table");
+    }
+
     #[test]
     fn requests_are_checked_with_stable_codes() {
         let bad = |r: Result<Manual, OpError>| r.map(|_| ()).unwrap_err().code();
         let block = |key: &str, duration: &str, reason: &str| {
-            BlockRequest { key: key.into(), duration: duration.into(), reason: reason.into(), allow_broad: false }
-                .check()
+            BlockRequest {
+                key: key.into(),
+                table: None,
+                duration: duration.into(),
+                reason: reason.into(),
+                allow_broad: false,
+            }
+            .check()
         };
         assert!(block("10.0.0.1", "1h", "abuse").is_ok());
         assert_eq!(bad(block("10.0.0.300", "1h", "abuse")), "invalid_address");

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::net;
+use crate::key::Key;
 use crate::store::{AuditRecord, Block, Offender};
 use crate::time::{rfc3339, Millis};
 
@@ -21,7 +20,11 @@ pub struct BreakerView {
 /// One active block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockView {
+    /// The address or network, or the key of `table`.
     pub key: String,
+    /// For a key of a table keyed otherwise (an API key, a user id): that table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     /// `ip` or `cidr`.
     pub scope: String,
     pub level: u32,
@@ -50,7 +53,8 @@ pub struct BlockView {
 impl BlockView {
     pub fn of(b: &Block, now: Millis) -> BlockView {
         BlockView {
-            key: net::display(&b.key),
+            key: b.key.text(),
+            table: b.key.table().map(str::to_owned),
             scope: b.scope().to_owned(),
             level: b.level,
             action: b.actions.to_string(),
@@ -80,6 +84,8 @@ pub struct AuditView {
     pub at: String,
     pub event: String,
     pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     pub rule: String,
     pub action: String,
     pub level: u32,
@@ -96,7 +102,8 @@ impl AuditView {
             id: r.id,
             at: rfc3339(r.at),
             event: r.event.as_str().to_owned(),
-            key: r.key.as_ref().map(net::display),
+            key: r.key.as_ref().map(Key::text),
+            table: r.key.as_ref().and_then(|k| k.table()).map(str::to_owned),
             rule: r.rule.clone(),
             action: r.actions.to_string(),
             level: r.level,
@@ -113,6 +120,8 @@ impl AuditView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryView {
     pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     /// Score as last stored (not decayed), and when.
     pub score: Option<f64>,
     pub last_seen: Option<String>,
@@ -133,9 +142,10 @@ pub struct OffenceView {
 }
 
 impl HistoryView {
-    pub fn new(key: IpNet, o: Option<&Offender>, block: Option<BlockView>, events: Vec<AuditView>) -> HistoryView {
+    pub fn new(key: &Key, o: Option<&Offender>, block: Option<BlockView>, events: Vec<AuditView>) -> HistoryView {
         HistoryView {
-            key: net::display(&key),
+            key: key.text(),
+            table: key.table().map(str::to_owned),
             score: o.map(|o| o.score.value),
             last_seen: o.filter(|o| o.last_seen > 0).map(|o| rfc3339(o.last_seen)),
             offences: o

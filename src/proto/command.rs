@@ -309,20 +309,54 @@ pub enum Command {
     /// `add map <ref> <key> <value>` (HAProxy adds a duplicate key as a second entry).
     AddMap {
         map: AclRef,
-        key: AclPattern,
+        key: MapKey,
         value: String,
     },
     /// `set map <ref> <key> <value>`: the value of every entry of `key`.
     SetMap {
         map: AclRef,
-        key: AclPattern,
+        key: MapKey,
         value: String,
     },
     /// `del map <ref> <key>`: every entry of `key`.
     DelMap {
         map: AclRef,
-        key: AclPattern,
+        key: MapKey,
     },
+}
+
+/// The key of a map entry: an address or network (a map read with `map_ip`), or a text (a map
+/// read with `map_str`: an API key, a user id), escaped as one argument when sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MapKey {
+    Pattern(AclPattern),
+    /// Checked as sendable where it was made ([`crate::proto::TableKey::parse`]); refused again
+    /// at encoding if it is not.
+    Text(String),
+}
+
+impl From<AclPattern> for MapKey {
+    fn from(p: AclPattern) -> MapKey {
+        MapKey::Pattern(p)
+    }
+}
+
+impl MapKey {
+    /// A key as `show map` lists it: an address or network when it reads as one.
+    pub fn listed(text: &str) -> MapKey {
+        text.parse::<AclPattern>().map_or_else(|_| MapKey::Text(text.to_owned()), MapKey::Pattern)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), CommandError> {
+        match self {
+            MapKey::Pattern(p) => {
+                out.extend_from_slice(p.to_string().as_bytes());
+                Ok(())
+            }
+            MapKey::Text(t) => super::escape::escape_arg(t.as_bytes(), out)
+                .map_err(|e| CommandError::BadPattern(format!("a map key that {e}"))),
+        }
+    }
 }
 
 /// A map value stickwarden writes: a response class, letters, digits, `-` and `_` only, so that
@@ -477,13 +511,16 @@ impl Command {
                 let verb: &[u8] = if matches!(self, Command::AddMap { .. }) { b"add map " } else { b"set map " };
                 out.extend_from_slice(verb);
                 acl_arg(out, map)?;
-                w(out, format_args!(" {key} "));
+                out.push(b' ');
+                key.encode(out)?;
+                out.push(b' ');
                 map_value(out, value)?;
             }
             Command::DelMap { map, key } => {
                 out.extend_from_slice(b"del map ");
                 acl_arg(out, map)?;
-                w(out, format_args!(" {key}"));
+                out.push(b' ');
+                key.encode(out)?;
             }
             Command::DelAclPtr { acl, ptr } => {
                 out.extend_from_slice(b"del acl ");
@@ -552,16 +589,23 @@ mod tests {
         assert_eq!(line(&Command::ShutdownSession { ptr: 0x7f06c8039b58 }), "shutdown session 0x7f06c8039b58\n");
         assert_eq!(line(&Command::ShowAcl { acl: AclRef::Id(2) }), "show acl #2\n");
         let map: AclRef = "/etc/haproxy/sw.map".parse().unwrap();
-        let key: AclPattern = "10.0.0.0/24".parse().unwrap();
-        let add = Command::AddMap { map: map.clone(), key, value: "tarpit".into() };
+        let key = MapKey::Pattern("10.0.0.0/24".parse().unwrap());
+        let add = Command::AddMap { map: map.clone(), key: key.clone(), value: "tarpit".into() };
         assert_eq!(line(&add), "add map /etc/haproxy/sw.map 10.0.0.0/24 tarpit\n");
-        let set = Command::SetMap { map: map.clone(), key, value: "deny".into() };
+        let set = Command::SetMap { map: map.clone(), key: key.clone(), value: "deny".into() };
         assert_eq!(line(&set), "set map /etc/haproxy/sw.map 10.0.0.0/24 deny\n");
-        assert_eq!(line(&Command::DelMap { map: map.clone(), key }), "del map /etc/haproxy/sw.map 10.0.0.0/24\n");
+        let del = Command::DelMap { map: map.clone(), key: key.clone() };
+        assert_eq!(line(&del), "del map /etc/haproxy/sw.map 10.0.0.0/24\n");
+        // A text key travels as one argument, whatever it holds; one that cannot is refused.
+        let text = MapKey::Text("k 1;show info\\".into());
+        let add = Command::AddMap { map: map.clone(), key: text, value: "deny".into() };
+        assert_eq!(line(&add), "add map /etc/haproxy/sw.map k\\ 1\\;show\\ info\\\\ deny\n");
+        let bad = Command::DelMap { map: map.clone(), key: MapKey::Text("a\nshow info".into()) };
+        assert!(bad.encode(&mut Vec::new(), 1 << 16).is_err());
         assert_eq!(line(&Command::ShowMap { map: map.clone() }), "show map /etc/haproxy/sw.map\n");
         // A value that would end the command and start another is never sent.
         for evil in ["deny; clear table t", "a b", "x\nshow info", ""] {
-            let cmd = Command::AddMap { map: map.clone(), key, value: evil.into() };
+            let cmd = Command::AddMap { map: map.clone(), key: key.clone(), value: evil.into() };
             let mut out = Vec::new();
             assert!(cmd.encode(&mut out, 1 << 16).is_err(), "{evil:?}");
             assert!(out.is_empty());

@@ -22,7 +22,7 @@ pub(crate) fn parse_ptr(text: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-pub use command::{AclPattern, AclRef, Command, CommandError, DataField, Filter, FilterOp, TableSelect};
+pub use command::{AclPattern, AclRef, Command, CommandError, DataField, Filter, FilterOp, MapKey, TableSelect};
 pub use error::{ErrorKind, HaproxyError};
 pub use key::{KeyError, KeyType, TableKey};
 

@@ -271,6 +271,17 @@ impl Actions {
         self.0.is_empty()
     }
 
+    /// What of them applies to `key`: all of them for an address or a network; for a key of a
+    /// table keyed otherwise, the tag and the map (the ACL and session kills match addresses).
+    pub fn for_key(&self, key: &crate::key::Key) -> Actions {
+        match key {
+            crate::key::Key::Net(_) => self.clone(),
+            crate::key::Key::Table(_) => {
+                Actions(self.0.iter().copied().filter(|a| matches!(a, Action::Tag | Action::Map(_))).collect())
+            }
+        }
+    }
+
     /// The response class of its `map` action, if it has one.
     pub fn map_class(&self) -> Option<MapClass> {
         self.0.iter().find_map(|a| match a {

@@ -27,10 +27,13 @@ pub const FILE: &str = "stickwarden-manifest.json";
 ///
 /// - 1: offenders, blocks, allowlist, audit log, owned keys.
 /// - 2: and the audit log indexed by key (`audit_keys`), built at the first open.
-pub const FORMAT: u32 = 2;
+/// - 3: and keys of tables keyed by string or integer (`@TABLE/KEY`, [`crate::key::Key`]) beside
+///   addresses, which an older version would take for damage. Address records are unchanged:
+///   nothing to rewrite.
+pub const FORMAT: u32 = 3;
 
-/// The format of backup files: their lines, which format 2 did not change. A backup of format 1
-/// restores into a store of any format.
+/// The format of backup files: their lines, which formats 2 and 3 did not change (a table key is
+/// one more kind of key text). A backup of format 1 restores into a store of any format.
 pub const BACKUP_FORMAT: u32 = 1;
 
 /// What the store had committed when the manifest was written.

@@ -24,6 +24,7 @@ pub use model::{
     AllowEntry, AuditRecord, Block, Event, NodeCounters, Offence, Offender, Origin, Place, Score, TagPlace,
 };
 
+use crate::key::Key;
 use crate::time::Millis;
 
 /// A store failure. The backend's own errors are carried as text: callers never see its types.
@@ -90,27 +91,26 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn verify(&self) -> Result<Verified, StoreError>;
     /// Every record that still reads back, as backup lines, and what could not be read.
     fn salvage(&self) -> (Vec<backup::Line>, Vec<String>);
-    fn offender(&self, addr: IpAddr) -> Result<Option<Offender>, StoreError>;
-    fn put_offender(&self, addr: IpAddr, o: &Offender) -> Result<(), StoreError>;
+    fn offender(&self, who: &Key) -> Result<Option<Offender>, StoreError>;
+    fn put_offender(&self, who: &Key, o: &Offender) -> Result<(), StoreError>;
     /// Records a block decision atomically: the block, the offender's updated history (if any)
     /// and the audit record. Returns the audit record's id.
-    fn decide(&self, block: &Block, offender: Option<(IpAddr, &Offender)>, rec: AuditRecord)
-        -> Result<u64, StoreError>;
+    fn decide(&self, block: &Block, offender: Option<(&Key, &Offender)>, rec: AuditRecord) -> Result<u64, StoreError>;
     /// Records many blocks of no offender (an import), each with its audit record built by `rec`,
     /// in transactions of [`BATCH`].
     fn decide_many(&self, blocks: &[Block], rec: &dyn Fn(&Block) -> AuditRecord) -> Result<(), StoreError>;
     /// Removes the block of `key` if it is still the one that started at `since`, with its audit
     /// record. Returns whether it was removed.
-    fn release(&self, key: &IpNet, since: Millis, rec: AuditRecord) -> Result<bool, StoreError>;
-    /// Whether stickwarden has blocked `net` (within the audit retention).
-    fn owns(&self, net: &IpNet) -> Result<bool, StoreError>;
+    fn release(&self, key: &Key, since: Millis, rec: AuditRecord) -> Result<bool, StoreError>;
+    /// Whether stickwarden has blocked `key` (within the audit retention).
+    fn owns(&self, key: &Key) -> Result<bool, StoreError>;
     /// Appends one audit record; returns its id.
     fn audit(&self, rec: AuditRecord) -> Result<u64, StoreError>;
-    fn block(&self, net: &IpNet) -> Result<Option<Block>, StoreError>;
+    fn block(&self, key: &Key) -> Result<Option<Block>, StoreError>;
     /// Every block, read one at a time (for listings too long to hold whole).
     fn blocks_iter(&self) -> Box<dyn Iterator<Item = Result<Block, StoreError>> + Send + 'static>;
     /// Up to `n` blocks in store order, after the one keyed `after` (from the start when `None`).
-    fn blocks_after(&self, after: Option<&IpNet>, n: usize) -> Result<Vec<Block>, StoreError>;
+    fn blocks_after(&self, after: Option<&Key>, n: usize) -> Result<Vec<Block>, StoreError>;
     fn blocks(&self) -> Result<Vec<Block>, StoreError>;
     fn put_allow(&self, e: &AllowEntry) -> Result<(), StoreError>;
     /// Removes the allowlist entry of exactly `net`; returns it if there was one.
@@ -118,9 +118,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn allows(&self) -> Result<Vec<AllowEntry>, StoreError>;
     /// Audit records from `since` on, oldest first.
     fn audit_since(&self, since: Millis) -> Result<Vec<AuditRecord>, StoreError>;
-    /// The audit records about any of `nets` exactly, oldest first (read through an index: an
+    /// The audit records about any of `keys` exactly, oldest first (read through an index: an
     /// address's history costs its own records, not the log).
-    fn audit_about(&self, nets: &[IpNet]) -> Result<Vec<AuditRecord>, StoreError>;
+    fn audit_about(&self, keys: &[Key]) -> Result<Vec<AuditRecord>, StoreError>;
     /// Audit records newest first, from the one before id `before` (the newest when `None`), each
     /// given to `f` until it returns false: a page of the log, or a time window, read without
     /// holding the rest.
@@ -133,7 +133,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// One lookup per prefix length, whatever the number of blocks.
     fn block_covering(&self, addr: IpAddr) -> Result<Option<Block>, StoreError> {
         for net in crate::net::prefixes(addr) {
-            if let Some(b) = self.block(&net)? {
+            if let Some(b) = self.block(&Key::Net(net))? {
                 return Ok(Some(b));
             }
         }
@@ -142,12 +142,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every audit record about `addr` or a network containing it, oldest first.
     fn audit_covering(&self, addr: IpAddr) -> Result<Vec<AuditRecord>, StoreError> {
-        self.audit_about(&crate::net::prefixes(addr))
+        let keys: Vec<Key> = crate::net::prefixes(addr).into_iter().map(Key::Net).collect();
+        self.audit_about(&keys)
     }
 
-    /// The offenders of `addrs`, in order: a poll's reads in one call.
-    fn offenders(&self, addrs: &[IpAddr]) -> Result<Vec<Option<Offender>>, StoreError> {
-        addrs.iter().map(|a| self.offender(*a)).collect()
+    /// The offenders of `keys`, in order: a poll's reads in one call.
+    fn offenders(&self, keys: &[Key]) -> Result<Vec<Option<Offender>>, StoreError> {
+        keys.iter().map(|k| self.offender(k)).collect()
     }
 
     /// Carries out `writes` in order: what the controller decided since its last call, in one
@@ -155,9 +156,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn record(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         for w in writes {
             match w {
-                Write::Offender(addr, o) => self.put_offender(addr, &o)?,
+                Write::Offender(who, o) => self.put_offender(&who, &o)?,
                 Write::Decide { block, offender, rec } => {
-                    self.decide(&block, offender.as_ref().map(|(a, o)| (*a, o)), rec)?;
+                    self.decide(&block, offender.as_ref().map(|(a, o)| (a, o)), rec)?;
                 }
                 Write::Release { key, since, rec } => {
                     self.release(&key, since, rec)?;
@@ -174,16 +175,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 /// One write the controller decided, carried out by [`Backend::record`].
 #[derive(Debug, Clone)]
 pub enum Write {
-    Offender(IpAddr, Offender),
+    Offender(Key, Offender),
     /// [`Backend::decide`] (boxed: a decision is the largest write by far).
     Decide {
         block: Box<Block>,
-        offender: Option<(IpAddr, Offender)>,
+        offender: Option<(Key, Offender)>,
         rec: AuditRecord,
     },
     /// [`Backend::release`].
     Release {
-        key: IpNet,
+        key: Key,
         since: Millis,
         rec: AuditRecord,
     },
@@ -277,7 +278,7 @@ mod tests {
 
     fn block(key: &str, since: Millis) -> Block {
         Block {
-            key: crate::net::parse_net(key).unwrap(),
+            key: Key::Net(crate::net::parse_net(key).unwrap()),
             level: 1,
             actions: Actions::new(vec![Action::Tag]),
             rule: "flood".into(),
@@ -303,7 +304,7 @@ mod tests {
         let mut after = None;
         loop {
             let page = s.blocks_after(after.as_ref(), 10).unwrap();
-            after = page.last().map(|b| b.key);
+            after = page.last().map(|b| b.key.clone());
             let last = page.len() < 10;
             paged.extend(page);
             if last {
@@ -323,13 +324,13 @@ mod tests {
             let b = block("10.0.0.1", 1_000);
             let mut o = Offender::default();
             o.offences.push(Offence { at: 1_000, rule: "flood".into(), level: 1, dry_run: false });
-            s.decide(&b, Some((addr, &o)), AuditRecord::of(Event::Block, &b, 1_000)).unwrap();
+            s.decide(&b, Some((&Key::host(addr), &o)), AuditRecord::of(Event::Block, &b, 1_000)).unwrap();
             s.flush().unwrap();
         }
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        let b = s.block(&crate::net::host_net(addr)).unwrap().unwrap();
+        let b = s.block(&Key::host(addr)).unwrap().unwrap();
         assert_eq!(b, block("10.0.0.1", 1_000));
-        assert_eq!(s.offender(addr).unwrap().unwrap().offences.len(), 1);
+        assert_eq!(s.offender(&Key::host(addr)).unwrap().unwrap().offences.len(), 1);
         // A release of an older block of the same key leaves the current one.
         assert!(!s.release(&b.key, 999, AuditRecord::of(Event::Release, &b, 2_000)).unwrap());
         assert!(s.release(&b.key, 1_000, AuditRecord::of(Event::Release, &b, 2_000)).unwrap());
@@ -402,7 +403,7 @@ mod tests {
             db.drop_tree("audit_keys").unwrap();
             db.flush().unwrap();
             let mut m = manifest::read(&old).unwrap().unwrap();
-            assert_eq!(m.format, 2);
+            assert_eq!(m.format, manifest::FORMAT);
             m.format = 1;
             manifest::write(&old, &m).unwrap();
         }
@@ -411,6 +412,56 @@ mod tests {
         let s = Store::open(&copy.path().join("store"), 1 << 20).unwrap();
         assert_eq!(s.audit_covering("10.0.0.7".parse().unwrap()).unwrap().len(), 1);
         assert_eq!(manifest::read(&copy.path().join("store")).unwrap().unwrap().format, manifest::FORMAT, "migrated");
+    }
+
+    /// A store of format 2 (address keys only) opens as it is, is marked format 3, and then holds
+    /// table keys beside its addresses, through a reopening and a backup restored elsewhere.
+    #[test]
+    fn a_store_of_format_2_takes_table_keys_after_its_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let b = block("10.0.0.7", 1_000);
+            s.decide(&b, None, AuditRecord::of(Event::Block, &b, 1_000)).unwrap();
+            s.flush().unwrap();
+        }
+        let old = tempfile::tempdir().unwrap();
+        let old = old.path().join("store");
+        copy_dir(dir.path(), &old).unwrap();
+        let mut m = manifest::read(&old).unwrap().unwrap();
+        m.format = 2;
+        manifest::write(&old, &m).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let path = copy.path().join("store");
+        copy_dir(&old, &path).unwrap();
+        let api_key = Key::named("st_apikey", "k 1;\\x");
+        {
+            let s = Store::open(&path, 1 << 20).unwrap();
+            assert_eq!(manifest::read(&path).unwrap().unwrap().format, 3, "migrated");
+            assert_eq!(s.blocks().unwrap(), [block("10.0.0.7", 1_000)], "the address block reads as it was");
+            let b = Block { key: api_key.clone(), ..block("10.0.0.8", 2_000) };
+            let mut o = Offender::default();
+            o.offences.push(Offence { at: 2_000, rule: "api-flood".into(), level: 1, dry_run: false });
+            s.decide(&b, Some((&api_key, &o)), AuditRecord::of(Event::Block, &b, 2_000)).unwrap();
+            s.flush().unwrap();
+        }
+        let again = tempfile::tempdir().unwrap();
+        copy_dir(&path, &again.path().join("store")).unwrap();
+        let s = Store::open(&again.path().join("store"), 1 << 20).unwrap();
+        assert_eq!(s.block(&api_key).unwrap().unwrap().key, api_key);
+        assert_eq!(s.offender(&api_key).unwrap().unwrap().offences.len(), 1);
+        assert_eq!(s.audit_about(std::slice::from_ref(&api_key)).unwrap().len(), 1);
+        assert!(s.owns(&api_key).unwrap());
+        assert!(s.verify().unwrap().problems.is_empty());
+        // A backup restored into a new store holds the same.
+        let (out, _) = s.export(Vec::new()).unwrap();
+        let file = again.path().join("backup.jsonl");
+        std::fs::write(&file, out).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        Store::restore(&file, &other.path().join("store"), 1 << 20).unwrap();
+        let r = Store::open(&other.path().join("store"), 1 << 20).unwrap();
+        assert_eq!(r.block(&api_key).unwrap().unwrap().key, api_key);
+        assert_eq!(r.offender(&api_key).unwrap().unwrap().offences.len(), 1);
     }
 }
 
@@ -432,7 +483,7 @@ mod damage_tests {
             let s = Store::open(&made, 1 << 20).unwrap();
             let blocks: Vec<Block> = (0..n)
                 .map(|i| Block {
-                    key: crate::net::host_net(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()),
+                    key: Key::host(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()),
                     level: 0,
                     actions: Actions::new(vec![Action::Acl]),
                     rule: "import".into(),

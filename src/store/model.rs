@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::key::Key;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::Actions;
@@ -69,7 +71,7 @@ pub enum Origin {
 /// `until`; HAProxy's own table expiry is never trusted to end it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Block {
-    pub key: IpNet,
+    pub key: Key,
     /// Ladder level (0 for manual and subnet blocks).
     pub level: u32,
     pub actions: Actions,
@@ -137,6 +139,23 @@ impl Place {
         }
     }
 
+    /// Where the configuration puts `actions` for `key`: `[block]`'s places for an address or a
+    /// network; for a key of a table keyed otherwise, the tag in that table and its own map.
+    pub fn for_key(cfg: &crate::config::Config, key: &Key, actions: &Actions) -> Place {
+        use crate::rules::Action;
+        let Some(table) = key.table() else { return Place::of(&cfg.block, actions) };
+        let map = cfg.tables.iter().find(|t| t.name == table).and_then(|t| t.map.as_ref());
+        Place {
+            tag: actions.has(Action::Tag).then(|| TagPlace {
+                table: table.to_owned(),
+                column: cfg.block.tag.to_string(),
+                value: cfg.block.tag_value,
+            }),
+            acl: None,
+            map: map.filter(|_| actions.map_class().is_some()).map(|m| m.to_string()),
+        }
+    }
+
     /// Where `[block]` of `cfg` puts `actions`.
     pub fn of(cfg: &crate::config::BlockConfig, actions: &Actions) -> Place {
         use crate::rules::Action;
@@ -153,11 +172,12 @@ impl Place {
 }
 
 impl Block {
+    /// `ip`, `cidr`, or `key` (a key of a table keyed otherwise).
     pub fn scope(&self) -> &'static str {
-        if crate::net::is_host(&self.key) {
-            "ip"
-        } else {
-            "cidr"
+        match &self.key {
+            Key::Net(n) if crate::net::is_host(n) => "ip",
+            Key::Net(_) => "cidr",
+            Key::Table(_) => "key",
         }
     }
 
@@ -167,7 +187,7 @@ impl Block {
     }
 
     pub fn covers(&self, addr: IpAddr) -> bool {
-        crate::net::covers_addr(&self.key, addr)
+        self.key.net().is_some_and(|n| crate::net::covers_addr(n, addr))
     }
 }
 
@@ -241,7 +261,7 @@ pub struct AuditRecord {
     pub id: u64,
     pub at: Millis,
     pub event: Event,
-    pub key: Option<IpNet>,
+    pub key: Option<Key>,
     #[serde(default)]
     pub rule: String,
     #[serde(default)]
@@ -283,7 +303,7 @@ impl AuditRecord {
             id: 0,
             at,
             event,
-            key: Some(b.key),
+            key: Some(b.key.clone()),
             rule: b.rule.clone(),
             counters: b.counters.clone(),
             actions: b.actions.clone(),

@@ -4,7 +4,6 @@
 //! transaction; [`Backend::flush`] makes them durable and records them in the [`manifest`], which
 //! [`SledStore::open`] checks. Nothing outside this file sees a sled type.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use sled::Transactional;
 
 use super::{backup, manifest, Backend, StoreError, Verified, Write, BATCH};
 use super::{AllowEntry, AuditRecord, Block, Event, Offender};
+use crate::key::Key;
 use crate::time::Millis;
 
 /// The sled backend: one database, a tree per kind of record, the manifest beside it.
@@ -45,17 +45,20 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
-fn key(net: &IpNet) -> Vec<u8> {
+/// The key of a record about `k` ([`Key::stored`]): an address's is its network's text, as in
+/// stores written before table keys.
+fn key(k: &Key) -> Vec<u8> {
+    k.stored().into_bytes()
+}
+
+/// The key of an allowlist entry.
+fn net_key(net: &IpNet) -> Vec<u8> {
     net.to_string().into_bytes()
 }
 
-fn addr_key(addr: IpAddr) -> Vec<u8> {
-    key(&crate::net::host_net(addr))
-}
-
-/// The entry of [`SledStore::audit_keys`] for record `id` about `net`.
-fn index_key(net: &IpNet, id: u64) -> Vec<u8> {
-    let mut k = key(net);
+/// The entry of [`SledStore::audit_keys`] for record `id` about `k`.
+fn index_key(k: &Key, id: u64) -> Vec<u8> {
+    let mut k = key(k);
     k.push(0);
     k.extend_from_slice(&id.to_be_bytes());
     k
@@ -112,6 +115,7 @@ impl SledStore {
         if from < 2 {
             self.build_audit_keys()?;
         }
+        // 2 to 3: table keys are new records; the address records read as they are.
         if from > 0 {
             tracing::info!(path = %self.path.display(), from, to = manifest::FORMAT, "store format migrated");
         }
@@ -221,7 +225,7 @@ impl SledStore {
         match line {
             Line::Block(b) => self.blocks.insert(key(&b.key), encode(b)).map(drop)?,
             Line::Offender { key, offender } => self.offenders.insert(key.as_bytes(), encode(offender)).map(drop)?,
-            Line::Allow(a) => self.allow.insert(key(&a.net), encode(a)).map(drop)?,
+            Line::Allow(a) => self.allow.insert(net_key(&a.net), encode(a)).map(drop)?,
             Line::Owned { key, at } => self.owned.insert(key.as_bytes(), &at.to_be_bytes()).map(drop)?,
             Line::Audit(r) => {
                 self.audit.insert(r.id.to_be_bytes(), encode(r))?;
@@ -326,7 +330,7 @@ impl Backend for SledStore {
                 let ok = match name {
                     "blocks" => decode::<Block>(name, &k, &val).map(|b| key(&b.key) == k.as_ref()),
                     "offenders" => decode::<Offender>(name, &k, &val).map(|_| true),
-                    "allow" => decode::<AllowEntry>(name, &k, &val).map(|a| key(&a.net) == k.as_ref()),
+                    "allow" => decode::<AllowEntry>(name, &k, &val).map(|a| net_key(&a.net) == k.as_ref()),
                     "owned" => Ok(val.len() == 8),
                     _ => decode::<AuditRecord>(name, &k, &val).map(|r| r.id.to_be_bytes() == k.as_ref()),
                 };
@@ -390,26 +394,21 @@ impl Backend for SledStore {
         }))
     }
 
-    fn offender(&self, addr: IpAddr) -> Result<Option<Offender>, StoreError> {
-        let k = addr_key(addr);
+    fn offender(&self, who: &Key) -> Result<Option<Offender>, StoreError> {
+        let k = key(who);
         self.offenders.get(&k)?.map(|v| decode("offenders", &k, &v)).transpose()
     }
 
-    fn put_offender(&self, addr: IpAddr, o: &Offender) -> Result<(), StoreError> {
-        self.offenders.insert(addr_key(addr), encode(o))?;
+    fn put_offender(&self, who: &Key, o: &Offender) -> Result<(), StoreError> {
+        self.offenders.insert(key(who), encode(o))?;
         Ok(())
     }
 
     /// Records a block decision atomically: the block, the offender's updated history (if any) and
     /// the audit record. Returns the audit record's id.
-    fn decide(
-        &self,
-        block: &Block,
-        offender: Option<(IpAddr, &Offender)>,
-        rec: AuditRecord,
-    ) -> Result<u64, StoreError> {
+    fn decide(&self, block: &Block, offender: Option<(&Key, &Offender)>, rec: AuditRecord) -> Result<u64, StoreError> {
         let (bk, bv) = (key(&block.key), encode(block));
-        let off = offender.map(|(a, o)| (addr_key(a), encode(o)));
+        let off = offender.map(|(a, o)| (key(a), encode(o)));
         let since = block.since.to_be_bytes();
         let base = self.id_base;
         let id = (&self.blocks, &self.offenders, &self.audit, &self.owned, &self.audit_keys).transaction(
@@ -489,8 +488,8 @@ impl Backend for SledStore {
 
     /// Removes the block of `key` if it is still the one that started at `since` (a newer block of
     /// the same key is left alone), with its audit record. Returns whether it was removed.
-    fn release(&self, key_net: &IpNet, since: Millis, rec: AuditRecord) -> Result<bool, StoreError> {
-        let k = key(key_net);
+    fn release(&self, which: &Key, since: Millis, rec: AuditRecord) -> Result<bool, StoreError> {
+        let k = key(which);
         let base = self.id_base;
         let removed = (&self.blocks, &self.audit, &self.audit_keys).transaction(|(blocks, audit, keys)| {
             let Some(v) = blocks.get(&k)? else { return Ok(false) };
@@ -506,8 +505,8 @@ impl Backend for SledStore {
     }
 
     /// Whether stickwarden has blocked `net` (within the audit retention).
-    fn owns(&self, net: &IpNet) -> Result<bool, StoreError> {
-        Ok(self.owned.contains_key(key(net))?)
+    fn owns(&self, which: &Key) -> Result<bool, StoreError> {
+        Ok(self.owned.contains_key(key(which))?)
     }
 
     /// Appends one audit record; returns its id.
@@ -525,8 +524,8 @@ impl Backend for SledStore {
         Ok(rec.id)
     }
 
-    fn block(&self, net: &IpNet) -> Result<Option<Block>, StoreError> {
-        let k = key(net);
+    fn block(&self, which: &Key) -> Result<Option<Block>, StoreError> {
+        let k = key(which);
         self.blocks.get(&k)?.map(|v| decode("blocks", &k, &v)).transpose()
     }
 
@@ -537,7 +536,7 @@ impl Backend for SledStore {
 
     /// Up to `n` blocks in store order, after the one keyed `after` (from the start when `None`):
     /// a page of a listing read a little at a time.
-    fn blocks_after(&self, after: Option<&IpNet>, n: usize) -> Result<Vec<Block>, StoreError> {
+    fn blocks_after(&self, after: Option<&Key>, n: usize) -> Result<Vec<Block>, StoreError> {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(key(a)));
         self.blocks
@@ -552,13 +551,13 @@ impl Backend for SledStore {
     }
 
     fn put_allow(&self, e: &AllowEntry) -> Result<(), StoreError> {
-        self.allow.insert(key(&e.net), encode(e))?;
+        self.allow.insert(net_key(&e.net), encode(e))?;
         Ok(())
     }
 
     /// Removes the allowlist entry of exactly `net`; returns it if there was one.
     fn remove_allow(&self, net: &IpNet) -> Result<Option<AllowEntry>, StoreError> {
-        let k = key(net);
+        let k = net_key(net);
         self.allow.remove(&k)?.map(|v| decode("allow", &k, &v)).transpose()
     }
 
@@ -581,10 +580,10 @@ impl Backend for SledStore {
         Ok(out)
     }
 
-    fn audit_about(&self, nets: &[IpNet]) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit_about(&self, keys: &[Key]) -> Result<Vec<AuditRecord>, StoreError> {
         let mut ids = Vec::new();
-        for net in nets {
-            let mut prefix = key(net);
+        for k in keys {
+            let mut prefix = key(k);
             prefix.push(0);
             for r in self.audit_keys.scan_prefix(&prefix) {
                 let (k, _) = r?;
@@ -688,12 +687,12 @@ enum Encoded<'a> {
 impl<'a> Encoded<'a> {
     fn of(w: &'a Write) -> Encoded<'a> {
         match w {
-            Write::Offender(addr, o) => Encoded::Offender(addr_key(*addr), encode(o)),
+            Write::Offender(who, o) => Encoded::Offender(key(who), encode(o)),
             Write::Decide { block, offender, rec } => Encoded::Decide {
                 key: key(&block.key),
                 block: encode(block.as_ref()),
                 since: block.since.to_be_bytes(),
-                offender: offender.as_ref().map(|(a, o)| (addr_key(*a), encode(o))),
+                offender: offender.as_ref().map(|(a, o)| (key(a), encode(o))),
                 rec,
             },
             Write::Release { key: k, since, rec } => Encoded::Release { key: key(k), since: *since, rec },

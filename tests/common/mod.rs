@@ -225,7 +225,7 @@ pub fn store_acl_block(store: &stickwarden::store::Store, key: &str) {
     use stickwarden::store::{AuditRecord, Block, Event, Origin};
     let now = stickwarden::time::now_ms();
     let b = Block {
-        key: stickwarden::net::parse_net(key).unwrap(),
+        key: stickwarden::key::Key::Net(stickwarden::net::parse_net(key).unwrap()),
         level: 0,
         actions: Actions::new(vec![Action::Acl]),
         rule: "manual".into(),
