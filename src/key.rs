@@ -146,8 +146,23 @@ impl serde::Serialize for Key {
 
 impl<'de> serde::Deserialize<'de> for Key {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Key::from_stored(&s).map_err(serde::de::Error::custom)
+        d.deserialize_string(KeyVisitor)
+    }
+}
+
+/// Reads the stored form from the text in place: a million records decoded allocate no text of
+/// their own for their keys.
+struct KeyVisitor;
+
+impl serde::de::Visitor<'_> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an address, a network, or @TABLE/KEY")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Key, E> {
+        Key::from_stored(s).map_err(E::custom)
     }
 }
 

@@ -250,11 +250,18 @@ impl Controller {
             Job::ImportAcl { keys, .. } => keys.iter().map(|k| Key::Net(*k)).collect(),
             Job::Forget => Vec::new(),
         });
+        let (release, what) = (matches!(job, Job::Release { .. }), job_name(&job));
         let mut replies: Vec<(String, oneshot::Receiver<Result<(), ClientError>>)> = Vec::new();
-        for a in self.actuators.iter().filter(|a| only.is_none_or(|o| a.name == o)) {
+        let targets: Vec<&Actuator> = self.actuators.iter().filter(|a| only.is_none_or(|o| a.name == o)).collect();
+        // The last target gets the job itself, the others a copy: a re-apply of 100,000 blocks
+        // is not copied once more for nothing.
+        let mut job = Some(job);
+        for (i, a) in targets.iter().enumerate() {
+            let this = if i + 1 == targets.len() { job.take() } else { job.clone() };
+            let Some(this) = this else { break };
             // A job that cannot even be queued is a failure on that target like any other:
             // unconfirmed, audited, retried, never taken for done.
-            let rx = a.submit(job.clone()).unwrap_or_else(|e| {
+            let rx = a.submit(this).unwrap_or_else(|e| {
                 warn!(target = %a.name, error = %e, "the job could not be given to the actuator");
                 let (tx, rx) = oneshot::channel();
                 let _ = tx.send(Err(e));
@@ -264,14 +271,7 @@ impl Controller {
             replies.push((a.name.clone(), rx));
         }
         self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, block, release) = (self.tx.clone(), b.cloned(), matches!(job, Job::Release { .. }));
-        let what = match &job {
-            Job::Apply { .. } | Job::ApplyMany { fresh: true, .. } => "block",
-            Job::Release { .. } => "release",
-            Job::ImportAcl { .. } => "import",
-            Job::Forget => "forget",
-            Job::ApplyMany { fresh: false, .. } => "reapply",
-        };
+        let (tx, block) = (self.tx.clone(), b.cloned());
         let (lag, cfg) = (self.lag.clone(), self.cfg.clone());
         tokio::spawn(async move {
             // Each target's answer is recorded as it comes: a node that is down does not hide
@@ -362,5 +362,16 @@ fn level_advice(cfg: &Config, target: &str, e: &crate::client::ClientError) -> S
             )
         }
         _ => String::new(),
+    }
+}
+
+/// What a job is, in the words of the audit log.
+fn job_name(job: &Job) -> &'static str {
+    match job {
+        Job::Apply { .. } | Job::ApplyMany { fresh: true, .. } => "block",
+        Job::Release { .. } => "release",
+        Job::ImportAcl { .. } => "import",
+        Job::Forget => "forget",
+        Job::ApplyMany { fresh: false, .. } => "reapply",
     }
 }

@@ -94,6 +94,13 @@ impl Lag {
                     t.failed.insert(k.clone());
                 }
             }
+            // A re-apply of every block leaves maps sized for all of them: given back once empty.
+            if t.pending.is_empty() && t.pending.capacity() > 1024 {
+                t.pending = HashMap::new();
+            }
+            if t.failed.is_empty() && t.failed.capacity() > 1024 {
+                t.failed = HashSet::new();
+            }
         });
     }
 

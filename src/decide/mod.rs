@@ -7,6 +7,7 @@
 //! shell that feeds it and applies what it returns, and `simulate` runs the same decider over
 //! recorded dumps, so what is simulated is what `run` does.
 
+mod index;
 pub mod windows;
 
 use std::collections::{HashMap, HashSet};
@@ -147,7 +148,7 @@ pub struct Decider {
     allow: Allowlist,
     /// The allowlist entries operators added (with the configuration's, they make `allow`).
     stored_allows: Vec<AllowEntry>,
-    active: HashMap<Key, Block>,
+    active: index::Blocks,
     /// Keys of active network blocks, to test addresses against.
     nets: Vec<IpNet>,
     /// Where the active blocks were applied, one copy of each.
@@ -174,7 +175,7 @@ impl Decider {
         Decider {
             allow: Allowlist::new(&cfg, &stored),
             stored_allows: stored,
-            active: HashMap::new(),
+            active: index::Blocks::default(),
             nets: Vec::new(),
             places: HashSet::new(),
             releasing: HashMap::new(),
@@ -288,7 +289,7 @@ impl Decider {
         if let Some(n) = b.key.net().filter(|n| !net::is_host(n) && !self.nets.contains(n)) {
             self.nets.push(*n);
         }
-        self.active.insert(b.key.clone(), b);
+        self.active.insert(b);
     }
 
     fn unindex(&mut self, key: &Key) {
@@ -546,11 +547,13 @@ impl Decider {
             items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         places.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
-        for (place, items) in places {
-            // Pipelined jobs of many blocks: 100,000 blocks go back in seconds, not minutes.
-            for chunk in items.chunks(REAPPLY_BATCH) {
-                let job = Job::ApplyMany { blocks: chunk.to_vec(), place: place.clone(), fresh: false };
-                fx.send(only, None, job);
+        for (place, mut items) in places {
+            // Pipelined jobs of many blocks: 100,000 blocks go back in seconds, not minutes. Each
+            // job takes its part of the list rather than a copy: at scale a copy is megabytes.
+            while !items.is_empty() {
+                let rest = items.split_off(items.len().min(REAPPLY_BATCH));
+                let blocks = std::mem::replace(&mut items, rest);
+                fx.send(only, None, Job::ApplyMany { blocks, place: place.clone(), fresh: false });
             }
         }
         n

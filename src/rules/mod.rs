@@ -247,28 +247,56 @@ mod action_tests {
     }
 }
 
-/// A set of actions, always sorted and without duplicates.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Actions(Vec<Action>);
+/// A set of actions, in their order and without duplicates: a bit each for `tag`, `acl` and `kill`,
+/// and the class of its `map:` action (one at most; of several given, the first in order). One
+/// byte, inline: the daemon holds a set per active block and per job item, 100,000 of each at
+/// scale. Written as the list of their names.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Actions(u8);
+
+const TAG: u8 = 1;
+const ACL: u8 = 2;
+const KILL: u8 = 4;
+/// Bits 3 and up: 1 + the class's position in [`MapClass::ALL`]; 0 for no map.
+const MAP_SHIFT: u8 = 3;
 
 impl Actions {
-    pub fn new(mut list: Vec<Action>) -> Actions {
-        list.sort_unstable();
-        list.dedup();
-        Actions(list)
+    pub fn new(list: Vec<Action>) -> Actions {
+        let mut bits = 0u8;
+        let mut sorted = list;
+        sorted.sort_unstable();
+        for a in sorted {
+            match a {
+                Action::Tag => bits |= TAG,
+                Action::Acl => bits |= ACL,
+                Action::Kill => bits |= KILL,
+                Action::Map(c) if bits >> MAP_SHIFT == 0 => {
+                    let i = MapClass::ALL.iter().position(|x| *x == c).expect("every class is listed") as u8;
+                    bits |= (i + 1) << MAP_SHIFT;
+                }
+                Action::Map(_) => {}
+            }
+        }
+        Actions(bits)
     }
 
     pub fn has(&self, a: Action) -> bool {
-        self.0.contains(&a)
+        match a {
+            Action::Tag => self.0 & TAG != 0,
+            Action::Acl => self.0 & ACL != 0,
+            Action::Kill => self.0 & KILL != 0,
+            Action::Map(c) => self.map_class() == Some(c),
+        }
     }
 
+    /// In their order: tag, acl, kill, map.
     pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
-        self.0.iter().copied()
+        let flags = [(TAG, Action::Tag), (ACL, Action::Acl), (KILL, Action::Kill)];
+        flags.into_iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, a)| a).chain(self.map_class().map(Action::Map))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0 == 0
     }
 
     /// What of them applies to `key`: all of them for an address or a network; for a key of a
@@ -276,24 +304,38 @@ impl Actions {
     pub fn for_key(&self, key: &crate::key::Key) -> Actions {
         match key {
             crate::key::Key::Net(_) => self.clone(),
-            crate::key::Key::Table(_) => {
-                Actions(self.0.iter().copied().filter(|a| matches!(a, Action::Tag | Action::Map(_))).collect())
-            }
+            crate::key::Key::Table(_) => Actions(self.0 & !(ACL | KILL)),
         }
     }
 
     /// The response class of its `map` action, if it has one.
     pub fn map_class(&self) -> Option<MapClass> {
-        self.0.iter().find_map(|a| match a {
-            Action::Map(c) => Some(*c),
-            _ => None,
-        })
+        let i = self.0 >> MAP_SHIFT;
+        (i > 0).then(|| MapClass::ALL[usize::from(i - 1)])
+    }
+}
+
+impl fmt::Debug for Actions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Actions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Actions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Actions, D::Error> {
+        Vec::<Action>::deserialize(d).map(Actions::new)
     }
 }
 
 impl fmt::Display for Actions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.0.iter().map(|a| a.as_str()).collect();
+        let names: Vec<&str> = self.iter().map(Action::as_str).collect();
         f.write_str(&names.join("+"))
     }
 }
