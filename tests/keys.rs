@@ -85,24 +85,8 @@ async fn get_with(sb: &Sandbox, src: IpAddr, key: Option<&str>) -> u16 {
 
 /// What the table holds for `key`: its tag (`gpt0`), if it has an entry.
 async fn tag_of(sb: &Sandbox, key: &str) -> Option<u64> {
-    use stickwarden::client::TableItem;
-    use stickwarden::proto::{table::Value, KeyType, TableKey, TableSelect};
-    let c = admin(sb).await;
-    let k = TableKey::parse(KeyType::String { len: Some(64) }, key).unwrap();
-    let mut out = None;
-    c.show_table(TABLE, TableSelect::Key(k))
-        .await
-        .unwrap()
-        .for_each(|item| {
-            if let TableItem::Entry(e) = item {
-                if let Some(Value::Uint(v)) = e.get("gpt0").map(|c| c.value) {
-                    out = Some(v);
-                }
-            }
-        })
-        .await
-        .unwrap();
-    out
+    use stickwarden::proto::{KeyType, TableKey};
+    gpt0_in(&admin(sb).await, TABLE, TableKey::parse(KeyType::String { len: Some(64) }, key).unwrap()).await
 }
 
 /// The entries of the table, to see that a refused request changed nothing.

@@ -384,8 +384,10 @@ mod tests {
         assert_eq!(about(&s), want[1..]);
     }
 
-    #[test]
-    fn a_store_of_format_1_is_migrated_at_open() {
+    /// A copy of a store holding one block of 10.0.0.7, made what a version of `format` left (at
+    /// format 1, no audit index); the copy's directory (sled keeps its lock on the original a
+    /// while after it is dropped).
+    fn old_store(format: u32) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -393,47 +395,37 @@ mod tests {
             s.decide(&b, None, AuditRecord::of(Event::Block, &b, 1_000)).unwrap();
             s.flush().unwrap();
         }
-        // A copy (sled keeps its lock on the original a while after it is dropped), made what the
-        // previous version left: format 1, no index.
         let old = tempfile::tempdir().unwrap();
         let old = old.path().join("store");
         copy_dir(dir.path(), &old).unwrap();
-        {
+        if format < 2 {
             let db = ::sled::open(&old).unwrap();
             db.drop_tree("audit_keys").unwrap();
             db.flush().unwrap();
-            let mut m = manifest::read(&old).unwrap().unwrap();
-            assert_eq!(m.format, manifest::FORMAT);
-            m.format = 1;
-            manifest::write(&old, &m).unwrap();
         }
+        let mut m = manifest::read(&old).unwrap().unwrap();
+        assert_eq!(m.format, manifest::FORMAT);
+        m.format = format;
+        manifest::write(&old, &m).unwrap();
         let copy = tempfile::tempdir().unwrap();
-        copy_dir(&old, &copy.path().join("store")).unwrap();
-        let s = Store::open(&copy.path().join("store"), 1 << 20).unwrap();
+        let path = copy.path().join("store");
+        copy_dir(&old, &path).unwrap();
+        (copy, path)
+    }
+
+    #[test]
+    fn a_store_of_format_1_is_migrated_at_open() {
+        let (_copy, path) = old_store(1);
+        let s = Store::open(&path, 1 << 20).unwrap();
         assert_eq!(s.audit_covering("10.0.0.7".parse().unwrap()).unwrap().len(), 1);
-        assert_eq!(manifest::read(&copy.path().join("store")).unwrap().unwrap().format, manifest::FORMAT, "migrated");
+        assert_eq!(manifest::read(&path).unwrap().unwrap().format, manifest::FORMAT, "migrated");
     }
 
     /// A store of format 2 (address keys only) opens as it is, is marked format 3, and then holds
     /// table keys beside its addresses, through a reopening and a backup restored elsewhere.
     #[test]
     fn a_store_of_format_2_takes_table_keys_after_its_migration() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Store::open(dir.path(), 1 << 20).unwrap();
-            let b = block("10.0.0.7", 1_000);
-            s.decide(&b, None, AuditRecord::of(Event::Block, &b, 1_000)).unwrap();
-            s.flush().unwrap();
-        }
-        let old = tempfile::tempdir().unwrap();
-        let old = old.path().join("store");
-        copy_dir(dir.path(), &old).unwrap();
-        let mut m = manifest::read(&old).unwrap().unwrap();
-        m.format = 2;
-        manifest::write(&old, &m).unwrap();
-        let copy = tempfile::tempdir().unwrap();
-        let path = copy.path().join("store");
-        copy_dir(&old, &path).unwrap();
+        let (_copy, path) = old_store(2);
         let api_key = Key::named("st_apikey", "k 1;\\x");
         {
             let s = Store::open(&path, 1 << 20).unwrap();

@@ -120,10 +120,15 @@ impl Daemon {
 
 /// The `gpt0` of `addr` in ft_web; `None` when the entry does not exist.
 pub async fn gpt0(c: &Client, addr: &str) -> Option<u64> {
+    use stickwarden::proto::{KeyType, TableKey};
+    gpt0_in(c, "ft_web", TableKey::parse(KeyType::Ip, addr).unwrap()).await
+}
+
+/// The `gpt0` of `key` in `table`; `None` when the entry does not exist.
+pub async fn gpt0_in(c: &Client, table: &str, key: stickwarden::proto::TableKey) -> Option<u64> {
     use stickwarden::client::TableItem;
-    use stickwarden::proto::{table::Value, KeyType, TableKey, TableSelect};
-    let key = TableKey::parse(KeyType::Ip, addr).unwrap();
-    let dump = c.show_table("ft_web", TableSelect::Key(key)).await.unwrap();
+    use stickwarden::proto::{table::Value, TableSelect};
+    let dump = c.show_table(table, TableSelect::Key(key)).await.unwrap();
     let mut out = None;
     dump.for_each(|item| {
         if let TableItem::Entry(e) = item {
