@@ -1,9 +1,11 @@
 //! The decider on exact, made-up instants: no clock, no store, no socket. Each test feeds inputs
 //! and reads the effects and the state, as the controller would apply them.
 
+use std::time::Duration;
+
 use super::*;
 use crate::checked::Location;
-use crate::rules::{RuleSet, Step};
+use crate::rules::{MapClass, RuleSet, Step};
 
 const S: Millis = 1_000;
 const M: Millis = 60 * S;
