@@ -31,10 +31,11 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// The observation of `key` if it matches a rule of `table`, each condition's column read by
-    /// `read` (from one entry, or from the values merged across a fleet).
+    /// The observation of the client `key` names if it matches a rule of `table`, each
+    /// condition's column read by `read` (from one entry, or from the values merged across a
+    /// fleet). The key is made only for a match: most entries of a full poll match nothing.
     pub fn of(
-        key: Key,
+        key: impl FnOnce() -> Option<Key>,
         rules: &RuleSet,
         table: &str,
         read: impl Fn(&Condition) -> Option<i128>,
@@ -43,6 +44,7 @@ impl Observation {
         if matched.is_empty() {
             return None;
         }
+        let key = key()?;
         let mut counters: Vec<(String, i64)> = Vec::new();
         for c in matched.iter().flat_map(|&i| rules.rules[i].conditions()) {
             if counters.iter().any(|(n, _)| n == c.column.as_str()) {
@@ -188,17 +190,14 @@ async fn poll_each(
                     used = Some(h.used);
                 }
                 if let TableItem::Entry(e) = item {
-                    let Some(key) = key_of(table, key_type, &e) else { return };
-                    if queries.len() > 1 && seen.contains(&key) {
+                    let key = || key_of(table, key_type, &e);
+                    let Some(o) = Observation::of(key, rules, table, |c| c.read(&e)) else { return };
+                    // An entry several queries return is one observation.
+                    if queries.len() > 1 && !seen.insert(o.key.clone()) {
                         return;
                     }
-                    if let Some(o) = Observation::of(key.clone(), rules, table, |c| c.read(&e)) {
-                        if queries.len() > 1 {
-                            seen.insert(key.clone());
-                        }
-                        matched(&key, &e);
-                        out.push(o);
-                    }
+                    matched(&o.key, &e);
+                    out.push(o);
                 }
             })
             .await?;
@@ -278,7 +277,8 @@ pub async fn poll_suspects(
                         out.polled.scanned += 1;
                         if is_tagged(&e, tag) {
                             tagged.push(key.clone());
-                        } else if let Some(o) = Observation::of(Key::host(*addr), rules, table, |c| c.read(&e)) {
+                        } else if let Some(o) = Observation::of(|| Some(Key::host(*addr)), rules, table, |c| c.read(&e))
+                        {
                             out.polled.observations.push(o);
                         }
                     }

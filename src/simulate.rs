@@ -115,7 +115,8 @@ pub fn simulate_with(
         let mut batch = Vec::new();
         for s in &samples {
             let Line::Entry(e) = parser.parse_line(&s.line) else { continue };
-            batch.extend(Observation::of(crate::key::Key::host(s.addr), &cfg.rules, &s.table, |c| c.read(&e)));
+            let key = || Some(crate::key::Key::host(s.addr));
+            batch.extend(Observation::of(key, &cfg.rules, &s.table, |c| c.read(&e)));
         }
         let candidates = decider.candidates(polled_at, batch, now);
         let scored = candidates.into_iter().map(|o| {

@@ -162,7 +162,7 @@ async fn keys_by_hand_are_sent_exactly_and_keys_that_do_not_fit_change_nothing()
     );
 
     // What does not fit the table is refused before anything is recorded or sent: exit 2.
-    let before = (entries(&sb).await, s.dir.path().join("store").exists());
+    let before = entries(&sb).await;
     let long = "k".repeat(65);
     for (table, key, says) in [
         (TABLE, "a\nb", "line feed"),
@@ -174,7 +174,7 @@ async fn keys_by_hand_are_sent_exactly_and_keys_that_do_not_fit_change_nothing()
         assert_eq!(o.status.code(), Some(2), "{key:?} in {table}: {}", out(&o));
         assert!(out(&o).contains(says), "{key:?} in {table}: {}", out(&o));
     }
-    assert_eq!((entries(&sb).await, s.dir.path().join("store").exists()), before);
+    assert_eq!(entries(&sb).await, before);
     let o = sw(&s, &["blocks", "--json"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1, "nothing recorded: {}", out(&o));
 
@@ -184,6 +184,21 @@ async fn keys_by_hand_are_sent_exactly_and_keys_that_do_not_fit_change_nothing()
     let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
     assert_eq!((h["key"].as_str(), h["table"].as_str()), (Some(hostile), Some(TABLE)));
     assert_eq!(h["events"][0]["event"], "block");
+    let x = sw(&s, &["explain", "--table", TABLE, hostile, "--json"]);
+    ok(&x);
+    let x: serde_json::Value = serde_json::from_slice(&x.stdout).unwrap();
+    assert_eq!(
+        (x["key"].as_str(), x["table"].as_str(), x["verdict"].as_str()),
+        (Some(hostile), Some(TABLE), Some("blocked"))
+    );
+    assert_eq!(x["next_action"], "map:throttle", "a key's next step as the decider applies it");
+    assert_eq!(x["tables"].as_array().map(|t| t.len()), Some(1), "{x}");
+    assert_eq!(x["tables"][0]["table"], TABLE);
+    ok(&sw(&s, &["extend", "--table", TABLE, hostile, "--for", "2h", "--reason", "longer"]));
+    let b = sw(&s, &["blocks", "--json"]);
+    let b: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&b.stdout).lines().next().unwrap()).unwrap();
+    assert!(b["remaining_s"].as_u64().unwrap() > 3_600, "{b}");
     let a = sw(&s, &["audit", "--key", hostile, "--table", TABLE, "--json"]);
     ok(&a);
     assert!(String::from_utf8_lossy(&a.stdout).contains("leaked"), "{}", out(&a));

@@ -5,7 +5,6 @@
 //! (flushed before any actuator acts on a decision), then jobs to the actuators, metrics. Being
 //! the only writer of blocks, it needs no locks.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -169,15 +168,15 @@ impl Controller {
     /// of ended blocks that stickwarden put there ([`Decider`] says which).
     pub async fn reconcile(&mut self, actual: Actual) -> Result<(), StoreError> {
         // Which leftovers stickwarden put there: one read of the store, off the daemon's thread.
-        let keys = self.decider.leftovers(&actual);
-        let owned: HashSet<Key> = if keys.is_empty() {
-            HashSet::new()
+        let leftovers = self.decider.leftovers(&actual);
+        let owned = if leftovers.is_empty() {
+            leftovers
         } else {
             self.on_store(move |s| {
-                let mut owned = HashSet::new();
-                for k in keys {
+                let mut owned = Vec::new();
+                for (k, actions) in leftovers {
                     if s.owns(&k)? {
-                        owned.insert(k);
+                        owned.push((k, actions));
                     }
                 }
                 Ok(owned)

@@ -250,7 +250,8 @@ fn observe(
     merged
         .iter()
         .filter_map(|(addr, m)| {
-            let mut o = Observation::of(crate::key::Key::host(*addr), rules, table, |c| m.get(columns, &c.column))?;
+            let key = || Some(crate::key::Key::host(*addr));
+            let mut o = Observation::of(key, rules, table, |c| m.get(columns, &c.column))?;
             for (i, node) in names.iter().enumerate().filter(|(i, _)| m.nodes[*i]) {
                 let counters = o
                     .counters

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tracing::info;
 
-use super::{Decider, Dispatch, Effects, MANUAL_RULE};
+use super::{Decider, Effects, MANUAL_RULE};
 use crate::actuator::Job;
 use crate::allowlist::Allowlist;
 use crate::key::Key;
@@ -199,7 +199,7 @@ impl Decider {
         self.index(block.clone());
         let job = Job::Apply { key, actions: block.actions.clone(), kill: false, place: block.place() };
         fx.reply.blocked.push(BlockView::of(&block, now));
-        fx.jobs.push(Dispatch { only: None, block: Some(block), job, polled_at: None, notify: true });
+        fx.ask(Some(block), job);
         Ok(())
     }
 
@@ -214,7 +214,7 @@ impl Decider {
         }
         self.releasing.insert(key.clone(), None);
         let job = Job::Release { key, actions: block.actions.clone(), place: block.place() };
-        fx.jobs.push(Dispatch { only: None, block: Some(block), job, polled_at: None, notify: true });
+        fx.ask(Some(block), job);
     }
 
     fn import(
@@ -265,7 +265,7 @@ impl Decider {
         info!(actor, imported = fresh.len(), skipped = fx.reply.skipped.len(), "import recorded");
         if !fresh.is_empty() {
             let job = Job::ImportAcl { keys: fresh, acl };
-            fx.jobs.push(Dispatch { only: None, block: None, job, polled_at: None, notify: true });
+            fx.ask(None, job);
         }
         Ok(())
     }

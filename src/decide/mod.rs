@@ -88,8 +88,9 @@ pub enum Input {
     Reapply { only: Option<String> },
     /// `target`'s HAProxy is a new process (reload, restart).
     Restarted { target: String, was: String, now: String },
-    /// What `target` holds, and which of its leftovers ([`Decider::leftovers`]) stickwarden owns.
-    Actual { actual: Actual, owned: HashSet<Key> },
+    /// What `target` holds, and the leftovers of it ([`Decider::leftovers`]) that stickwarden
+    /// put there (the store owns their keys): the ones to remove.
+    Actual { actual: Actual, owned: Vec<(Key, Actions)> },
 }
 
 /// A job for the actuators.
@@ -129,6 +130,11 @@ pub struct Effects {
 impl Effects {
     fn write(&mut self, w: Write) {
         self.writes.push(w);
+    }
+
+    /// A job whose outcome an operator waits for.
+    fn ask(&mut self, block: Option<Block>, job: Job) {
+        self.jobs.push(Dispatch { only: None, block, job, polled_at: None, notify: true });
     }
 
     fn send(&mut self, only: Option<&str>, block: Option<&Block>, job: Job) {
@@ -237,12 +243,14 @@ impl Decider {
             .collect()
     }
 
-    /// The keys `actual` holds that no active block wants: the ones to ask the store about
-    /// (whether stickwarden put them there) before [`Input::Actual`].
-    pub fn leftovers(&self, actual: &Actual) -> Vec<Key> {
-        let mut keys: Vec<Key> = self.leftover_actions(actual).into_keys().collect();
-        keys.sort_unstable();
-        keys
+    /// What `actual` holds that no active block wants, by key in order, with the actions to
+    /// remove: the keys to ask the store about (whether stickwarden put them there) before
+    /// [`Input::Actual`] gives back those it did.
+    pub fn leftovers(&self, actual: &Actual) -> Vec<(Key, Actions)> {
+        let mut found: Vec<(Key, Actions)> =
+            self.leftover_actions(actual).into_iter().map(|(k, a)| (k, Actions::new(a))).collect();
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        found
     }
 
     /// Carries `input` at `now` into the state and says what to do. Only operator actions can be
@@ -264,7 +272,7 @@ impl Decider {
                 let reason = format!("{target}: HAProxy {was} replaced by {desc}; {n} active block(s) re-applied");
                 fx.write(Write::Audit(AuditRecord::note(Event::TargetRestarted, now, AUTO_ACTOR, reason)));
             }
-            Input::Actual { actual, owned } => self.reconcile(actual, &owned, now, &mut fx),
+            Input::Actual { actual, owned } => self.reconcile(actual, owned, now, &mut fx),
         }
         Ok(fx)
     }

@@ -2,7 +2,7 @@
 //! holds of ended blocks that stickwarden put there (removed), from what the target was read to
 //! hold ([`Actual`]). Address blocks only: what is read is `[block]`'s ACL, tag table and map.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use tracing::warn;
 
@@ -57,9 +57,10 @@ impl Decider {
 
     /// Puts back on `actual.target` what it lacks of the active blocks (those old enough to have
     /// been applied before HAProxy was read, and not being released), and removes what it holds of
-    /// keys stickwarden once blocked (`owned`) and no block wants now. Each repair is counted and
-    /// audited; patterns and tags of keys stickwarden never blocked are left alone.
-    pub(super) fn reconcile(&mut self, actual: Actual, owned: &HashSet<Key>, now: Millis, fx: &mut Effects) {
+    /// keys stickwarden once blocked and no block wants now (`removals`, from [`Decider::leftovers`]
+    /// and the store). Each repair is counted and audited; patterns and tags of keys stickwarden
+    /// never blocked are left alone.
+    pub(super) fn reconcile(&mut self, actual: Actual, removals: Vec<(Key, Actions)>, now: Millis, fx: &mut Effects) {
         let settled = actual.read_at.saturating_sub(RECONCILE_MARGIN);
         // What was read is the places of today's [block]; a block applied elsewhere (the
         // configuration changed since) is compared only where its place is today's.
@@ -97,13 +98,6 @@ impl Decider {
             }
         }
         repairs.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key));
-        let mut removals: Vec<(Key, Actions)> = self
-            .leftover_actions(&actual)
-            .into_iter()
-            .filter(|(k, _)| owned.contains(k))
-            .map(|(k, a)| (k, Actions::new(a)))
-            .collect();
-        removals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if repairs.is_empty() && removals.is_empty() {
             return;
         }
