@@ -11,7 +11,8 @@ haproxy:
 	@scripts/ensure-haproxy.sh
 
 ## HAProxy, headless Chromium with chromedriver for the console's browser tests, man,
-## systemd-analyze for the unit file, lintian for the package and promtool for the alert rules.
+## systemd-analyze for the unit file, lintian for the package, promtool for the alert rules and
+## PostgreSQL's server for the shared store's tests.
 test-deps:
 	@scripts/ensure-haproxy.sh --browser
 

@@ -2,7 +2,8 @@
 # Makes sure a `haproxy` binary is available for the demo and the tests (and `socat` with --socat,
 # for the benchmarks; with --browser, what the rest of the suite uses: Chromium and its WebDriver
 # for the console's browser tests, man to render the man pages, systemd-analyze to verify the unit,
-# lintian to check the Debian package, promtool to check the alert rules). As root it installs the distribution's packages with apt-get; otherwise it
+# lintian to check the Debian package, promtool to check the alert rules, and PostgreSQL's server
+# for the tests of the shared store: a test helper runs it in a temp dir). As root it installs the distribution's packages with apt-get; otherwise it
 # prints the exact command to run and fails.
 set -euo pipefail
 
@@ -23,6 +24,7 @@ for arg in "$@"; do
       find_bin systemd-analyze || need+=(systemd)
       find_bin lintian || need+=(lintian)
       find_bin promtool || need+=(prometheus)
+      ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
       ;;
   esac
 done

@@ -16,6 +16,8 @@
 //! - [`output`]: how tables and entries are printed for people (aligned columns) and programs
 //!   (JSON Lines), written as they stream.
 //! - [`time`]: instants as the store keeps them (ms since the epoch, RFC 3339 for people).
+//! - [`lease`]: how long this controller may still act on HAProxy (a leader's lease on a shared
+//!   store; for ever on the embedded one).
 //! - [`checked`]: checked TOML, below every file reader: errors at file:line:column, the value
 //!   types (durations, networks, times) and their limits.
 //! - [`rules`]: rule files, conditions, the scoring and escalation policy, and the server-side
@@ -24,6 +26,8 @@
 //!   and which rules it can vouch for), so that a poll costs the suspects, not the whole table.
 //! - [`sandbox`]: a throw-away HAProxy on loopback with a temp-dir socket, and a tiny HTTP client
 //!   bound to chosen loopback source addresses; used by `stickwarden demo` and by the tests.
+//! - [`pg_sandbox`]: a throw-away PostgreSQL in a temp dir on a loopback port, run as an
+//!   unprivileged user; for the tests and benches of the shared store.
 //! - [`fleet`]: how the values of several HAProxy nodes are merged into one view of an address.
 //! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
 //! - [`columns`]: how a column is named in HAProxy's filters (array elements differ by version).
@@ -68,10 +72,12 @@ pub mod engine;
 pub mod fleet;
 pub mod haproxy_side;
 pub mod key;
+pub mod lease;
 pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod output;
+pub mod pg_sandbox;
 pub mod poll;
 pub mod proto;
 pub mod recover;

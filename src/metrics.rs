@@ -61,6 +61,10 @@ pub struct Metrics {
     pub commands: Family<TargetLabels, Counter>,
     pub target_up: Family<TargetLabels, Gauge>,
     pub breaker_open: Gauge<i64, AtomicI64>,
+    /// 1 while this controller leads on a shared store (always 0 on sled).
+    pub leader: Gauge<i64, AtomicI64>,
+    /// The epoch this controller leads at (0 when it follows).
+    pub epoch: Gauge<i64, AtomicI64>,
     pub repairs: Family<TargetLabels, Counter>,
     pub unconfirmed: Family<TargetLabels, Gauge>,
     active_blocks: Family<BlockLabels, Gauge<i64, AtomicI64>>,
@@ -101,6 +105,10 @@ impl Metrics {
         registry.register("actuator_commands", "Runtime API commands sent by the actuator", commands.clone());
         let target_up = Family::<TargetLabels, Gauge>::default();
         registry.register("target_up", "1 when the target's last poll succeeded", target_up.clone());
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register("leader", "1 while this controller leads on a shared PostgreSQL store", leader.clone());
+        let epoch = Gauge::<i64, AtomicI64>::default();
+        registry.register("leader_epoch", "The epoch this controller leads at (0 while it follows)", epoch.clone());
         let breaker_open = Gauge::<i64, AtomicI64>::default();
         registry.register("circuit_breaker_open", "1 while automatic blocks are suspended", breaker_open.clone());
         let repairs = Family::<TargetLabels, Counter>::default();
@@ -124,6 +132,8 @@ impl Metrics {
             commands,
             target_up,
             breaker_open,
+            leader,
+            epoch,
             repairs,
             unconfirmed,
             active_blocks,

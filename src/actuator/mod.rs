@@ -101,6 +101,18 @@ impl Actuator {
         shutdown: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> Actuator {
+        Actuator::spawn_leased(target, client, shutdown, metrics, crate::lease::Lease::always())
+    }
+
+    /// [`Actuator::spawn`] for a controller that acts only while `lease` is valid: every job is
+    /// refused ([`ClientError::NotLeader`]) once it is not.
+    pub fn spawn_leased(
+        target: &TargetConfig,
+        client: Client,
+        shutdown: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+        lease: crate::lease::Lease,
+    ) -> Actuator {
         let (name, cps, stopping) = (target.name.clone(), target.commands_per_second, shutdown.clone());
         let start = move || {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -114,6 +126,7 @@ impl Actuator {
                 map_known: HashMap::new(),
                 pending_clears: Vec::new(),
                 shutdown: shutdown.clone(),
+                lease: lease.clone(),
                 labels: Metrics::target(&name),
                 metrics: metrics.clone(),
             };
@@ -166,6 +179,7 @@ struct Actor {
     /// Entries whose tag is already 0 but that were in use when cleared: (table, key, first try).
     pending_clears: Vec<(String, TableKey, Instant)>,
     shutdown: watch::Receiver<bool>,
+    lease: crate::lease::Lease,
     metrics: Arc<Metrics>,
     labels: crate::metrics::TargetLabels,
 }
@@ -202,7 +216,7 @@ impl Actor {
                     self.metrics.jobs.get_or_create(&labels).inc();
                     let _ = reply.send(result);
                 }
-                _ = clear_tick.tick(), if !self.pending_clears.is_empty() => self.retry_clears().await,
+                _ = clear_tick.tick(), if !self.pending_clears.is_empty() && self.lease.valid() => self.retry_clears().await,
                 _ = self.shutdown.changed() => if *self.shutdown.borrow() { break },
             }
         }
@@ -241,6 +255,9 @@ impl Actor {
     /// returned. A connection failure stops at once: the whole job is retried, and every action is
     /// idempotent.
     async fn perform(&mut self, job: &Job) -> Result<(), ClientError> {
+        if !self.lease.valid() {
+            return Err(ClientError::NotLeader);
+        }
         let mut first_error = None;
         let mut keep = |r: Result<(), ClientError>| -> Result<(), ClientError> {
             match r {

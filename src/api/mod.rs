@@ -244,13 +244,17 @@ async fn healthz(State(s): State<ApiState>) -> Json<serde_json::Value> {
         Some(b) => serde_json::json!({ "open": true, "open_since": b.open_since, "reason": b.reason }),
         None => serde_json::json!({ "open": false }),
     };
-    Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "status": "ok",
         "targets": targets,
         "breaker": breaker,
         "tracked_clients": census.population(),
         "time": rfc3339(now_ms()),
-    }))
+    });
+    if let Some(ha) = s.handle.ha() {
+        body["ha"] = ha.json();
+    }
+    Json(body)
 }
 
 #[derive(Debug, Deserialize)]

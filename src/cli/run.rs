@@ -31,7 +31,7 @@ pub async fn run(a: ConfigArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&cfg.store.path)
         .with_context(|| format!("cannot create the store directory {}", cfg.store.path.display()))
         .map_err(Failure::runtime)?;
-    let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(Failure::runtime)?;
+    let store = Store::open_config(&cfg.store).map_err(Failure::runtime)?;
     serve(cfg, store, shutdown_signal()).await
 }
 
@@ -85,9 +85,15 @@ pub async fn serve(cfg: Config, store: Store, stop: impl std::future::Future<Out
         shutdown.await;
         let _ = super::systemd::notify("STOPPING=1");
     };
-    let result = crate::daemon::run_with(cfg, store, metrics, crate::time::Clock::system(), shutdown, on_start)
-        .await
-        .map_err(Failure::runtime);
+    let clock = crate::time::Clock::system();
+    let result = match (&cfg.store.backend, store.postgres()) {
+        (crate::config::BackendConfig::Postgres(pgc), Some(pg)) => {
+            let pgc = pgc.clone();
+            crate::daemon::ha::run(cfg, pgc, pg, metrics, clock, shutdown, on_start).await
+        }
+        _ => crate::daemon::run_with(cfg, store, metrics, clock, shutdown, on_start).await,
+    }
+    .map_err(Failure::runtime);
     // The API's tasks end with the runtime: its socket files are removed here, so that nothing
     // mistakes a stale one for a daemon that answers.
     for p in sockets {

@@ -83,6 +83,9 @@ pub enum ClientError {
     Unexpected { command: String, text: String },
     #[error("the client has stopped")]
     Stopped,
+    /// This controller's lease ended ([`crate::lease`]): another may lead now, so nothing is sent.
+    #[error("not sent: this controller no longer leads (its lease ended)")]
+    NotLeader,
     /// A job that does not say where to apply an action (a block recorded without it, and a
     /// configuration that no longer has that part of `[block]`).
     #[error("{0}")]

@@ -12,11 +12,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    default_store_path, tokens, Aggregate, ApiConfig, BlockConfig, Config, ConfigError, Listen, Protected, Safety,
-    StaticAllow, StoreConfig, SuspectsConfig, TableConfig, TargetConfig, DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_PORT,
-    DEFAULT_BREAKER_FLOOR, DEFAULT_BREAKER_SHARE, DEFAULT_CACHE_MB, DEFAULT_COMMANDS_PER_SECOND,
-    DEFAULT_CONSOLE_SESSION, DEFAULT_MAX_PREFIX_V4, DEFAULT_MAX_PREFIX_V6, DEFAULT_POLL_INTERVAL,
-    DEFAULT_RECONCILE_INTERVAL, DEFAULT_SWEEP_INTERVAL, MAX_CONSOLE_SESSION, MIN_POLL_INTERVAL,
+    default_store_path, tokens, Aggregate, ApiConfig, BackendConfig, BlockConfig, Config, ConfigError, Listen,
+    PgConfig, Protected, Safety, StaticAllow, StoreConfig, SuspectsConfig, TableConfig, TargetConfig,
+    DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_PORT, DEFAULT_BREAKER_FLOOR, DEFAULT_BREAKER_SHARE, DEFAULT_CACHE_MB,
+    DEFAULT_COMMANDS_PER_SECOND, DEFAULT_CONSOLE_SESSION, DEFAULT_MAX_PREFIX_V4, DEFAULT_MAX_PREFIX_V6,
+    DEFAULT_POLL_INTERVAL, DEFAULT_RECONCILE_INTERVAL, DEFAULT_SWEEP_INTERVAL, MAX_CONSOLE_SESSION, MIN_POLL_INTERVAL,
 };
 use crate::checked::error::Source;
 use crate::checked::values::{Dur, Net, Time};
@@ -74,6 +74,10 @@ pub(super) struct RawStore {
     retention: Option<Dur>,
     max_offences: Option<Spanned<usize>>,
     audit_retention: Option<Dur>,
+    backend: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -495,7 +499,9 @@ fn check_store(src: &Source<'_>, raw: &RawStore, rules: &RuleSet) -> Result<Stor
         return Err(src.error(&m.span(), "max_offences must be between 1 and 10000"));
     }
     let base = src.path.parent().unwrap_or(Path::new("."));
+    let backend = check_backend(src, raw, base)?;
     let store = StoreConfig {
+        backend,
         path: store.path.as_ref().map_or_else(default_store_path, |p| base.join(p)),
         cache_bytes: cache_mb * 1024 * 1024,
         retention: store.retention.map_or(Duration::from_secs(30 * 86_400), |d| d.0),
@@ -510,6 +516,56 @@ fn check_store(src: &Source<'_>, raw: &RawStore, rules: &RuleSet) -> Result<Stor
         )));
     }
     Ok(store)
+}
+
+/// `[store] backend`: sled (the default: `url`, `password_file` and `name` are refused), or
+/// PostgreSQL at `url`, whose password is never in the URL (the configuration is readable by
+/// more people than the password should be) but in `password_file` or the environment.
+fn check_backend(src: &Source<'_>, raw: &RawStore, base: &Path) -> Result<BackendConfig, ConfigError> {
+    let kind = raw.backend.as_ref().map_or("sled", |b| b.get_ref().as_str());
+    match kind {
+        "sled" => {
+            let stray = [("url", &raw.url), ("password_file", &raw.password_file), ("name", &raw.name)];
+            if let Some((what, Some(v))) = stray.into_iter().find(|(_, v)| v.is_some()) {
+                return Err(src.error(&v.span(), format!("{what} is only for backend = \"postgres\"")));
+            }
+            Ok(BackendConfig::Sled)
+        }
+        "postgres" => {
+            let Some(url) = &raw.url else {
+                let at = raw.backend.as_ref().map(|b| b.span()).unwrap_or_default();
+                return Err(src.error(&at, "backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DATABASE\""));
+            };
+            let parsed = crate::store::postgres::parse_url(url.get_ref()).map_err(|m| src.error(&url.span(), m))?;
+            if parsed.get_password().is_some() {
+                return Err(src.error(
+                    &url.span(),
+                    "the URL holds a password: put it in password_file or STICKWARDEN_PG_PASSWORD instead",
+                ));
+            }
+            let name = match &raw.name {
+                Some(n) => {
+                    let ok = !n.get_ref().is_empty()
+                        && n.get_ref().len() <= 64
+                        && n.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                    if !ok {
+                        return Err(src.error(&n.span(), "name: 1 to 64 letters, digits, '-', '_', '.' or ':'"));
+                    }
+                    n.get_ref().clone()
+                }
+                None => crate::store::postgres::default_name(),
+            };
+            Ok(BackendConfig::Postgres(PgConfig {
+                url: url.get_ref().clone(),
+                password_file: raw.password_file.as_ref().map(|p| base.join(p.get_ref())),
+                name,
+            }))
+        }
+        other => Err(src.error(
+            &raw.backend.as_ref().map(|b| b.span()).unwrap_or_default(),
+            format!("backend '{other}': expected \"sled\" or \"postgres\""),
+        )),
+    }
 }
 
 /// `[api]`: listeners, the connection cap, the tokens file.

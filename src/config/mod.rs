@@ -96,6 +96,10 @@ impl std::str::FromStr for Listen {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// Where the records live: sled at `path`, or a shared PostgreSQL.
+    pub backend: BackendConfig,
+    /// The embedded store (sled), or with PostgreSQL the controller's local state (backup
+    /// scratch files).
     pub path: PathBuf,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
@@ -105,6 +109,24 @@ pub struct StoreConfig {
     pub max_offences: usize,
     /// How long audit records are kept.
     pub audit_retention: Duration,
+}
+
+/// `[store] backend`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendConfig {
+    Sled,
+    Postgres(PgConfig),
+}
+
+/// `[store] backend = "postgres"`: where, and this controller's name among those that share it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgConfig {
+    /// A libpq URL or key=value string, without a password.
+    pub url: String,
+    /// The password's file; else `STICKWARDEN_PG_PASSWORD`; else none (peer or trust auth).
+    pub password_file: Option<PathBuf>,
+    /// This controller's name in the leader row, the audit log and `/healthz`.
+    pub name: String,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +316,7 @@ impl Config {
             dry_run: false,
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
             store: StoreConfig {
+                backend: BackendConfig::Sled,
                 path: PathBuf::new(),
                 cache_bytes: DEFAULT_CACHE_MB * 1024 * 1024,
                 retention: Duration::from_secs(30 * 86_400),

@@ -12,6 +12,7 @@
 pub mod census;
 mod controller;
 mod fleet_poller;
+pub mod ha;
 mod lag;
 pub mod poller;
 pub(crate) mod reconcile;
@@ -66,6 +67,8 @@ const RESTART_CHECK_MAX: Duration = Duration::from_millis(500);
 /// How often blocks are checked for release.
 const TICK: Duration = Duration::from_millis(250);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long a new leader waits for each target's state before its first decision.
+const RECONCILE_FIRST_WAIT: Duration = Duration::from_secs(5);
 /// How long in-flight jobs may take to be confirmed at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long an operator action waits for HAProxy's confirmation before answering "pending".
@@ -78,9 +81,16 @@ pub struct Handle {
     reconcile: Arc<tokio::sync::Notify>,
     lag: Arc<Lag>,
     census: Arc<Census>,
+    /// Who leads, when several controllers share a PostgreSQL store.
+    ha: Option<Arc<ha::Status>>,
 }
 
 impl Handle {
+    /// This controller's role and epoch, and who leads, on a shared store (`None` on sled).
+    pub fn ha(&self) -> Option<&ha::Status> {
+        self.ha.as_deref()
+    }
+
     /// What each target has not confirmed yet.
     pub fn lag(&self) -> &Lag {
         &self.lag
@@ -156,11 +166,22 @@ struct Parts {
     actuators: Vec<Actuator>,
 }
 
-fn start_targets(cfg: &Config, stop_rx: &watch::Receiver<bool>, metrics: &Arc<Metrics>) -> Parts {
+fn start_targets(
+    cfg: &Config,
+    stop_rx: &watch::Receiver<bool>,
+    metrics: &Arc<Metrics>,
+    lease: &crate::lease::Lease,
+) -> Parts {
     let mut parts = Parts { clients: Vec::new(), actuators: Vec::new() };
     for t in &cfg.targets {
         let client = Client::new(t.target.clone(), ClientOptions::default());
-        parts.actuators.push(Actuator::spawn(t, client.clone(), stop_rx.clone(), metrics.clone()));
+        parts.actuators.push(Actuator::spawn_leased(
+            t,
+            client.clone(),
+            stop_rx.clone(),
+            metrics.clone(),
+            lease.clone(),
+        ));
         parts.clients.push((t.name.clone(), client));
     }
     parts
@@ -182,15 +203,47 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     on_start: impl FnOnce(Handle, Vec<(String, Client)>),
 ) -> Result<(), StoreError> {
+    let core = Core {
+        lag: Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone())),
+        census: Arc::new(Census::default()),
+        reconcile_now: Arc::new(tokio::sync::Notify::new()),
+        lease: crate::lease::Lease::always(),
+        reconcile_first: false,
+        ha: None,
+    };
+    run_core(cfg, store, metrics, clock, shutdown, on_start, core).await
+}
+
+/// What outlives one term of a controller: the parts its [`Handle`] shares, the lease it acts
+/// under, and whether it reconciles every target before its first decision (a new leader).
+pub(crate) struct Core {
+    lag: Arc<Lag>,
+    census: Arc<Census>,
+    reconcile_now: Arc<tokio::sync::Notify>,
+    lease: crate::lease::Lease,
+    reconcile_first: bool,
+    ha: Option<Arc<ha::Status>>,
+}
+
+/// [`run_with`] with its [`Core`].
+pub(crate) async fn run_core(
+    cfg: Config,
+    store: Store,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+    on_start: impl FnOnce(Handle, Vec<(String, Client)>),
+    core: Core,
+) -> Result<(), StoreError> {
     let cfg = Arc::new(cfg);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Msg>(64);
 
     // Actuators stop last, after the in-flight jobs had their grace period.
     let (act_stop_tx, act_stop_rx) = watch::channel(false);
-    let parts = start_targets(&cfg, &act_stop_rx, &metrics);
+    let parts = start_targets(&cfg, &act_stop_rx, &metrics, &core.lease);
     let rules = Arc::new(cfg.rules.clone());
-    let census = Arc::new(Census::default());
+    let census = core.census.clone();
     let merged = cfg.merge.enabled && parts.clients.len() > 1;
     // A fleet merges the values of one client address across nodes; a table keyed otherwise is
     // polled on each node (its key is the same client wherever it is seen).
@@ -223,7 +276,7 @@ pub async fn run_with(
     // block at all. (`show info` on a fresh connection costs HAProxy next to nothing.)
     let every = cfg.tables.iter().map(|t| t.interval).min().unwrap_or(crate::config::DEFAULT_POLL_INTERVAL);
     let every = every.min(RESTART_CHECK_MAX);
-    let reconcile_now = Arc::new(tokio::sync::Notify::new());
+    let reconcile_now = core.reconcile_now.clone();
     for (name, client) in &parts.clients {
         tokio::spawn(restarts::run(name.clone(), client.clone(), every, tx.clone(), stop_rx.clone(), metrics.clone()));
         tokio::spawn(reconcile::run(
@@ -246,7 +299,7 @@ pub async fn run_with(
             }
         });
     }
-    let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
+    let lag = core.lag.clone();
     let clients = parts.clients;
     let parts = controller::Parts {
         actuators: parts.actuators,
@@ -265,7 +318,23 @@ pub async fn run_with(
         "stickwarden running"
     );
     ctl.reapply_all(None).await?;
-    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now, lag, census }, clients);
+    if core.reconcile_first {
+        // A new leader: what the last one left half done (a release recorded but not yet sent, a
+        // block sent to some nodes only) is set right on every target before anything new is
+        // decided. A target that does not answer is left to the reconciler's next round.
+        for (name, client) in &clients {
+            let mut tag_field = None;
+            let read = reconcile::read(name, client, &cfg, &mut tag_field, ctl.now());
+            match tokio::time::timeout(RECONCILE_FIRST_WAIT, read).await {
+                Ok(Ok(actual)) => ctl.reconcile(actual).await?,
+                Ok(Err(e)) => {
+                    tracing::warn!(target = %name, error = %e, "not reconciled at takeover: HAProxy could not be read")
+                }
+                Err(_) => tracing::warn!(target = %name, "not reconciled at takeover: HAProxy did not answer in time"),
+            }
+        }
+    }
+    on_start(Handle { tx: tx.clone(), reconcile: reconcile_now, lag, census, ha: core.ha.clone() }, clients);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -359,7 +428,7 @@ pub async fn run_once(cfg: Config, store: Store, op: Manual, actor: &str, wait: 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Msg>(64);
     let metrics = Arc::new(Metrics::new());
-    let parts = start_targets(&cfg, &stop_rx, &metrics);
+    let parts = start_targets(&cfg, &stop_rx, &metrics, &crate::lease::Lease::always());
     let lag = Arc::new(Lag::new(cfg.targets.iter().map(|t| t.name.clone()), metrics.clone()));
     let census = Arc::new(Census::default());
     let parts = controller::Parts { actuators: parts.actuators, tx, metrics, lag, census, clock: Clock::system() };

@@ -28,6 +28,20 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 /// Most entries in one import.
 pub const MAX_IMPORT: usize = 1_000_000;
 
+/// Every code of [`OpError::BadInput`] (a test checks the code uses no other).
+pub const BAD_INPUT_CODES: &[&str] = &[
+    "invalid_address",
+    "invalid_duration",
+    "invalid_event",
+    "invalid_key",
+    "invalid_reason",
+    "invalid_request",
+    "invalid_time",
+    "too_broad",
+    "too_many_entries",
+    "unknown_table",
+];
+
 /// Why an operator action or query failed. Every variant has a stable code for the API.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -48,6 +62,22 @@ pub enum OpError {
 impl OpError {
     pub fn bad(code: &'static str, message: impl Into<String>) -> OpError {
         OpError::BadInput { code, message: message.into() }
+    }
+
+    /// The error of `code` and `message`, as [`OpError::code`] and the text gave them (an error
+    /// answered by the leader to a follower). An unknown code reads as `invalid_request`.
+    pub fn of_code(code: &str, message: String) -> OpError {
+        match code {
+            "not_found" => OpError::NotFound(message),
+            "conflict" => OpError::Conflict(message),
+            "store_error" => OpError::Store(StoreError::Backend(message)),
+            "haproxy_error" => OpError::Haproxy(message.strip_prefix("HAProxy: ").unwrap_or(&message).to_owned()),
+            "unavailable" => OpError::Unavailable,
+            other => {
+                let code = BAD_INPUT_CODES.iter().find(|c| **c == other).copied().unwrap_or("invalid_request");
+                OpError::BadInput { code, message }
+            }
+        }
     }
 
     /// The stable code clients match on.
@@ -213,8 +243,10 @@ pub struct ImportRequest {
     pub allow_broad: bool,
 }
 
-/// A checked operator action, ready for the controller.
-#[derive(Debug, Clone, PartialEq)]
+/// A checked operator action, ready for the controller (serialized only to reach the leader
+/// from a follower, [`crate::store::postgres::requests`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Manual {
     Block {
         key: Key,
@@ -446,6 +478,40 @@ pub fn audit(store: &Store, q: &AuditQuery, now: Millis) -> Result<Vec<AuditView
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every code given to [`OpError::bad`] in the sources is one [`OpError::of_code`] gives
+    /// back, so an error answered by the leader reaches a follower's client with its code.
+    #[test]
+    fn every_bad_input_code_survives_the_way_from_leader_to_follower() {
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        let mut found = std::collections::BTreeSet::new();
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for part in text.split("OpError::bad(").skip(1) {
+                        let part = part.trim_start();
+                        if let Some(rest) = part.strip_prefix('"') {
+                            found.insert(rest.split('"').next().unwrap().to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(found.len() >= 8, "{found:?}");
+        for code in &found {
+            assert!(BAD_INPUT_CODES.contains(&code.as_str()), "{code} is missing from BAD_INPUT_CODES");
+            let e = OpError::of_code(code, "m".into());
+            assert_eq!(e.code(), code);
+        }
+        for e in [OpError::NotFound("x".into()), OpError::Conflict("x".into()), OpError::Haproxy("x".into())] {
+            let back = OpError::of_code(e.code(), e.to_string());
+            assert_eq!((back.code(), back.to_string()), (e.code(), e.to_string()));
+        }
+    }
 
     /// A table key names a watched table and fits its declared type; in a table of addresses it
     /// is an address.

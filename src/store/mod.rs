@@ -1,8 +1,8 @@
-//! The store: offenders, active blocks, the allowlist and the append-only audit log, in sled.
+//! The store: offenders, active blocks, the allowlist and the append-only audit log.
 //!
 //! [`Store`] is a cheap-to-clone handle on a [`Backend`]: the domain operations (`decide`,
 //! `release`, `blocks_after`, `audit_since`, ...) that every backend provides, with [`sled`] the
-//! embedded default; a shared database plugs in here. Nothing outside this module sees a
+//! embedded default and [`postgres`] the one several controllers share. Nothing outside this module sees a
 //! backend's types, errors included. `decide` writes a block, its offender and its audit record
 //! at once; `flush` makes them durable (the controller does it before it acts on any of them,
 //! off the runtime thread) and records what was committed in the [`manifest`], so a store that no
@@ -11,6 +11,7 @@
 pub mod backup;
 pub mod manifest;
 pub mod model;
+pub mod postgres;
 pub mod sled;
 
 use std::net::IpAddr;
@@ -45,6 +46,12 @@ pub enum StoreError {
     Damaged { path: String, problem: String },
     #[error("store: {0}")]
     Io(String),
+    /// A shared store refused a write: this controller no longer leads.
+    #[error("store: {0}")]
+    Fenced(String),
+    /// A shared store cannot be reached now.
+    #[error("store: {0}")]
+    Unreachable(String),
     /// A backup file that cannot be restored: what is wrong, and where.
     #[error("{path}: {problem}; nothing was restored")]
     BadBackup { path: String, problem: String },
@@ -221,7 +228,7 @@ pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// A cheap-to-clone handle on the store's backend.
 #[derive(Clone, Debug)]
-pub struct Store(Arc<dyn Backend>);
+pub struct Store(Arc<dyn Backend>, Option<Arc<postgres::PgStore>>);
 
 impl std::ops::Deref for Store {
     type Target = dyn Backend;
@@ -235,13 +242,13 @@ impl Store {
     /// Opens (or creates) the embedded store at `path` with a page cache of `cache_bytes`, and
     /// checks that it holds what its manifest says was committed ([`StoreError::Damaged`] if not).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        Ok(Store(Arc::new(sled::SledStore::open(path, cache_bytes)?)))
+        Ok(Store(Arc::new(sled::SledStore::open(path, cache_bytes)?), None))
     }
 
     /// Opens the store without comparing it with its manifest: for `store verify` and `store
     /// recover`, which read what a damaged store still holds.
     pub fn open_unchecked(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        Ok(Store(Arc::new(sled::SledStore::open_unchecked(path, cache_bytes)?)))
+        Ok(Store(Arc::new(sled::SledStore::open_unchecked(path, cache_bytes)?), None))
     }
 
     /// [`Store::open_unchecked`] on a copy of the store at `path` in a temp dir (kept as long as
@@ -257,6 +264,27 @@ impl Store {
     /// Restores the backup `file` into a new store at `path` ([`sled::SledStore::restore`]).
     pub fn restore(file: &Path, path: &Path, cache_bytes: u64) -> Result<backup::Counts, StoreError> {
         sled::SledStore::restore(file, path, cache_bytes)
+    }
+
+    /// The store of `cfg`: sled at its path, or the PostgreSQL it names (connected, its schema
+    /// migrated and its privileges checked).
+    pub fn open_config(cfg: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        match &cfg.backend {
+            crate::config::BackendConfig::Sled => Store::open(&cfg.path, cfg.cache_bytes),
+            crate::config::BackendConfig::Postgres(pg) => {
+                Ok(Store::on_postgres(Arc::new(postgres::PgStore::connect(pg, &cfg.path)?)))
+            }
+        }
+    }
+
+    /// A handle on a PostgreSQL store.
+    pub fn on_postgres(pg: Arc<postgres::PgStore>) -> Store {
+        Store(Arc::new(postgres::Shared(pg.clone())), Some(pg))
+    }
+
+    /// The PostgreSQL store behind this handle, if that is its backend.
+    pub fn postgres(&self) -> Option<Arc<postgres::PgStore>> {
+        self.1.clone()
     }
 
     /// [`Backend::decide_many`] with any closure.

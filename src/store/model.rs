@@ -230,6 +230,8 @@ pub enum Event {
     Restored,
     /// An operator moved the end of an active block (extended or shortened it).
     ExpiryChanged,
+    /// Another controller took the lead on a shared store (both epochs in the counters).
+    LeaderChanged,
 }
 
 impl Event {
@@ -250,6 +252,7 @@ impl Event {
             Event::Recovered => "recovered",
             Event::Restored => "restored",
             Event::ExpiryChanged => "expiry_changed",
+            Event::LeaderChanged => "leader_changed",
         }
     }
 }
@@ -346,6 +349,7 @@ mod tests {
             Event::BreakerOpen,
             Event::BreakerClosed,
             Event::ActionFailed,
+            Event::LeaderChanged,
         ] {
             assert_eq!(serde_json::to_string(&e).unwrap(), format!("\"{}\"", e.as_str()));
         }
