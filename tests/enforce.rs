@@ -669,3 +669,40 @@ async fn reconciler_removes_its_own_leftovers_only() {
         store.audit_since(0).unwrap().iter().filter(|r| r.event == Event::Repaired).map(|r| r.reason.clone()).collect();
     assert_eq!(reasons, ["sandbox: leftover tag+acl of an ended block, removed"]);
 }
+
+/// An actuator whose lease ended (a leader that lost the lead on a shared store) sends nothing:
+/// its jobs fail with a clear error and HAProxy holds nothing of them; renewed, it acts again.
+#[tokio::test]
+async fn an_actuator_without_a_lease_sends_nothing() {
+    use stickwarden::actuator::{Actuator, Job};
+    use stickwarden::rules::{Action, Actions};
+    let sb = haproxy();
+    let c = admin(&sb).await;
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let cfg = stickwarden::config::Config::load(&s.config).unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let lease = stickwarden::lease::Lease::ended();
+    let a = Actuator::spawn_leased(&cfg.targets[0], c.clone(), stop_rx, Default::default(), lease.clone());
+    let actions = Actions::new(vec![Action::Tag, Action::Acl]);
+    let place = std::sync::Arc::new(stickwarden::store::Place::of(&cfg.block, &actions));
+    let job = |addr: &str| Job::Apply {
+        key: Key::Net(stickwarden::net::parse_net(addr).unwrap()),
+        place: place.clone(),
+        actions: actions.clone(),
+        kill: false,
+    };
+    let e = a.run(job("10.9.0.1")).await.unwrap_err();
+    assert!(matches!(e, stickwarden::client::ClientError::NotLeader), "{e}");
+    assert!(e.to_string().contains("no longer leads"), "{e}");
+    let many: Vec<_> =
+        (0..50u32).map(|i| (Key::host(stickwarden::sandbox::nth_addr(i).into()), actions.clone())).collect();
+    let e = a.run(Job::ApplyMany { blocks: many, place: place.clone(), fresh: false }).await.unwrap_err();
+    assert!(matches!(e, stickwarden::client::ClientError::NotLeader), "{e}");
+    assert_eq!(gpt0(&c, "10.9.0.1").await.unwrap_or(0), 0);
+    assert_eq!(gpt0(&c, "10.0.0.7").await.unwrap_or(0), 0);
+    assert!(acl(&c, &sb).await.is_empty());
+    lease.renew(std::time::Instant::now(), Duration::from_secs(60));
+    a.run(job("10.9.0.1")).await.unwrap();
+    assert_eq!(gpt0(&c, "10.9.0.1").await, Some(1));
+    assert_eq!(acl(&c, &sb).await, ["10.9.0.1"]);
+}

@@ -79,7 +79,11 @@ impl Actor {
             for _ in 0..chunk.len() {
                 self.command().await;
             }
-            if let Some(e) = self.client.pipeline(chunk).await.into_iter().find_map(Result::err) {
+            let sent = match self.leased() {
+                Ok(()) => self.client.pipeline(chunk).await.into_iter().find_map(Result::err),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = sent {
                 // The live version was never touched: drop the prepared one and report.
                 let _ = self.client.execute(&Command::ClearAclVersion { acl: acl.clone(), version }).await;
                 return Err(e);

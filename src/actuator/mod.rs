@@ -255,9 +255,7 @@ impl Actor {
     /// returned. A connection failure stops at once: the whole job is retried, and every action is
     /// idempotent.
     async fn perform(&mut self, job: &Job) -> Result<(), ClientError> {
-        if !self.lease.valid() {
-            return Err(ClientError::NotLeader);
-        }
+        self.leased()?;
         let mut first_error = None;
         let mut keep = |r: Result<(), ClientError>| -> Result<(), ClientError> {
             match r {
@@ -324,6 +322,15 @@ impl Actor {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether this controller may still act ([`crate::lease`]).
+    pub(super) fn leased(&self) -> Result<(), ClientError> {
+        if self.lease.valid() {
+            Ok(())
+        } else {
+            Err(ClientError::NotLeader)
+        }
     }
 
     /// Waits for the rate limiter, and counts the command about to be sent.
@@ -417,6 +424,9 @@ impl Actor {
                 self.count(chunk.len() as u64);
             }
             sent += chunk.len();
+            // A long job (its rate limit, a big batch) checks the lease before every batch: what
+            // is left of it once another controller may lead is not sent.
+            self.leased()?;
             for ((net, cmd), result) in nets.iter().zip(&chunk).zip(self.client.pipeline(&chunk).await) {
                 match result {
                     // An ACL pattern is only known once HAProxy has it: a retry must not add it twice.

@@ -204,7 +204,9 @@ impl Access {
                 Err(e) => return Err(api_failure(e)),
             }
         }
-        let store = Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(|e| {
+        let c = cfg.store.clone();
+        let opened = tokio::task::spawn_blocking(move || Store::open_config(&c)).await.expect("open task");
+        let store = opened.map_err(|e| {
             Failure::runtime(anyhow!(
                 "{e}\n(is `stickwarden run` running? Then reach it through its API: [api] in the config, or --api)"
             ))
@@ -224,6 +226,10 @@ impl Via {
     async fn act<R: Serialize>(&self, path: &str, req: &R, op: Manual) -> Result<Outcome, Failure> {
         match self {
             Via::Api(c) => c.post(path, req).await.map_err(api_failure),
+            Via::Local(_, store) if store.postgres().is_some() => Err(Failure::runtime(anyhow!(
+                "no controller's API answers: on a shared PostgreSQL store, actions go through a running \
+                 controller (the leader, or any follower), never around them"
+            ))),
             Via::Local(cfg, store) => {
                 let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
                 crate::daemon::run_once((**cfg).clone(), store.clone(), op, &actor, crate::daemon::CONFIRM_WAIT)

@@ -81,8 +81,30 @@ fn refuse_if_running(path: &Path, what: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The PostgreSQL settings of `cfg`, when that is its store.
+fn postgres(cfg: &crate::config::Config) -> Option<&crate::config::PgConfig> {
+    match &cfg.store.backend {
+        crate::config::BackendConfig::Postgres(p) => Some(p),
+        crate::config::BackendConfig::Sled => None,
+    }
+}
+
 fn verify(a: ConfigArgs) -> Result<(), Failure> {
     let cfg = load(&a)?;
+    if let Some(pg) = postgres(&cfg) {
+        // PostgreSQL keeps its own integrity; what is checked is the schema and every record.
+        let store = Store::open_config(&cfg.store).map_err(Failure::runtime)?;
+        let v = store.verify().map_err(Failure::runtime)?;
+        say!("store {}: {}", crate::store::postgres::shown(pg), v.counts)?;
+        if v.problems.is_empty() {
+            say!("ok   every record reads back")?;
+            return Ok(());
+        }
+        for p in &v.problems {
+            say!("FAIL {p}")?;
+        }
+        return Err(Failure::runtime(anyhow!("{} record(s) cannot be read", v.problems.len())));
+    }
     let path = &cfg.store.path;
     if !crate::store::exists(path) {
         return Err(Failure::runtime(anyhow!("there is no store at {}", path.display())));
@@ -108,6 +130,12 @@ fn verify(a: ConfigArgs) -> Result<(), Failure> {
 
 async fn recover(a: RecoverArgs) -> Result<(), Failure> {
     let cfg = load(&a.config)?;
+    if postgres(&cfg).is_some() {
+        return Err(Failure::usage(anyhow!(
+            "store recover rebuilds a damaged sled store; a PostgreSQL store is recovered with PostgreSQL's own \
+             tools (point-in-time recovery), or from a backup with `stickwarden store restore FILE`"
+        )));
+    }
     let hold = crate::ops::parse_duration(&a.hold).map_err(Failure::usage)?;
     let opts = Options { backup: a.backup.as_deref(), hold, adopt: a.adopt };
     let r = crate::recover::recover(&cfg, &opts).await.map_err(|e| match e {
@@ -169,6 +197,15 @@ async fn backup_to(a: BackupArgs) -> Result<(), Failure> {
 
 fn restore(a: RestoreArgs) -> Result<(), Failure> {
     let cfg = load(&a.config)?;
+    if let Some(pg) = postgres(&cfg) {
+        // Into an empty database only, with every controller stopped (the restore takes the lead
+        // for its one transaction): nothing to move aside, so --force changes nothing.
+        let counts = crate::store::postgres::PgStore::restore(&a.file, pg, &cfg.store.path).map_err(|e| match e {
+            crate::store::StoreError::BadBackup { .. } => Failure::usage(e),
+            other => Failure::runtime(other),
+        })?;
+        return say!("restored into {}: {counts}", crate::store::postgres::shown(pg));
+    }
     let path = &cfg.store.path;
     refuse_if_running(path, "restore a backup")?;
     // The whole file is checked before anything is moved.

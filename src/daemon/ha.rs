@@ -130,18 +130,33 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut session: Option<Session> = None;
     let mut said_unreachable = false;
+    // Set while this controller, cut off from the database while it led, keeps releasing the
+    // blocks it held on time.
+    let mut outage: Option<Outage> = None;
     loop {
         // Following: until this controller gets the lock, or is asked to stop.
         let mut tick = tokio::time::interval(lead::HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = tokio::time::interval(super::TICK);
         let took = loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 Some(msg) = front.recv() => follower.serve(msg),
+                _ = due.tick(), if outage.is_some() => {
+                    if let Some(o) = &mut outage {
+                        o.release_due(clock.now());
+                    }
+                }
                 _ = tick.tick() => {
                     match follow_once(&pgc, &mut session, &status, &api).await {
                         Ok(Some(took)) => break took,
-                        Ok(None) => said_unreachable = false,
+                        Ok(None) => {
+                            said_unreachable = false;
+                            if let Some(o) = outage.take() {
+                                info!(released = o.released.len(), leader = %status.leader().holder,
+                                      "the database answers and another controller leads: it records the releases due meanwhile");
+                            }
+                        }
                         Err(e) => {
                             session = None;
                             if !said_unreachable {
@@ -175,7 +190,20 @@ pub async fn run(
         );
         rec.counters = vec![("previous_epoch".into(), took.previous.epoch), ("epoch".into(), epoch)];
         let s = store.clone();
-        let audited = tokio::task::spawn_blocking(move || s.audit(rec)).await.expect("audit task");
+        let released = outage.take().map(|o| o.released).unwrap_or_default();
+        let audited = tokio::task::spawn_blocking(move || {
+            s.audit(rec)?;
+            // What this controller released while the database was away, recorded at the time it
+            // was released (a block another leader released or replaced meanwhile is left alone).
+            for (b, at) in released {
+                let mut r = AuditRecord::of(Event::Release, &b, at);
+                r.reason = "released on time while the database was unreachable".into();
+                s.release(&b.key, b.since, r)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .expect("audit task");
 
         // A term: the controller, its heartbeats and the actions asked on followers.
         let (term_tx, term_rx) = watch::channel(false);
@@ -185,6 +213,7 @@ pub async fn run(
         }
         let inner: Arc<Mutex<Option<Handle>>> = Arc::new(Mutex::new(None));
         let slot = inner.clone();
+        let at_end: Arc<Mutex<Vec<crate::store::Block>>> = Arc::new(Mutex::new(Vec::new()));
         let core = Core {
             lag: lag.clone(),
             census: census.clone(),
@@ -192,6 +221,7 @@ pub async fn run(
             lease: lease.clone(),
             reconcile_first: true,
             ha: Some(status.clone()),
+            active_at_end: Some(at_end.clone()),
         };
         let mut stop = term_rx.clone();
         let stop = async move {
@@ -212,7 +242,7 @@ pub async fn run(
         let mut beat = tokio::time::interval(lead::HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asks = tokio::time::interval(REQUEST_POLL);
-        let (mut stopping, mut resign) = (*term_rx.borrow(), false);
+        let (mut stopping, mut resign, mut cut_off) = (*term_rx.borrow(), false, false);
         let ended = loop {
             let running = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
             tokio::select! {
@@ -237,9 +267,13 @@ pub async fn run(
                             None
                         }
                         Ok(Ok(l)) => Some(format!("{} took the lead at epoch {}", l.holder, l.epoch)),
-                        Ok(Err(e)) if session_now.is_closed() => Some(format!("the database session ended: {e}")),
+                        Ok(Err(e)) if session_now.is_closed() => {
+                            cut_off = true;
+                            Some(format!("the database session ended: {e}"))
+                        }
                         // One slow or failed heartbeat is tolerated while the lease lasts.
                         Ok(Err(_)) | Err(_) => {
+                            cut_off = !lease.valid();
                             (!lease.valid()).then(|| "heartbeats unanswered for the lease's length".to_owned())
                         }
                     };
@@ -271,10 +305,77 @@ pub async fn run(
         session = None;
         match ended {
             Ok(()) => info!(epoch, "term ended; following"),
-            Err(e @ (StoreError::Fenced(_) | StoreError::Unreachable(_))) => {
+            Err(e @ StoreError::Fenced(_)) => warn!(epoch, error = %e, "term ended by the database; following"),
+            Err(e @ StoreError::Unreachable(_)) => {
+                cut_off = true;
                 warn!(epoch, error = %e, "term ended by the database; following")
             }
             Err(e) => return Err(e),
+        }
+        let blocks = std::mem::take(&mut *at_end.lock().unwrap_or_else(|e| e.into_inner()));
+        if cut_off && !blocks.is_empty() {
+            // Nobody can lead while the database is unreachable: if it is, this controller goes
+            // on releasing what it held as each block ends (a release never denies anyone).
+            let reachable = tokio::time::timeout(lead::HEARTBEAT * 2, Session::open(&pgc)).await;
+            if !matches!(reachable, Ok(Ok(_))) {
+                warn!(
+                    blocks = blocks.len(),
+                    "PostgreSQL is unreachable: releasing the blocks held as they end, nothing else"
+                );
+                outage = Some(Outage::start(&cfg, blocks, &metrics));
+            }
+        }
+    }
+}
+
+/// A leader cut off from its database: the blocks it held, released on HAProxy as each ends (by
+/// actuators of its own that are only ever given releases), and what it released, for the
+/// record once the database answers.
+struct Outage {
+    blocks: Vec<crate::store::Block>,
+    actuators: Vec<crate::actuator::Actuator>,
+    released: Vec<(crate::store::Block, crate::time::Millis)>,
+    _stop: watch::Sender<bool>,
+}
+
+impl Outage {
+    fn start(cfg: &Config, blocks: Vec<crate::store::Block>, metrics: &Arc<Metrics>) -> Outage {
+        let (stop, stop_rx) = watch::channel(false);
+        let actuators = cfg
+            .targets
+            .iter()
+            .map(|t| {
+                let client = Client::new(t.target.clone(), ClientOptions::default());
+                crate::actuator::Actuator::spawn(t, client, stop_rx.clone(), metrics.clone())
+            })
+            .collect();
+        Outage { blocks, actuators, released: Vec::new(), _stop: stop }
+    }
+
+    /// Releases every block whose end has come (dry-run blocks were never sent).
+    fn release_due(&mut self, now: crate::time::Millis) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.blocks).into_iter().partition(|b| b.until <= now);
+        self.blocks = keep;
+        for b in due {
+            if !b.dry_run {
+                info!(key = %b.key, "block ended: released while the database is unreachable");
+                for a in &self.actuators {
+                    let job = crate::actuator::Job::Release {
+                        key: b.key.clone(),
+                        actions: b.actions.clone(),
+                        place: b.place(),
+                    };
+                    if let Ok(done) = a.submit(job) {
+                        let key = b.key.clone();
+                        tokio::spawn(async move {
+                            if let Ok(Err(e)) = done.await {
+                                warn!(%key, error = %e, "release during the outage not confirmed");
+                            }
+                        });
+                    }
+                }
+                self.released.push((b, now));
+            }
         }
     }
 }

@@ -210,6 +210,7 @@ pub async fn run_with(
         lease: crate::lease::Lease::always(),
         reconcile_first: false,
         ha: None,
+        active_at_end: None,
     };
     run_core(cfg, store, metrics, clock, shutdown, on_start, core).await
 }
@@ -223,6 +224,9 @@ pub(crate) struct Core {
     lease: crate::lease::Lease,
     reconcile_first: bool,
     ha: Option<Arc<ha::Status>>,
+    /// Receives the blocks in force when the term ends (a leader cut off from its database keeps
+    /// releasing them on time, [`ha`]).
+    active_at_end: Option<Arc<std::sync::Mutex<Vec<Block>>>>,
 }
 
 /// [`run_with`] with its [`Core`].
@@ -351,6 +355,9 @@ pub(crate) async fn run_core(
             // The store is the record of every decision: without it nothing may be decided.
             error!(error = %e, "store failure; stopping");
             let _ = stop_tx.send(true);
+            if let Some(slot) = &core.active_at_end {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = ctl.decider.active().cloned().collect();
+            }
             return Err(e);
         }
     }
@@ -374,6 +381,9 @@ pub(crate) async fn run_core(
         }
     }
     let _ = act_stop_tx.send(true);
+    if let Some(slot) = &core.active_at_end {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = ctl.decider.active().cloned().collect();
+    }
     tokio::task::spawn_blocking(move || store.flush()).await.expect("flush task")
 }
 

@@ -324,6 +324,25 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Connects without changing anything (no migration): for `check`. The schema version, or
+    /// `None` for a database stickwarden never opened.
+    pub fn inspect(cfg: &PgConfig, path: &Path) -> Result<(PgStore, Option<i32>), StoreError> {
+        let store = PgStore {
+            path: path.to_owned(),
+            shown: shown(cfg),
+            pool: pool::Pool::new(postgres::Config::from(connect_config(cfg)?), 1),
+            epoch: Arc::new(AtomicI64::new(0)),
+        };
+        let version = store.pool.run(|c| {
+            let exists: bool = c.query_one("SELECT to_regclass('sw_schema') IS NOT NULL", &[])?.get(0);
+            if !exists {
+                return Ok(None);
+            }
+            Ok(c.query_opt("SELECT version FROM sw_schema", &[])?.map(|r| r.get(0)))
+        })?;
+        Ok((store, version))
+    }
+
     /// What this user may not do on the store's tables (empty when it may do everything).
     pub fn privileges(&self) -> Result<(), PgError> {
         let missing: Vec<String> = self.pool.run(|c| {

@@ -15,6 +15,9 @@ use super::PgError;
 /// One job: given a connection (or why none could be made), does its work and sends its answer.
 type Job = Box<dyn FnOnce(Result<&mut postgres::Client, PgError>) + Send>;
 
+/// A connection idle longer than this is checked before it is used.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -65,14 +68,19 @@ impl Drop for Pool {
 
 fn worker(config: &postgres::Config, jobs: &Mutex<mpsc::Receiver<Job>>) {
     let mut client: Option<postgres::Client> = None;
+    let mut used = std::time::Instant::now();
     loop {
         let job = match jobs.lock().expect("pool lock").recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        if client.as_ref().is_some_and(postgres::Client::is_closed) {
+        // A connection idle for a while may have been closed by a server that restarted: it
+        // is checked (one empty query) rather than given to a job that would fail on it.
+        let stale = used.elapsed() > IDLE_CHECK;
+        if client.as_mut().is_some_and(|c| c.is_closed() || stale && c.is_valid(CONNECT_TIMEOUT).is_err()) {
             client = None;
         }
+        used = std::time::Instant::now();
         if client.is_none() {
             match config.connect(postgres::NoTls) {
                 Ok(c) => client = Some(c),
