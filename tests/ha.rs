@@ -80,24 +80,32 @@ impl Cluster {
             targets.push_str(&format!("[[haproxy]]\nname = \"node{}\"\nsocket = \"{}\"\n\n", i + 1, sb.admin()));
         }
         let s = setup(&nodes[0], top, policy, &targets);
-        with_api(&s); // the tokens file; each controller gets its own socket below
         let url = pg.database(db).unwrap();
         let base = std::fs::read_to_string(&s.config).unwrap();
-        let base = base.split("\n[api]").next().unwrap().to_owned();
-        let mut c = Cluster { s, url, procs: Vec::new() };
+        let mut c = Cluster::on(s, url.clone());
         for i in 0..n {
-            let text = base.replace(
-                "[store]\npath = \"store\"",
-                &format!(
-                    "[store]\nbackend = \"postgres\"\nurl = \"{}\"\nname = \"ctl-{i}\"\npath = \"store-{i}\"",
-                    c.url
-                ),
-            ) + &format!("\n[api]\nlisten = [\"unix:{}\"]\ntokens = \"tokens.toml\"\n", c.sock(i).display());
-            std::fs::write(c.config(i), text).unwrap();
-            let p = c.spawn(i);
-            c.procs.push(Some(p));
+            let store = format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nname = \"ctl-{i}\"\npath = \"store-{i}\"");
+            c.add(&base.replace("[store]\npath = \"store\"", &store));
         }
         c
+    }
+
+    /// No controller yet, on the database at `url`; the tokens file of [`with_api`] in the
+    /// setup's directory.
+    fn on(s: Setup, url: String) -> Cluster {
+        with_api(&s);
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        std::fs::write(&s.config, text.split("\n[api]").next().unwrap()).unwrap();
+        Cluster { s, url, procs: Vec::new() }
+    }
+
+    /// Starts controller number `procs.len()` on `config` (its `[api]` added: a socket of its own).
+    fn add(&mut self, config: &str) {
+        let i = self.procs.len();
+        let text = format!("{config}\n[api]\nlisten = [\"unix:{}\"]\ntokens = \"tokens.toml\"\n", self.sock(i).display());
+        std::fs::write(self.config(i), text).unwrap();
+        let p = self.spawn(i);
+        self.procs.push(Some(p));
     }
 
     fn config(&self, i: usize) -> std::path::PathBuf {
@@ -443,4 +451,124 @@ async fn while_postgres_is_down_nobody_leads_blocks_stay_in_force_and_it_all_con
     let keys: Vec<String> =
         tokio::task::block_in_place(|| store.blocks()).unwrap().iter().map(|b| b.key.to_string()).collect();
     assert_eq!(keys, ["127.0.0.2", "127.0.0.3"]);
+}
+
+/// The lines of the fenced blocks of `lang` in docs/ha.md.
+fn doc_blocks(lang: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ha.md")).unwrap();
+    let (mut out, mut inside) = (Vec::new(), false);
+    let mut block = String::new();
+    for line in doc.lines().map(str::trim) {
+        if line.starts_with("```") {
+            if inside {
+                out.push(std::mem::take(&mut block));
+            }
+            inside = !inside && line == format!("```{lang}");
+            continue;
+        }
+        if inside {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    out
+}
+
+/// docs/ha.md's walk-through: a sled controller's store backed up, its `[store]` replaced by the
+/// documented one, restored into PostgreSQL and checked, then three controllers on it: one
+/// leads and applies the restored block on a fresh HAProxy; every controller lists it; the
+/// `/healthz` fields are the documented ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_of_docs_ha_md_takes_a_sled_store_to_three_controllers_on_postgres() {
+    let sb = haproxy();
+    let pg = pg();
+    let s = setup(&sb, "", &policy("{ action = [\"tag\", \"acl\"], duration = \"1h\" }"), "");
+    let sw = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+            .args(args)
+            .current_dir(s.dir.path())
+            .env("STICKWARDEN_CONFIG", &s.config)
+            .env_remove("STICKWARDEN_API")
+            .env("STICKWARDEN_TOKEN", OPERATOR_TOKEN)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", out(&o));
+        out(&o)
+    };
+    sw(&["block", "203.0.113.7", "--for", "1h", "--reason", "seen before the move"]);
+
+    let sh: Vec<String> = doc_blocks("sh").concat().lines().map(str::to_owned).collect();
+    assert_eq!(sh.len(), 3, "docs/ha.md's commands: {sh:?}");
+    let backup = s.dir.path().join("before-pg.jsonl");
+    let run = |line: &str| {
+        let line = line.replace("/var/backups/stickwarden-before-pg.jsonl", backup.to_str().unwrap());
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], "stickwarden", "{line}");
+        sw(&words[1..])
+    };
+    run(&sh[0]);
+
+    // The documented [store], on this database, with a password file (trust ignores it).
+    let [toml] = &doc_blocks("toml")[..] else { panic!("one toml block expected in docs/ha.md") };
+    let url = pg.database("migrated").unwrap();
+    std::fs::write(s.dir.path().join("pg-password"), "not-needed\n").unwrap();
+    let store = toml
+        .replace("postgres://stickwarden@db.internal:5432/stickwarden", &url)
+        .replace("/etc/stickwarden/pg-password", "pg-password")
+        .replace("/var/lib/stickwarden", "state");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let sled = text[text.find("[store]").unwrap()..].split("\n\n").next().unwrap().to_owned();
+    std::fs::write(&s.config, text.replace(&sled, store.trim_end())).unwrap();
+    run(&sh[1]);
+    let checked = run(&sh[2]);
+    assert!(checked.contains("schema version 1") && checked.contains("may read and write every table"), "{checked}");
+
+    // Three controllers on a fresh HAProxy (same ACL path, as a new node of the same
+    // configuration has): the leader applies the restored block there.
+    let fresh = haproxy_with(&SandboxOptions { acl_file: Some(sb.block_acl().to_path_buf()), ..Default::default() });
+    let c2 = admin(&fresh).await;
+    let base = std::fs::read_to_string(&s.config).unwrap()
+        .replace(&sb.admin(), &fresh.admin());
+    let setup2 = Setup { dir: tempfile::tempdir().unwrap(), config: s.config.clone() };
+    std::fs::create_dir(setup2.dir.path().join("rules")).unwrap();
+    for f in std::fs::read_dir(s.dir.path().join("rules")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), setup2.dir.path().join("rules").join(f.file_name())).unwrap();
+    }
+    std::fs::copy(s.dir.path().join("pg-password"), setup2.dir.path().join("pg-password")).unwrap();
+    let setup2 = Setup { config: setup2.dir.path().join("stickwarden.toml"), ..setup2 };
+    std::fs::write(&setup2.config, &base).unwrap();
+    let mut c = Cluster::on(setup2, url);
+    for name in ["ctl-a", "ctl-b", "ctl-c"] {
+        c.add(&base.replace("name = \"ctl-a\"", &format!("name = \"{name}\"")));
+    }
+    let (leader, epoch) = c.leader(Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no leader\n{}", c.logs()));
+    let applied = eventually(Duration::from_secs(5), || async { acl(&c2, &fresh).await == ["203.0.113.7"] }).await;
+    assert!(applied, "the restored block is not on the fresh node\n{}", c.logs());
+    for i in 0..3 {
+        let blocks: serde_json::Value = c.api(i, Some(VIEWER_TOKEN)).get("/v1/blocks").await.unwrap();
+        assert!(blocks.to_string().contains("203.0.113.7"), "ctl-{i}: {blocks}");
+    }
+    // /healthz has the documented fields; the takeover is in the audit log.
+    let [json] = &doc_blocks("json")[..] else { panic!("one json block expected in docs/ha.md") };
+    let documented: serde_json::Value = serde_json::from_str(json).unwrap();
+    // A follower reads the leader row at each of its heartbeats (every second).
+    let caught_up = eventually(Duration::from_secs(3), || async {
+        c.health((leader + 1) % 3).await.is_some_and(|h| h["ha"]["leader_epoch"] == epoch)
+    })
+    .await;
+    assert!(caught_up, "the follower never saw the leader");
+    let follower = c.health((leader + 1) % 3).await.unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&follower["ha"]), keys(&documented["ha"]));
+    assert_eq!(follower["ha"]["leader_epoch"], epoch);
+    assert_eq!(follower["ha"]["leader"], ["ctl-a", "ctl-b", "ctl-c"][leader]);
+    let o = Command::new(env!("CARGO_BIN_EXE_stickwarden"))
+        .args(["audit", "--event", "leader_changed", "--json", "--config", c.config(leader).to_str().unwrap()])
+        .env("STICKWARDEN_TOKEN", VIEWER_TOKEN)
+        .env_remove("STICKWARDEN_API")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(out(&o).contains(&format!("ctl-{}", ["a", "b", "c"][leader])), "{}", out(&o));
 }

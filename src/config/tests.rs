@@ -308,3 +308,35 @@ mod never_panics {
         }
     }
 }
+
+/// `[store] backend = "postgres"`: the URL is checked where it is written, never holds a
+/// password, and the keys of one backend are refused on the other.
+#[test]
+fn the_postgres_backend_is_checked_where_it_is_written() {
+    let store = |lines: &str| format!("{MINIMAL}\n[store]\n{lines}\n");
+    let c = load(&store("backend = \"postgres\"\nurl = \"postgres://sw@db1:5433/sw\"\nname = \"ctl-a\"\npassword_file = \"pw\""), RULE)
+        .unwrap();
+    let BackendConfig::Postgres(pg) = &c.store.backend else { panic!("{:?}", c.store.backend) };
+    assert_eq!((pg.url.as_str(), pg.name.as_str()), ("postgres://sw@db1:5433/sw", "ctl-a"));
+    assert!(pg.password_file.as_ref().unwrap().ends_with("pw"), "relative to the config: {:?}", pg.password_file);
+    assert_eq!(load(MINIMAL, RULE).unwrap().store.backend, BackendConfig::Sled);
+    let cases: &[(&str, &str)] = &[
+        ("backend = \"postgres\"", "DIR/stickwarden.toml:9:11: backend = \"postgres\" needs url"),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://sw:secret@db1/sw\"",
+            "DIR/stickwarden.toml:10:7: the URL holds a password: put it in password_file or STICKWARDEN_PG_PASSWORD",
+        ),
+        ("backend = \"postgres\"\nurl = \"postgres://sw@db1\"", "DIR/stickwarden.toml:10:7: the URL names no database"),
+        ("backend = \"postgres\"\nurl = \"mysql://x\"", "DIR/stickwarden.toml:10:7: not a PostgreSQL connection string"),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://sw@db1/sw\"\nname = \"a b\"",
+            "DIR/stickwarden.toml:11:8: name: 1 to 64 letters",
+        ),
+        ("url = \"postgres://sw@db1/sw\"", "DIR/stickwarden.toml:9:7: url is only for backend = \"postgres\""),
+        ("backend = \"mongo\"", "DIR/stickwarden.toml:9:11: backend 'mongo': expected \"sled\" or \"postgres\""),
+    ];
+    for (lines, want) in cases {
+        let e = load(&store(lines), RULE).unwrap_err();
+        assert!(e.starts_with(want), "{lines}:\n got {e}\nwant {want}");
+    }
+}
