@@ -41,8 +41,9 @@ test-versions: test
 
 ## Every bench of docs/BENCHMARKS.md: the CLI against socat on a real 1,048,576-entry table, the
 ## parser, the daemon's poll and actuation against socat, fleet fan-out, the end-to-end scale run,
-## HAProxy's cost per poll (today's way against suspects mode) and 1,000 new offenders in one poll.
-bench: bench-socat
+## HAProxy's cost per poll (today's way against suspects mode), 1,000 new offenders in one poll,
+## and the shared store on PostgreSQL (decisions/s against sled, review, failover).
+bench: bench-socat test-deps
 	$(CARGO) bench --bench table_parser
 	$(CARGO) bench --bench poll_1m
 	$(CARGO) bench --bench actuate_100k
@@ -50,6 +51,7 @@ bench: bench-socat
 	$(CARGO) bench --bench scale
 	$(CARGO) bench --bench poll_cost
 	$(CARGO) bench --bench burst
+	$(CARGO) bench --bench ha
 
 bench-socat:
 	@scripts/ensure-haproxy.sh --socat

@@ -84,7 +84,8 @@ impl Cluster {
         let base = std::fs::read_to_string(&s.config).unwrap();
         let mut c = Cluster::on(s, url.clone());
         for i in 0..n {
-            let store = format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nname = \"ctl-{i}\"\npath = \"store-{i}\"");
+            let store =
+                format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nname = \"ctl-{i}\"\npath = \"store-{i}\"");
             c.add(&base.replace("[store]\npath = \"store\"", &store));
         }
         c
@@ -102,7 +103,8 @@ impl Cluster {
     /// Starts controller number `procs.len()` on `config` (its `[api]` added: a socket of its own).
     fn add(&mut self, config: &str) {
         let i = self.procs.len();
-        let text = format!("{config}\n[api]\nlisten = [\"unix:{}\"]\ntokens = \"tokens.toml\"\n", self.sock(i).display());
+        let text =
+            format!("{config}\n[api]\nlisten = [\"unix:{}\"]\ntokens = \"tokens.toml\"\n", self.sock(i).display());
         std::fs::write(self.config(i), text).unwrap();
         let p = self.spawn(i);
         self.procs.push(Some(p));
@@ -527,8 +529,7 @@ async fn the_migration_of_docs_ha_md_takes_a_sled_store_to_three_controllers_on_
     // configuration has): the leader applies the restored block there.
     let fresh = haproxy_with(&SandboxOptions { acl_file: Some(sb.block_acl().to_path_buf()), ..Default::default() });
     let c2 = admin(&fresh).await;
-    let base = std::fs::read_to_string(&s.config).unwrap()
-        .replace(&sb.admin(), &fresh.admin());
+    let base = std::fs::read_to_string(&s.config).unwrap().replace(&sb.admin(), &fresh.admin());
     let setup2 = Setup { dir: tempfile::tempdir().unwrap(), config: s.config.clone() };
     std::fs::create_dir(setup2.dir.path().join("rules")).unwrap();
     for f in std::fs::read_dir(s.dir.path().join("rules")).unwrap() {

@@ -233,3 +233,52 @@ async fn the_schema_is_migrated_once_and_a_newer_one_or_a_user_without_privilege
         assert!(e.contains("127.0.0.1:1") && e.contains("unreachable"), "{e}");
     });
 }
+
+/// The controller's writes, in runs that the PostgreSQL backend writes in bulk (decisions,
+/// offender updates, a key twice in a row, a release in between), leave the same records as
+/// sled's one-by-one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_mixed_writes_leaves_the_same_records_as_on_sled() {
+    use stickwarden::store::Write;
+    let sb = pg();
+    let (_pg, s, _session) = leading(&sb, "batch").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sled = Store::open(&dir.path().join("sled"), 1 << 20).unwrap();
+    let offender = |n: u64| {
+        let mut o = Offender::default();
+        o.offences.push(Offence { at: n, rule: "flood".into(), level: 1, dry_run: false });
+        o
+    };
+    let decide = |key: &str, since: u64| {
+        let b = block(key, since);
+        let rec = AuditRecord::of(Event::Block, &b, since);
+        Write::Decide { offender: Some((b.key.clone(), offender(since))), block: Box::new(b), rec }
+    };
+    let k = |a: &str| Key::Net(stickwarden::net::parse_net(a).unwrap());
+    let mut writes = vec![
+        decide("10.0.0.1", 1_000),
+        decide("10.0.0.2", 1_000),
+        Write::Offender(k("10.0.0.3"), offender(1_100)),
+        Write::Offender(k("10.0.0.3"), offender(1_200)),
+        decide("10.0.0.1", 2_000),
+        Write::Release {
+            key: k("10.0.0.2"),
+            since: 1_000,
+            rec: AuditRecord::of(Event::Release, &block("10.0.0.2", 1_000), 3_000),
+        },
+        Write::Audit(AuditRecord::note(Event::BreakerOpen, 3_500, "stickwarden", "x".into())),
+    ];
+    writes.extend((0..50).map(|i| decide(&format!("10.1.0.{i}"), 4_000)));
+    tokio::task::block_in_place(|| {
+        s.record(writes.clone()).unwrap();
+        sled.record(writes).unwrap();
+        assert_eq!(s.blocks().unwrap(), sled.blocks().unwrap());
+        for key in ["10.0.0.1", "10.0.0.3", "10.1.0.7"] {
+            assert_eq!(s.offender(&k(key)).unwrap(), sled.offender(&k(key)).unwrap(), "{key}");
+        }
+        let strip = |v: Vec<AuditRecord>| v.into_iter().map(|r| (r.event, r.key, r.at)).collect::<Vec<_>>();
+        assert_eq!(strip(s.audit_since(0).unwrap()), strip(sled.audit_since(0).unwrap()));
+        assert_eq!(s.block(&k("10.0.0.1")).unwrap().unwrap().since, 2_000, "the later decision stands");
+        assert!(s.owns(&k("10.0.0.2")).unwrap() && s.owns(&k("10.1.0.49")).unwrap());
+    });
+}

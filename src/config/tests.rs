@@ -314,8 +314,11 @@ mod never_panics {
 #[test]
 fn the_postgres_backend_is_checked_where_it_is_written() {
     let store = |lines: &str| format!("{MINIMAL}\n[store]\n{lines}\n");
-    let c = load(&store("backend = \"postgres\"\nurl = \"postgres://sw@db1:5433/sw\"\nname = \"ctl-a\"\npassword_file = \"pw\""), RULE)
-        .unwrap();
+    let c = load(
+        &store("backend = \"postgres\"\nurl = \"postgres://sw@db1:5433/sw\"\nname = \"ctl-a\"\npassword_file = \"pw\""),
+        RULE,
+    )
+    .unwrap();
     let BackendConfig::Postgres(pg) = &c.store.backend else { panic!("{:?}", c.store.backend) };
     assert_eq!((pg.url.as_str(), pg.name.as_str()), ("postgres://sw@db1:5433/sw", "ctl-a"));
     assert!(pg.password_file.as_ref().unwrap().ends_with("pw"), "relative to the config: {:?}", pg.password_file);
@@ -327,7 +330,10 @@ fn the_postgres_backend_is_checked_where_it_is_written() {
             "DIR/stickwarden.toml:10:7: the URL holds a password: put it in password_file or STICKWARDEN_PG_PASSWORD",
         ),
         ("backend = \"postgres\"\nurl = \"postgres://sw@db1\"", "DIR/stickwarden.toml:10:7: the URL names no database"),
-        ("backend = \"postgres\"\nurl = \"mysql://x\"", "DIR/stickwarden.toml:10:7: not a PostgreSQL connection string"),
+        (
+            "backend = \"postgres\"\nurl = \"mysql://x\"",
+            "DIR/stickwarden.toml:10:7: not a PostgreSQL connection string",
+        ),
         (
             "backend = \"postgres\"\nurl = \"postgres://sw@db1/sw\"\nname = \"a b\"",
             "DIR/stickwarden.toml:11:8: name: 1 to 64 letters",

@@ -2,7 +2,7 @@
 //!
 //! Every controller serves its API from the start. A **follower** answers reads from the database,
 //! hands operator actions to the leader through `sw_requests` and waits for the answer, and asks
-//! for the leader's lock every [`lead::HEARTBEAT`]. The one that gets it bumps the epoch, audits
+//! for the leader's lock every [`lead::TRY_EVERY`]. The one that gets it bumps the epoch, audits
 //! `leader_changed`, and runs a term: the same controller as on sled ([`super::run_core`]), at that
 //! epoch, under a [`Lease`] its heartbeats renew, re-applying every active block and reconciling
 //! every target before it decides anything. The term ends when the process is asked to stop, when
@@ -135,7 +135,7 @@ pub async fn run(
     let mut outage: Option<Outage> = None;
     loop {
         // Following: until this controller gets the lock, or is asked to stop.
-        let mut tick = tokio::time::interval(lead::HEARTBEAT);
+        let mut tick = tokio::time::interval(lead::TRY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut due = tokio::time::interval(super::TICK);
         let took = loop {
@@ -174,7 +174,6 @@ pub async fn run(
         pg.set_epoch(epoch);
         let lease = Lease::ended();
         lease.renew(asked, lead::LEASE);
-        status.set(true, epoch, &metrics);
         status.saw(Leader { epoch, holder: pgc.name.clone(), since: crate::time::now_ms() as i64 });
         info!(epoch, previous = took.previous.epoch, was = %took.previous.holder, "took the lead");
         let mut rec = AuditRecord::note(
@@ -227,6 +226,8 @@ pub async fn run(
         let stop = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        // Said to lead once the term runs: blocks re-applied and every target reconciled.
+        let (st, m) = (status.clone(), metrics.clone());
         let term = run_core(
             cfg.clone(),
             store.clone(),
@@ -234,6 +235,7 @@ pub async fn run(
             clock.clone(),
             stop,
             move |h, _| {
+                st.set(true, epoch, &m);
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
             },
             core,

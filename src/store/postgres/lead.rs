@@ -15,8 +15,11 @@ use super::{schema, PgError};
 use crate::config::PgConfig;
 use crate::store::StoreError;
 
-/// How often the leader proves it is alive (and followers ask for the lock).
+/// How often the leader proves it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// How often a follower asks for the lock (and says it is alive): a killed leader is replaced
+/// this long after its death at most, plus the new leader's start.
+pub const TRY_EVERY: Duration = Duration::from_millis(250);
 /// How long after a heartbeat was sent the leader may act without another answered.
 pub const LEASE: Duration = Duration::from_millis(3000);
 /// How long the server keeps a silent session (and its lock): longer than [`LEASE`].

@@ -287,6 +287,72 @@ impl<'a, 'b> Writer<'a, 'b> {
         Ok(())
     }
 
+    /// Many decisions in four statements (blocks, owned keys, offenders, audit records) instead
+    /// of four each: no key may appear twice among `items` (an upsert touches a row once).
+    fn decide_bulk(
+        &mut self,
+        items: &[(&Block, Millis, Option<(&Key, &Offender)>, &AuditRecord)],
+    ) -> Result<(), PgError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = items.iter().map(|(b, ..)| b.key.stored()).collect();
+        let records: Vec<String> = items.iter().map(|(b, ..)| encode(*b)).collect();
+        let owned_at: Vec<i64> = items.iter().map(|(_, at, ..)| i(*at)).collect();
+        self.tx.execute(
+            "INSERT INTO sw_blocks (key, record) SELECT * FROM unnest($1::text[], $2::text[]) \
+             ON CONFLICT (key) DO UPDATE SET record = excluded.record",
+            &[&keys, &records],
+        )?;
+        self.tx.execute(
+            "INSERT INTO sw_owned (key, at) SELECT * FROM unnest($1::text[], $2::bigint[]) \
+             ON CONFLICT (key) DO UPDATE SET at = excluded.at",
+            &[&keys, &owned_at],
+        )?;
+        let offenders: Vec<(&Key, &Offender)> = items.iter().filter_map(|(_, _, o, _)| *o).collect();
+        self.put_offenders(&offenders)?;
+        let recs: Vec<&AuditRecord> = items.iter().map(|(.., r)| *r).collect();
+        self.append_many(&recs)
+    }
+
+    /// Offenders in one statement (no key twice).
+    fn put_offenders(&mut self, offenders: &[(&Key, &Offender)]) -> Result<(), PgError> {
+        if offenders.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = offenders.iter().map(|(k, _)| k.stored()).collect();
+        let last: Vec<i64> = offenders.iter().map(|(_, o)| last_at(o)).collect();
+        let records: Vec<String> = offenders.iter().map(|(_, o)| encode(*o)).collect();
+        self.tx.execute(
+            "INSERT INTO sw_offenders (key, last_at, record) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
+             ON CONFLICT (key) DO UPDATE SET last_at = excluded.last_at, record = excluded.record",
+            &[&keys, &last, &records],
+        )?;
+        Ok(())
+    }
+
+    /// Audit records in one statement, their ids taken from those reserved.
+    fn append_many(&mut self, recs: &[&AuditRecord]) -> Result<(), PgError> {
+        if self.ids.len() < recs.len() {
+            self.reserve(recs.len() - self.ids.len())?;
+        }
+        let (mut ids, mut ats, mut keys, mut records) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in recs {
+            let id = self.ids.pop().expect("reserved");
+            let mut rec = (*r).clone();
+            rec.id = id as u64;
+            ids.push(id);
+            ats.push(i(rec.at));
+            keys.push(rec.key.as_ref().map(Key::stored));
+            records.push(encode(&rec));
+        }
+        self.tx.execute(
+            "INSERT INTO sw_audit (id, at, key, record) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])",
+            &[&ids, &ats, &keys, &records],
+        )?;
+        Ok(())
+    }
+
     /// Removes the block of `key` if it started at `since`, with `rec`. Whether it did.
     fn release(&mut self, key: &Key, since: Millis, rec: &AuditRecord) -> Result<bool, PgError> {
         let k = key.stored();
@@ -426,7 +492,7 @@ impl PgStore {
                         "SELECT key, record FROM sw_offenders ORDER BY key",
                         "SELECT net, record FROM sw_allow ORDER BY net",
                         "SELECT key, at::text FROM sw_owned ORDER BY key",
-                        "SELECT id::text, record FROM sw_audit ORDER BY id",
+                        "SELECT id::text, record FROM sw_audit ORDER BY sw_audit.id",
                     ];
                     for (n, sql) in TABLES.iter().enumerate() {
                         let mut rows = t.query_raw(*sql, std::iter::empty::<i64>())?;
@@ -541,6 +607,34 @@ fn restore_lines(c: &mut postgres::Client, lines: &[backup::Line], note: String,
     w.append(&rec)?;
     tx.commit()?;
     Ok(())
+}
+
+/// How many writes from the first are of its kind (decisions or offender updates) and name no
+/// key twice: what one bulk statement may take. Other writes go one at a time.
+fn run_of(writes: &[Write]) -> usize {
+    let mut keys = std::collections::HashSet::new();
+    let mut offenders = std::collections::HashSet::new();
+    let same = |w: &Write| match (&writes[0], w) {
+        (Write::Decide { .. }, Write::Decide { .. }) | (Write::Offender(..), Write::Offender(..)) => true,
+        _ => false,
+    };
+    if !matches!(writes[0], Write::Decide { .. } | Write::Offender(..)) {
+        return 1;
+    }
+    writes
+        .iter()
+        .take_while(|w| {
+            same(w)
+                && match w {
+                    Write::Decide { block, offender, .. } => {
+                        keys.insert(&block.key) && offender.as_ref().is_none_or(|(k, _)| offenders.insert(k))
+                    }
+                    Write::Offender(k, _) => offenders.insert(k),
+                    _ => false,
+                }
+        })
+        .count()
+        .max(1)
 }
 
 /// Lazily pages through the blocks, [`PAGE`] at a time.
@@ -697,7 +791,7 @@ impl Backend for Shared {
     }
 
     /// The controller's writes in order, [`BATCH`] per transaction, their audit ids taken in one
-    /// round trip.
+    /// round trip, and each run of decisions (or of offenders) written in a few statements.
     fn record(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let mut writes = writes;
         while !writes.is_empty() {
@@ -705,15 +799,31 @@ impl Backend for Shared {
             let chunk = std::mem::replace(&mut writes, rest);
             self.0.write(move |w| {
                 w.reserve(chunk.iter().filter(|x| !matches!(x, Write::Offender(..))).count())?;
-                for x in &chunk {
-                    match x {
-                        Write::Offender(who, o) => w.put_offender(who, o)?,
-                        Write::Decide { block, offender, rec } => {
-                            w.put_block(block, block.since)?;
-                            if let Some((k, o)) = offender {
-                                w.put_offender(k, o)?;
-                            }
-                            w.append(rec)?;
+                let mut at = 0;
+                while at < chunk.len() {
+                    let run = run_of(&chunk[at..]);
+                    match &chunk[at] {
+                        Write::Decide { .. } => {
+                            let items: Vec<_> = chunk[at..at + run]
+                                .iter()
+                                .map(|x| match x {
+                                    Write::Decide { block, offender, rec } => {
+                                        (block.as_ref(), block.since, offender.as_ref().map(|(k, o)| (k, o)), rec)
+                                    }
+                                    _ => unreachable!("a run holds one kind"),
+                                })
+                                .collect();
+                            w.decide_bulk(&items)?;
+                        }
+                        Write::Offender(..) => {
+                            let items: Vec<(&Key, &Offender)> = chunk[at..at + run]
+                                .iter()
+                                .map(|x| match x {
+                                    Write::Offender(k, o) => (k, o),
+                                    _ => unreachable!("a run holds one kind"),
+                                })
+                                .collect();
+                            w.put_offenders(&items)?;
                         }
                         Write::Release { key, since, rec } => {
                             w.release(key, *since, rec)?;
@@ -722,6 +832,7 @@ impl Backend for Shared {
                             w.append(rec)?;
                         }
                     }
+                    at += run;
                 }
                 Ok(())
             })?;
@@ -734,9 +845,17 @@ impl Backend for Shared {
             let items: Vec<(Block, AuditRecord)> = chunk.iter().map(|b| (b.clone(), rec(b))).collect();
             self.0.write(move |w| {
                 w.reserve(items.len())?;
-                for (b, r) in &items {
-                    w.put_block(b, r.at)?;
-                    w.append(r)?;
+                // An import names each key once; a list that repeats one is written in runs.
+                let mut at = 0;
+                while at < items.len() {
+                    let mut seen = std::collections::HashSet::new();
+                    let run: Vec<_> = items[at..]
+                        .iter()
+                        .take_while(|(b, _)| seen.insert(b.key.clone()))
+                        .map(|(b, r)| (b, r.at, None, r))
+                        .collect();
+                    at += run.len();
+                    w.decide_bulk(&run)?;
                 }
                 Ok(())
             })?;
@@ -829,7 +948,8 @@ impl Backend for Shared {
     fn audit_since(&self, since: Millis) -> Result<Vec<AuditRecord>, StoreError> {
         let since = i(since);
         self.0.read(move |c| {
-            let rows = c.query("SELECT id::text, record FROM sw_audit WHERE at >= $1 ORDER BY id", &[&since])?;
+            let rows =
+                c.query("SELECT id::text, record FROM sw_audit WHERE at >= $1 ORDER BY sw_audit.id", &[&since])?;
             rows.iter().map(|r| decode("sw_audit", r.get(0), r.get(1))).collect()
         })
     }
@@ -837,7 +957,8 @@ impl Backend for Shared {
     fn audit_about(&self, keys: &[Key]) -> Result<Vec<AuditRecord>, StoreError> {
         let ks: Vec<String> = keys.iter().map(Key::stored).collect();
         self.0.read(move |c| {
-            let rows = c.query("SELECT id::text, record FROM sw_audit WHERE key = ANY($1) ORDER BY id", &[&ks])?;
+            let rows =
+                c.query("SELECT id::text, record FROM sw_audit WHERE key = ANY($1) ORDER BY sw_audit.id", &[&ks])?;
             rows.iter().map(|r| decode("sw_audit", r.get(0), r.get(1))).collect()
         })
     }
@@ -847,7 +968,7 @@ impl Backend for Shared {
         loop {
             let page: Vec<AuditRecord> = self.0.read(move |c| {
                 let rows = c.query(
-                    "SELECT id::text, record FROM sw_audit WHERE id < $1 ORDER BY id DESC LIMIT 500",
+                    "SELECT id::text, record FROM sw_audit WHERE sw_audit.id < $1 ORDER BY sw_audit.id DESC LIMIT 500",
                     &[&before],
                 )?;
                 rows.iter().map(|r| decode("sw_audit", r.get(0), r.get(1))).collect()
