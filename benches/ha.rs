@@ -123,6 +123,18 @@ async fn run() {
     let mut cluster = Cluster::new(work.path().join("review"), &sb, &review_cfg.url);
     cluster.start(2);
     let leader = cluster.leader(Duration::from_secs(120)).await.expect("a leader");
+    // Timed once the leader's start-up is over: all 100,000 blocks confirmed by HAProxy.
+    let settled = Instant::now();
+    loop {
+        let api = ApiClient::new(Listen::Unix(cluster.dir.join(format!("api-{leader}.sock"))), None);
+        let h: serde_json::Value = api.get("/healthz").await.unwrap();
+        if h["targets"][0]["unconfirmed"] == 0 && h["targets"][0]["up"] == true {
+            break;
+        }
+        assert!(settled.elapsed() < Duration::from_secs(120), "the leader never settled: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("leader settled {:.1?} after it took the lead", settled.elapsed());
     let mut through = Vec::new();
     for (what, i) in [("leader", leader), ("follower", 1 - leader)] {
         let mut runs = Vec::new();

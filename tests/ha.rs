@@ -154,9 +154,7 @@ impl Cluster {
 
     /// `/healthz` of controller `i`, if it answers within a second.
     async fn health(&self, i: usize) -> Option<serde_json::Value> {
-        if self.procs[i].is_none() {
-            return None;
-        }
+        self.procs[i].as_ref()?;
         let api = self.api(i, None);
         tokio::time::timeout(Duration::from_secs(1), api.get::<serde_json::Value>("/healthz")).await.ok()?.ok()
     }

@@ -309,36 +309,57 @@ async fn list_blocks(
 }
 
 /// The active blocks as JSON Lines, read from the store a page at a time and sent as they are
-/// written: 100,000 blocks never sit whole in memory, and the work stays on the daemon's thread
-/// in short slices (a worker thread would grow an allocator arena of its own). A store error
-/// mid-way ends the stream early (the status is already sent); it is logged.
+/// written: 100,000 blocks never sit whole in memory. On sled the work stays on the daemon's
+/// thread in short slices (a worker thread would grow an allocator arena of its own); on
+/// PostgreSQL each page is read on the blocking pool while the one before is written, so the
+/// daemon's thread never waits on the database. A store error mid-way ends the stream early
+/// (the status is already sent); it is logged.
 fn stream_blocks(s: &ApiState) -> Response {
     const PAGE: usize = 2_000;
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(2);
     let (store, lagging, now) = (s.store.clone(), s.handle.lag().lagging(), now_ms());
     tokio::spawn(async move {
-        let mut after = None;
+        let shared = store.postgres().is_some();
+        let read = |after: Option<crate::key::Key>| {
+            let store = store.clone();
+            async move {
+                if shared {
+                    tokio::task::spawn_blocking(move || store.blocks_after(after.as_ref(), PAGE))
+                        .await
+                        .unwrap_or_else(|_| Err(crate::store::StoreError::Backend("the read task failed".into())))
+                } else {
+                    store.blocks_after(after.as_ref(), PAGE)
+                }
+            }
+        };
+        let mut page = read(None).await;
         loop {
-            let page = match store.blocks_after(after.as_ref(), PAGE) {
+            let page_now = match page {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "listing blocks: store error; answer cut short");
                     return;
                 }
             };
-            let mut buf = Vec::with_capacity(page.len() * 400);
-            for b in &page {
+            let last = page_now.len() < PAGE;
+            let next = (!last).then(|| tokio::spawn(read(page_now.last().map(|b| b.key.clone()))));
+            let mut buf = Vec::with_capacity(page_now.len() * 400);
+            for b in &page_now {
                 let mut view = ops::BlockView::of(b, now);
                 view.unconfirmed_on = lagging.get(&b.key).cloned().unwrap_or_default();
                 serde_json::to_writer(&mut buf, &view).expect("views serialize");
                 buf.push(b'\n');
             }
-            after = page.last().map(|b| b.key.clone());
             if !buf.is_empty() && tx.send(buf.into()).await.is_err() {
                 return; // the caller went away
             }
-            if page.len() < PAGE {
-                return;
+            match next {
+                None => return,
+                Some(n) => {
+                    page = n
+                        .await
+                        .unwrap_or_else(|_| Err(crate::store::StoreError::Backend("the read task failed".into())))
+                }
             }
         }
     });

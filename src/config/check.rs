@@ -536,7 +536,7 @@ fn check_backend(src: &Source<'_>, raw: &RawStore, base: &Path) -> Result<Backen
                 let at = raw.backend.as_ref().map(|b| b.span()).unwrap_or_default();
                 return Err(src.error(&at, "backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DATABASE\""));
             };
-            let parsed = crate::store::postgres::parse_url(url.get_ref()).map_err(|m| src.error(&url.span(), m))?;
+            let parsed = super::pg_url(url.get_ref()).map_err(|m| src.error(&url.span(), m))?;
             if parsed.get_password().is_some() {
                 return Err(src.error(
                     &url.span(),
@@ -553,7 +553,7 @@ fn check_backend(src: &Source<'_>, raw: &RawStore, base: &Path) -> Result<Backen
                     }
                     n.get_ref().clone()
                 }
-                None => crate::store::postgres::default_name(),
+                None => super::default_controller_name(),
             };
             Ok(BackendConfig::Postgres(PgConfig {
                 url: url.get_ref().clone(),

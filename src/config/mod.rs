@@ -129,6 +129,33 @@ pub struct PgConfig {
     pub name: String,
 }
 
+/// A libpq URL (`postgres://user@host:port/db`) or key=value string, checked.
+pub fn pg_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let c: tokio_postgres::Config = url.parse().map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    if c.get_hosts().is_empty() {
+        return Err("the URL names no host".into());
+    }
+    if c.get_dbname().is_none() {
+        return Err("the URL names no database (postgres://USER@HOST:PORT/DATABASE)".into());
+    }
+    if c.get_user().is_none() {
+        return Err("the URL names no user (postgres://USER@HOST:PORT/DATABASE)".into());
+    }
+    Ok(c)
+}
+
+/// A controller's name when `[store] name` is not set: the host's name.
+pub fn default_controller_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(48).collect();
+    if host.is_empty() {
+        "stickwarden".into()
+    } else {
+        host
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
     pub name: String,

@@ -33,6 +33,7 @@ pub const BAD_INPUT_CODES: &[&str] = &[
     "invalid_address",
     "invalid_duration",
     "invalid_event",
+    "invalid_grace",
     "invalid_key",
     "invalid_reason",
     "invalid_request",
@@ -494,8 +495,9 @@ mod tests {
                     let text = std::fs::read_to_string(&p).unwrap();
                     for part in text.split("OpError::bad(").skip(1) {
                         let part = part.trim_start();
-                        if let Some(rest) = part.strip_prefix('"') {
-                            found.insert(rest.split('"').next().unwrap().to_owned());
+                        let code = part.strip_prefix('"').and_then(|r| r.split('"').next()).unwrap_or_default();
+                        if !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                            found.insert(code.to_owned());
                         }
                     }
                 }

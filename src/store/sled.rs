@@ -125,12 +125,21 @@ impl SledStore {
     /// Opens the store without comparing it with its manifest (and without writing one): for
     /// `store verify` and `store recover`, which read what a damaged store still holds.
     pub fn open_unchecked(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        let config = sled::Config::new().path(path).cache_capacity(cache_bytes).mode(sled::Mode::LowSpace);
+        // A store this process closed a moment ago (a restore, then the open that follows) stays
+        // locked until sled's threads let go of it: that is waited for, a second at most. A store
+        // another process holds is still refused, a second later.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Err(e) if tries < 20 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        }
+        .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
         let meta = db.open_tree("meta")?;
         let id_base =
             meta.get(ID_BASE)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes);

@@ -24,7 +24,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::{backup, manifest, Backend, StoreError, Verified, Write, BATCH};
 use super::{AllowEntry, AuditRecord, Block, Event, Offender};
-use crate::config::PgConfig;
+use crate::config::{pg_url as parse_url, PgConfig};
 use crate::key::Key;
 use crate::time::Millis;
 
@@ -113,33 +113,6 @@ pub fn describe(e: &postgres::Error) -> String {
     }
 }
 
-/// A libpq URL (`postgres://user@host:port/db`) or key=value string, checked.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let c: tokio_postgres::Config = url.parse().map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
-    if c.get_hosts().is_empty() {
-        return Err("the URL names no host".into());
-    }
-    if c.get_dbname().is_none() {
-        return Err("the URL names no database (postgres://USER@HOST:PORT/DATABASE)".into());
-    }
-    if c.get_user().is_none() {
-        return Err("the URL names no user (postgres://USER@HOST:PORT/DATABASE)".into());
-    }
-    Ok(c)
-}
-
-/// A controller's name when `[store] name` is not set: the host's name.
-pub fn default_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String =
-        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(48).collect();
-    if host.is_empty() {
-        "stickwarden".into()
-    } else {
-        host
-    }
-}
-
 /// The connection settings of `cfg`, with the password from its file or the environment.
 pub fn connect_config(cfg: &PgConfig) -> Result<tokio_postgres::Config, StoreError> {
     let mut c = parse_url(&cfg.url).map_err(|m| StoreError::Open { path: shown(cfg), message: m })?;
@@ -153,7 +126,7 @@ pub fn connect_config(cfg: &PgConfig) -> Result<tokio_postgres::Config, StoreErr
     if let Some(p) = password {
         c.password(p.trim_end_matches(['\n', '\r']));
     }
-    c.application_name(&format!("stickwarden {}", cfg.name));
+    c.application_name(format!("stickwarden {}", cfg.name));
     c.connect_timeout(pool::CONNECT_TIMEOUT);
     c.keepalives_idle(std::time::Duration::from_secs(5));
     // No query of the store runs for long; one that does is stuck on a lock or a dying server.
@@ -215,6 +188,10 @@ fn i(v: u64) -> i64 {
 fn last_at(o: &Offender) -> i64 {
     i(o.offences.iter().map(|x| x.at).max().unwrap_or(0).max(o.last_seen))
 }
+
+/// One decision of a bulk write: the block, when its key became stickwarden's, the offender's
+/// new history (if any) and the audit record.
+type Decision<'a> = (&'a Block, Millis, Option<(&'a Key, &'a Offender)>, &'a AuditRecord);
 
 /// Statements of a write transaction, prepared once per transaction.
 struct Writer<'a, 'b> {
@@ -289,10 +266,7 @@ impl<'a, 'b> Writer<'a, 'b> {
 
     /// Many decisions in four statements (blocks, owned keys, offenders, audit records) instead
     /// of four each: no key may appear twice among `items` (an upsert touches a row once).
-    fn decide_bulk(
-        &mut self,
-        items: &[(&Block, Millis, Option<(&Key, &Offender)>, &AuditRecord)],
-    ) -> Result<(), PgError> {
+    fn decide_bulk(&mut self, items: &[Decision<'_>]) -> Result<(), PgError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -614,9 +588,11 @@ fn restore_lines(c: &mut postgres::Client, lines: &[backup::Line], note: String,
 fn run_of(writes: &[Write]) -> usize {
     let mut keys = std::collections::HashSet::new();
     let mut offenders = std::collections::HashSet::new();
-    let same = |w: &Write| match (&writes[0], w) {
-        (Write::Decide { .. }, Write::Decide { .. }) | (Write::Offender(..), Write::Offender(..)) => true,
-        _ => false,
+    let same = |w: &Write| {
+        matches!(
+            (&writes[0], w),
+            (Write::Decide { .. }, Write::Decide { .. }) | (Write::Offender(..), Write::Offender(..))
+        )
     };
     if !matches!(writes[0], Write::Decide { .. } | Write::Offender(..)) {
         return 1;
