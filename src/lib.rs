@@ -32,8 +32,9 @@
 //! - [`config`]: `stickwarden.toml`, parsed and checked (errors with file:line:column).
 //! - [`columns`]: how a column is named in HAProxy's filters (array elements differ by version).
 //! - [`store`]: offenders, active blocks, allowlist and audit log behind the [`store::Backend`]
-//!   seam, sled the embedded backend; the manifest that detects a damaged or rolled-back
-//!   database, and the backup format (also the way between backends).
+//!   seam, sled the embedded backend and PostgreSQL the shared one (with who leads on it, and
+//!   the fence that refuses a stale leader's writes); the manifest that detects a damaged or
+//!   rolled-back sled database, and the backup format (also the way between backends).
 //! - [`poll`]: one poll of a table: the query plan, the filtered walk evaluating every rule,
 //!   suspects mode's flags, the sweep; below the daemon and `check`, which both use it.
 //! - [`engine`]: pure scoring arithmetic: decaying scores, offences, ladder steps.
@@ -47,7 +48,8 @@
 //! - [`decide`]: the decider: every decision (score, block, escalate, aggregate, release, repair,
 //!   operator actions) as a pure step of state, input and `now`, returning the effects to carry out.
 //! - [`check`]: what `stickwarden check` verifies on each target before the daemon relies on it.
-//! - [`daemon`]: `stickwarden run`: pollers, and the controller: the I/O shell around the decider.
+//! - [`daemon`]: `stickwarden run`: pollers, and the controller: the I/O shell around the decider;
+//!   on a shared store, one leader among several controllers ([`daemon::ha`]).
 //! - [`simulate`]: a rule set run offline over recorded dumps through the decider, on a simulated clock.
 //! - [`recover`]: `store recover`: a damaged store rebuilt from what it still holds, a backup and
 //!   what HAProxy holds of keys stickwarden blocked.

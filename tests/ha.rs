@@ -275,9 +275,20 @@ async fn a_leader_killed_during_a_flood_is_replaced_within_5_s_and_its_blocks_ar
     assert!(released, "the first block was never released from the ACL\n{}", c.logs());
 
     // The audit: the block once, its release once and on time, and the takeover with both epochs.
+    // A release is recorded once HAProxy confirmed it, a moment after the ACL shows it.
+    let recorded = eventually(Duration::from_secs(3), || async {
+        audit_of(&store, "127.0.0.2").iter().any(|(e, _, _)| *e == Event::Release)
+    })
+    .await;
+    assert!(recorded, "the release was never recorded\n{}", c.logs());
     let log = audit_of(&store, "127.0.0.2");
     let firsts: Vec<_> = log.iter().filter(|(e, l, _)| *l == 1 && matches!(e, Event::Block | Event::Release)).collect();
-    assert_eq!(firsts.iter().map(|(e, _, _)| *e).collect::<Vec<_>>(), [Event::Block, Event::Release], "{log:?}");
+    assert_eq!(
+        firsts.iter().map(|(e, _, _)| *e).collect::<Vec<_>>(),
+        [Event::Block, Event::Release],
+        "{log:?}\n{}",
+        c.logs()
+    );
     let released_at = firsts[1].2;
     assert!(
         (block.until..block.until + 2_000).contains(&released_at),
@@ -446,6 +457,11 @@ async fn while_postgres_is_down_nobody_leads_blocks_stay_in_force_and_it_all_con
     assert_eq!(log.iter().filter(|(e, _, _)| *e == Event::Block).count(), 1, "{log:?}");
     // The short block's release is recorded once (by whichever controller leads now), and what
     // is in force is the first abuser's block and the new one's.
+    let short_recorded = eventually(Duration::from_secs(3), || async {
+        audit_of(&store, "192.0.2.9").iter().any(|(e, _, _)| *e == Event::Release)
+    })
+    .await;
+    assert!(short_recorded, "the short block's release was never recorded\n{}", c.logs());
     let short = audit_of(&store, "192.0.2.9");
     assert_eq!(short.iter().map(|(e, _, _)| *e).collect::<Vec<_>>(), [Event::Block, Event::Release], "{short:?}");
     let keys: Vec<String> =

@@ -37,6 +37,11 @@ fn block(key: &str, since: u64) -> Block {
     }
 }
 
+/// An operator's allowlist entry for 192.0.2.0/24.
+fn allow_entry() -> AllowEntry {
+    AllowEntry { net: "192.0.2.0/24".parse().unwrap(), reason: "r".into(), actor: "a".into(), since: 1, until: None }
+}
+
 /// A store on a new database of `sb`, leading at a new epoch.
 async fn leading(sb: &PgSandbox, db: &str) -> (Arc<PgStore>, Store, lead::Session) {
     let c = cfg(sb.database(db).unwrap(), "ctl-a");
@@ -85,14 +90,7 @@ async fn records_read_back_as_on_sled_and_a_write_of_an_old_epoch_is_refused_by_
         let page = s.blocks_after(None, 1).unwrap();
         let rest = s.blocks_after(Some(&page[0].key), 10).unwrap();
         assert_eq!(page.len() + rest.len(), 2);
-        s.put_allow(&AllowEntry {
-            net: "192.0.2.0/24".parse().unwrap(),
-            reason: "r".into(),
-            actor: "a".into(),
-            since: 1,
-            until: None,
-        })
-        .unwrap();
+        s.put_allow(&allow_entry()).unwrap();
         assert_eq!(s.allows().unwrap().len(), 1);
         assert!(s.remove_allow(&"192.0.2.0/24".parse().unwrap()).unwrap().is_some());
         assert!(s.verify().unwrap().problems.is_empty());
@@ -143,14 +141,7 @@ async fn a_backup_goes_from_sled_to_postgres_and_back_unchanged() {
     let api = Key::named("st_apikey", "k 1;\\x");
     let t = Block { key: api.clone(), ..block("10.0.0.8", 2_000) };
     sled.decide(&t, None, AuditRecord::of(Event::Block, &t, 2_000)).unwrap();
-    sled.put_allow(&AllowEntry {
-        net: "192.0.2.0/24".parse().unwrap(),
-        reason: "r".into(),
-        actor: "a".into(),
-        since: 1,
-        until: None,
-    })
-    .unwrap();
+    sled.put_allow(&allow_entry()).unwrap();
     let (bytes, counts) = sled.export(Vec::new()).unwrap();
     let file = dir.path().join("backup.jsonl");
     std::fs::write(&file, &bytes).unwrap();

@@ -244,6 +244,7 @@ pub async fn run(
         let mut beat = tokio::time::interval(lead::HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asks = tokio::time::interval(REQUEST_POLL);
+        let mut prune = tokio::time::interval(super::PRUNE_EVERY);
         let (mut stopping, mut resign, mut cut_off) = (*term_rx.borrow(), false, false);
         let ended = loop {
             let running = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -286,6 +287,11 @@ pub async fn run(
                         stopping = true;
                         let _ = term_tx.send(true);
                     }
+                }
+                _ = prune.tick(), if !stopping => {
+                    // Answered requests are kept a day, for whoever reads the table.
+                    let (p, cutoff) = (pg.clone(), crate::time::now_ms().saturating_sub(86_400_000));
+                    tokio::task::spawn_blocking(move || requests::prune(&p, cutoff));
                 }
                 _ = asks.tick(), if !stopping && running.is_some() => {
                     if let Some(h) = running {

@@ -7,7 +7,8 @@
 //! target notices a reloaded or restarted HAProxy and has every active block put back at once. On shutdown the
 //! pollers stop first, the controller finishes the batch in hand, and the store is flushed.
 //! Operator actions reach the controller through a [`Handle`] (the HTTP API's), or, when no daemon
-//! runs, through [`run_once`], which starts a controller for that one action.
+//! runs, through [`run_once`], which starts a controller for that one action. On a shared
+//! PostgreSQL store, [`ha::run`] runs this controller only while it leads, a term at a time.
 
 pub mod census;
 mod controller;
@@ -323,9 +324,10 @@ pub(crate) async fn run_core(
     );
     ctl.reapply_all(None).await?;
     if core.reconcile_first {
-        // A new leader: what the last one left half done (a release recorded but not yet sent, a
-        // block sent to some nodes only) is set right on every target before anything new is
-        // decided. A target that does not answer is left to the reconciler's next round.
+        // A new leader: what the last one left half done (a block sent to some nodes only, a
+        // leftover of a block it released from the store) is set right on every target before
+        // anything new is decided; a release it sent but did not record is sent again at the
+        // first tick (the block is still in the store, and over). A target that does not answer is left to the reconciler's next round.
         for (name, client) in &clients {
             let mut tag_field = None;
             let read = reconcile::read(name, client, &cfg, &mut tag_field, ctl.now());
